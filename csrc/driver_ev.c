@@ -1,0 +1,61 @@
+/* The libev driver: one ev_io per transfer, pointed at whatever the last step
+ * asked for; the completion callback runs once, from the loop. */
+#include <errno.h>
+#include "zcsend.h"
+
+static void step(zcs_ev_transfer_t *w) {
+  if (w->finished)
+    return;
+  if (w->lock)
+    pthread_mutex_lock(w->lock);
+  int rc = zcs_transfer_step(w->transfer);
+  if (w->lock)
+    pthread_mutex_unlock(w->lock);
+  int events;
+  int fd = zcs_transfer_wait_fd(w->transfer, rc, &events);
+  if (fd < 0) {
+    zcs_ev_stop(w);
+    w->finished = 1;
+    if (w->on_done)
+      w->on_done(w, rc); /* may free w: touch nothing after */
+    return;
+  }
+  if (w->io.fd != fd || (w->io.events & (EV_READ | EV_WRITE)) != events) {
+    ev_io_stop(w->loop, &w->io);
+    ev_io_set(&w->io, fd, events);
+  }
+  if (!ev_is_active(&w->io))
+    ev_io_start(w->loop, &w->io);
+}
+
+/* invoked when the fd the last step asked for is ready */
+static void on_ready(struct ev_loop *loop, ev_io *io, int revents) {
+  (void)loop;
+  (void)revents;
+  step((zcs_ev_transfer_t *)io->data);
+}
+
+int zcs_ev_start(zcs_ev_transfer_t *w, struct ev_loop *loop, zcs_transfer_t *t,
+                 zcs_ev_done_cb on_done, void *data) {
+  if (!w || !loop || !t)
+    return -EINVAL;
+  if (w->transfer == t && w->loop == loop && ev_is_active(&w->io))
+    return 0; /* started already */
+  w->transfer = t;
+  w->loop = loop;
+  w->on_done = on_done;
+  w->data = data;
+  w->finished = 0;
+  ev_io_init(&w->io, on_ready, t->sock_fd, EV_WRITE);
+  w->io.data = w;
+  /* the socket is usually writable now: step at once rather than after a poll */
+  step(w);
+  return 0;
+}
+
+void zcs_ev_kick(zcs_ev_transfer_t *w) { step(w); }
+
+void zcs_ev_stop(zcs_ev_transfer_t *w) {
+  if (w->loop && ev_is_active(&w->io))
+    ev_io_stop(w->loop, &w->io);
+}

@@ -1,0 +1,304 @@
+/* The transfer state machine: one object per transfer, no event loop inside.
+ * A step moves bytes until the socket would block, the budget is spent, the
+ * transfer ends, or an error; the caller waits on what the step asked for. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+#include "zcs_internal.h"
+
+#define RUNNING 1
+
+/* ---- process-wide statistics ---------------------------------------------- */
+static zcs_stats_t stats;
+#define STAT_ADD(field, n) __atomic_add_fetch(&stats.field, (n), __ATOMIC_RELAXED)
+
+void zcs_stats(zcs_stats_t *out) {
+  out->bytes_zero_copy = __atomic_load_n(&stats.bytes_zero_copy, __ATOMIC_RELAXED);
+  out->bytes_fallback = __atomic_load_n(&stats.bytes_fallback, __ATOMIC_RELAXED);
+  out->started = __atomic_load_n(&stats.started, __ATOMIC_RELAXED);
+  out->completed = __atomic_load_n(&stats.completed, __ATOMIC_RELAXED);
+  out->failed = __atomic_load_n(&stats.failed, __ATOMIC_RELAXED);
+  out->cancelled = __atomic_load_n(&stats.cancelled, __ATOMIC_RELAXED);
+  out->active = __atomic_load_n(&stats.active, __ATOMIC_RELAXED);
+}
+
+/* ---- backend selection ----------------------------------------------------- */
+static pthread_once_t backend_once = PTHREAD_ONCE_INIT;
+static int backend_forced_emulated;
+static int backend_error;
+
+static void backend_read_env(void) {
+  const char *v = getenv("ZCSEND_BACKEND");
+  if (!v || !*v || !strcmp(v, "auto"))
+    backend_forced_emulated = 0;
+  else if (!strcmp(v, "emulated"))
+    backend_forced_emulated = 1;
+  else
+    backend_error = ZCS_EBACKEND;
+}
+
+int zcs_backend_init(void) {
+  pthread_once(&backend_once, backend_read_env);
+  return backend_error;
+}
+
+const char *zcs_backend_name(void) {
+  zcs_backend_init();
+  return backend_forced_emulated ? "emulated" : zcs__platform_name;
+}
+
+const char *zcs_backend_kind_name(int backend) {
+  switch (backend) {
+  case ZCS_BACKEND_SENDFILE: return "sendfile";
+  case ZCS_BACKEND_SPLICE: return "splice";
+  case ZCS_BACKEND_EMULATED: return "emulated";
+  case ZCS_BACKEND_MEMORY: return "memory";
+  default: return "unknown";
+  }
+}
+
+/* ---- setup ----------------------------------------------------------------- */
+static int init_common(zcs_transfer_t *t, int sock_fd, int flags) {
+  memset(t, 0, sizeof *t);
+  t->sock_fd = sock_fd;
+  t->file_fd = -1;
+  t->flags = flags;
+  t->budget = ZCS_DEFAULT_BUDGET;
+  t->buf_cap = ZCS_DEFAULT_BUFFER;
+  t->pipe_fds[0] = t->pipe_fds[1] = -1;
+  t->result = RUNNING;
+  int rc = zcs_backend_init();
+  if (rc < 0)
+    return rc;
+  int fl = fcntl(sock_fd, F_GETFL);
+  if (fl < 0)
+    return -errno;
+  if (!(fl & O_NONBLOCK))
+    return ZCS_EBLOCKING;
+  return 0;
+}
+
+static void count_start(zcs_transfer_t *t) {
+  t->counted = 1;
+  STAT_ADD(started, 1);
+  STAT_ADD(active, 1);
+}
+
+int zcs_transfer_init(zcs_transfer_t *t, int sock_fd, int file_fd, int64_t offset,
+                      int64_t count, int flags) {
+  int rc = init_common(t, sock_fd, flags);
+  if (rc < 0)
+    return rc;
+  if (offset < 0 || (count < 0 && count != ZCS_COUNT_TO_EOF))
+    return -EINVAL;
+  struct stat st;
+  if (fstat(file_fd, &st) < 0)
+    return -errno;
+  if (S_ISDIR(st.st_mode))
+    return -EISDIR;
+  int fl = fcntl(file_fd, F_GETFL);
+  if (fl < 0)
+    return -errno;
+  if ((fl & O_ACCMODE) == O_WRONLY)
+    return -EBADF; /* what read(2) would say */
+  t->file_fd = file_fd;
+  t->start = t->offset = offset;
+  t->remaining = count;
+  if (S_ISREG(st.st_mode)) {
+    /* the count is fixed now: a file that shrinks later is an error, not EOF */
+    int64_t avail = offset >= st.st_size ? 0 : st.st_size - offset;
+    if (count == ZCS_COUNT_TO_EOF || count > avail)
+      t->remaining = avail;
+    t->backend = backend_forced_emulated ? ZCS_BACKEND_EMULATED : ZCS_BACKEND_SENDFILE;
+  } else {
+    if (lseek(file_fd, 0, SEEK_CUR) < 0)
+      t->offset = -1; /* pipes, sockets, ttys: read where the source stands */
+    if (S_ISFIFO(st.st_mode))
+      t->backend = backend_forced_emulated ? ZCS_BACKEND_EMULATED : ZCS_BACKEND_SPLICE;
+    else if (flags & ZCS_F_NO_FALLBACK)
+      return ZCS_EUNSUPPORTED;
+    else
+      t->backend = ZCS_BACKEND_EMULATED;
+  }
+  count_start(t);
+  return 0;
+}
+
+int zcs_transfer_init_memory(zcs_transfer_t *t, int sock_fd, const void *data, size_t len,
+                             int flags) {
+  int rc = init_common(t, sock_fd, flags);
+  if (rc < 0)
+    return rc;
+  if (len) {
+    t->buf = malloc(len);
+    if (!t->buf)
+      return -ENOMEM;
+    memcpy(t->buf, data, len);
+  }
+  t->buf_cap = t->buf_len = len;
+  t->offset = -1;
+  t->remaining = (int64_t)len;
+  t->backend = ZCS_BACKEND_MEMORY;
+  count_start(t);
+  return 0;
+}
+
+/* ---- SIGPIPE ---------------------------------------------------------------
+ * sendfile/splice/write to a socket whose peer has gone raise SIGPIPE, which
+ * kills a host that has not ignored it. We block it in this thread for the
+ * step and consume what the step raised; the process's dispositions are
+ * never touched. */
+static int sigpipe_block(sigset_t *old) {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGPIPE);
+  return pthread_sigmask(SIG_BLOCK, &set, old) == 0;
+}
+
+static void sigpipe_consume(void) {
+  sigset_t set, pending;
+  sigemptyset(&set);
+  sigaddset(&set, SIGPIPE);
+  if (sigpending(&pending) == 0 && sigismember(&pending, SIGPIPE)) {
+    struct timespec zero = {0, 0};
+    while (sigtimedwait(&set, NULL, &zero) < 0 && errno == EINTR) {
+    }
+  }
+}
+
+/* ---- the step -------------------------------------------------------------- */
+static int finish(zcs_transfer_t *t, int result) {
+  t->result = result;
+  return result;
+}
+
+static ssize_t call_backend(zcs_transfer_t *t, size_t len) {
+  switch (t->backend) {
+  case ZCS_BACKEND_SENDFILE: return zcs__sendfile(t, len);
+  case ZCS_BACKEND_SPLICE: return zcs__splice(t, len);
+  default: return zcs__emulated(t, len);
+  }
+}
+
+static int run(zcs_transfer_t *t) {
+  size_t budget = t->budget ? t->budget : ZCS_DEFAULT_BUDGET;
+  for (;;) {
+    if (t->remaining == 0)
+      return finish(t, ZCS_DONE);
+    if (budget == 0)
+      return ZCS_WANT_WRITE; /* fairness: let the loop serve others, then come back */
+    size_t len = budget;
+    if (t->remaining > 0 && (uint64_t)t->remaining < len)
+      len = (size_t)t->remaining;
+    ssize_t n = call_backend(t, len);
+    if (n > 0) {
+      int zc = t->backend == ZCS_BACKEND_SENDFILE || t->backend == ZCS_BACKEND_SPLICE;
+      t->sent += (uint64_t)n;
+      if (zc) {
+        t->sent_zero_copy += (uint64_t)n;
+        STAT_ADD(bytes_zero_copy, (uint64_t)n);
+      } else {
+        STAT_ADD(bytes_fallback, (uint64_t)n);
+      }
+      if (t->remaining > 0)
+        t->remaining -= n;
+      budget = (size_t)n >= budget ? 0 : budget - (size_t)n;
+      continue;
+    }
+    if (n == 0) /* the source ended: fine only when we were told to send to EOF */
+      return finish(t, t->remaining > 0 ? ZCS_ETRUNCATED : ZCS_DONE);
+    if (n == -EAGAIN)
+      return ZCS_WANT_WRITE;
+    if (n == ZCS__SOURCE_EMPTY)
+      return ZCS_WANT_SOURCE;
+    if (n == -EINTR)
+      continue;
+    if (t->backend != ZCS_BACKEND_EMULATED && t->backend != ZCS_BACKEND_MEMORY &&
+        zcs__is_fallback_errno((int)n) && t->pipe_len == 0) {
+      /* this pair of fds can't go zero-copy: copy instead, from where we are */
+      if (t->flags & ZCS_F_NO_FALLBACK)
+        return finish(t, ZCS_EUNSUPPORTED);
+      t->backend = ZCS_BACKEND_EMULATED;
+      continue;
+    }
+    return finish(t, (int)n);
+  }
+}
+
+int zcs_transfer_step(zcs_transfer_t *t) {
+  if (t->result != RUNNING)
+    return t->result;
+  if (t->cancelled)
+    return finish(t, -ECANCELED);
+  sigset_t old;
+  int masked = !(t->flags & ZCS_F_SIGPIPE_BLOCKED) && sigpipe_block(&old);
+  int rc = run(t);
+  if (rc == -EPIPE)
+    sigpipe_consume();
+  if (masked)
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+  return rc;
+}
+
+int zcs_transfer_wait_fd(const zcs_transfer_t *t, int step_result, int *events) {
+  switch (step_result) {
+  case ZCS_WANT_WRITE: *events = EV_WRITE; return t->sock_fd;
+  case ZCS_WANT_READ: *events = EV_READ; return t->sock_fd;
+  case ZCS_WANT_SOURCE: *events = EV_READ; return t->file_fd;
+  default: *events = 0; return -1;
+  }
+}
+
+void zcs_transfer_cancel(zcs_transfer_t *t) { t->cancelled = 1; }
+
+void zcs_transfer_release(zcs_transfer_t *t) {
+  free(t->buf);
+  t->buf = NULL;
+  t->buf_len = t->buf_pos = 0;
+  zcs__splice_close(t);
+  if (!t->counted)
+    return;
+  t->counted = 0;
+  if (t->result == ZCS_DONE)
+    STAT_ADD(completed, 1);
+  else if (t->result == RUNNING || t->result == -ECANCELED)
+    STAT_ADD(cancelled, 1);
+  else
+    STAT_ADD(failed, 1);
+  __atomic_sub_fetch(&stats.active, 1, __ATOMIC_RELAXED);
+}
+
+/* ---- errors ---------------------------------------------------------------- */
+#define ZCS_ERRNO_NAMES(XX)                                                          \
+  XX(EPERM) XX(ENOENT) XX(EINTR) XX(EIO) XX(EBADF) XX(EAGAIN) XX(ENOMEM) XX(EACCES)     \
+  XX(EFAULT) XX(EEXIST) XX(EISDIR) XX(EINVAL) XX(EMFILE) XX(EFBIG) XX(ENOSPC)          \
+  XX(ESPIPE) XX(EPIPE) XX(ENOSYS) XX(EOVERFLOW) XX(ENOTSOCK) XX(EOPNOTSUPP) XX(EXDEV)  \
+  XX(ECONNABORTED) XX(ECONNRESET) XX(ENOTCONN) XX(ETIMEDOUT) XX(ECANCELED) XX(ESHUTDOWN)
+
+const char *zcs_err_name(int err) {
+  switch (err) {
+#define XX(name, value, msg) case ZCS_##name: return #name;
+    ZCS_ERRNO_MAP(XX)
+#undef XX
+#define XX(name) case -name: return #name;
+    ZCS_ERRNO_NAMES(XX)
+#undef XX
+  default: return "EUNKNOWN";
+  }
+}
+
+const char *zcs_strerror(int err) {
+  switch (err) {
+#define XX(name, value, msg) case ZCS_##name: return msg;
+    ZCS_ERRNO_MAP(XX)
+#undef XX
+  default: return strerror(-err);
+  }
+}

@@ -1,0 +1,167 @@
+/* zcsend — zero-copy file-to-socket transfers.
+ *
+ * Layers (inside out), one file each:
+ *   backend_linux.c / backend_bsd.c / backend_emulated.c  move bytes once
+ *   transfer.c                                            the state machine
+ *   driver_ev.c                                           runs transfers on a libev loop
+ *
+ * Every function that can fail returns a negative errno, or one of the ZCS_E*
+ * codes below; zcs_strerror() and zcs_err_name() name both kinds.
+ */
+#ifndef ZCSEND_H
+#define ZCSEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <pthread.h>
+#include <ev.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define ZCS_VERSION "0.1.0"
+
+/* zcsend's own error codes, beside negative errnos. */
+#define ZCS_ERRNO_MAP(XX)                                                        \
+  XX(ETRUNCATED, -4001, "file ended before the requested byte count was sent")   \
+  XX(EBLOCKING,  -4002, "socket is in blocking mode; zcsend needs O_NONBLOCK")   \
+  XX(EBACKEND,   -4003, "unknown ZCSEND_BACKEND value")                          \
+  XX(EUNSUPPORTED, -4004, "this source cannot be sent without copying")
+
+enum {
+#define XX(name, value, msg) ZCS_##name = (value),
+  ZCS_ERRNO_MAP(XX)
+#undef XX
+};
+
+/* What zcs_transfer_step() asks for next; errors are negative. */
+enum zcs_step_result {
+  ZCS_DONE = 0,        /* every byte delivered (or the source hit EOF with no count) */
+  ZCS_WANT_WRITE = 1,  /* wait until the socket is writable, then step again */
+  ZCS_WANT_READ = 2,   /* wait until the socket is readable (TLS), then step again */
+  ZCS_WANT_SOURCE = 3  /* wait until the source fd is readable (pipe), then step again */
+};
+
+/* How bytes leave the file. */
+enum zcs_backend {
+  ZCS_BACKEND_SENDFILE = 0, /* the platform's sendfile(2) */
+  ZCS_BACKEND_SPLICE = 1,   /* Linux splice(2) through a pipe */
+  ZCS_BACKEND_EMULATED = 2, /* read/pread into a bounded buffer, then send */
+  ZCS_BACKEND_MEMORY = 3    /* bytes handed over in memory (no source fd) */
+};
+
+/* Transfer flags. */
+#define ZCS_F_NO_FALLBACK 0x1      /* fail with ZCS_EUNSUPPORTED instead of copying */
+#define ZCS_F_SIGPIPE_BLOCKED 0x2  /* caller's thread already blocks SIGPIPE: skip the per-step mask */
+
+#define ZCS_COUNT_TO_EOF (-1)
+#define ZCS_DEFAULT_BUDGET (2u << 20)     /* bytes one step may move: nginx's 2 MiB per event */
+#define ZCS_DEFAULT_BUFFER (128u << 10)   /* emulation buffer */
+#define ZCS_MIN_BUFFER (16u << 10)
+#define ZCS_MAX_BUFFER (256u << 10)
+
+/* One transfer: a file (or part of one) to a non-blocking socket.
+ * Members marked ro may be read by the owner at any time it holds the transfer;
+ * rw may be changed before the first step; private are zcsend's. */
+typedef struct zcs_transfer {
+  int sock_fd;          /* rw: destination socket, O_NONBLOCK */
+  int file_fd;          /* rw: source fd, -1 for ZCS_BACKEND_MEMORY */
+  int flags;            /* rw: ZCS_F_* */
+  size_t budget;        /* rw: bytes one step may move before yielding */
+  int64_t start;        /* ro: offset the transfer began at */
+  int64_t offset;       /* ro: next source offset to read (-1: source can't seek) */
+  int64_t remaining;    /* ro: bytes still to send, ZCS_COUNT_TO_EOF when unknown */
+  uint64_t sent;        /* ro: bytes delivered to the socket, exactly */
+  uint64_t sent_zero_copy; /* ro: the part of sent that never entered user space */
+  int backend;          /* ro: enum zcs_backend now in use */
+  int result;           /* ro: 1 while running, then ZCS_DONE or a negative error */
+  volatile int cancelled; /* private: set by zcs_transfer_cancel() */
+  /* private: emulation buffer */
+  char *buf;
+  size_t buf_cap, buf_len, buf_pos;
+  /* private: splice pipe and the bytes parked in it */
+  int pipe_fds[2];
+  size_t pipe_len;
+  int counted;          /* private: outcome recorded in the global stats */
+} zcs_transfer_t;
+
+/* Prepares a transfer of count bytes (ZCS_COUNT_TO_EOF: to the source's end)
+ * from file_fd at offset to sock_fd. A regular file's count is fixed now from
+ * its size, so a file that later grows sends what it had and one that shrinks
+ * fails with ZCS_ETRUNCATED. A source that can't seek ignores offset.
+ * Returns 0, or -EBADF / -EISDIR / -EINVAL / ZCS_EBLOCKING / -ENOMEM.
+ * Every initialised transfer must be released with zcs_transfer_release(). */
+int zcs_transfer_init(zcs_transfer_t *t, int sock_fd, int file_fd, int64_t offset,
+                      int64_t count, int flags);
+
+/* Prepares a transfer of len bytes copied from data (no source fd). */
+int zcs_transfer_init_memory(zcs_transfer_t *t, int sock_fd, const void *data, size_t len,
+                             int flags);
+
+/* Pushes bytes until the socket would block, the budget is spent, the transfer
+ * ends, or an error. Returns enum zcs_step_result or a negative error; after
+ * ZCS_DONE or an error every later call returns the same. Partial progress is
+ * in t->sent even when an error is returned. Never raises SIGPIPE. */
+int zcs_transfer_step(zcs_transfer_t *t);
+
+/* The fd and libev-style events (1 read, 2 write) that a step result waits on. */
+int zcs_transfer_wait_fd(const zcs_transfer_t *t, int step_result, int *events);
+
+/* Marks the transfer cancelled: the next step returns -ECANCELED and moves nothing.
+ * Safe from another thread only when the caller excludes a concurrent step
+ * (zcs_ev_transfer does, with its lock). */
+void zcs_transfer_cancel(zcs_transfer_t *t);
+
+/* Frees buffers and the splice pipe and records the outcome in zcs_stats(). */
+void zcs_transfer_release(zcs_transfer_t *t);
+
+/* Process-wide counters, shared by every binding. */
+typedef struct zcs_stats {
+  uint64_t bytes_zero_copy;
+  uint64_t bytes_fallback;
+  uint64_t started;
+  uint64_t completed;
+  uint64_t failed;
+  uint64_t cancelled;
+  uint64_t active;
+} zcs_stats_t;
+void zcs_stats(zcs_stats_t *out);
+
+/* Reads ZCSEND_BACKEND ("", "auto" or "emulated") once. Returns 0 or ZCS_EBACKEND. */
+int zcs_backend_init(void);
+/* "linux-sendfile", "darwin-sendfile", "freebsd-sendfile" or "emulated". */
+const char *zcs_backend_name(void);
+const char *zcs_backend_kind_name(int backend);
+
+const char *zcs_strerror(int err);
+const char *zcs_err_name(int err);
+
+/* ---- libev driver ---------------------------------------------------------- */
+typedef struct zcs_ev_transfer zcs_ev_transfer_t;
+/* invoked once, when the transfer is done, failed or was cancelled */
+typedef void (*zcs_ev_done_cb)(zcs_ev_transfer_t *w, int result);
+
+struct zcs_ev_transfer {
+  zcs_transfer_t *transfer; /* ro */
+  struct ev_loop *loop;     /* ro */
+  zcs_ev_done_cb on_done;   /* rw */
+  void *data;               /* rw: the caller's */
+  pthread_mutex_t *lock;    /* rw: if set, held around every step */
+  int finished;             /* ro */
+  ev_io io;                 /* private */
+};
+
+/* Starts driving t on loop; on_done is called from the loop when it ends.
+ * Starting a started watcher is harmless. Returns 0 or -EINVAL. */
+int zcs_ev_start(zcs_ev_transfer_t *w, struct ev_loop *loop, zcs_transfer_t *t,
+                 zcs_ev_done_cb on_done, void *data);
+/* Steps now (e.g. after zcs_transfer_cancel); may call on_done. */
+void zcs_ev_kick(zcs_ev_transfer_t *w);
+/* Stops watching without finishing; on_done is not called. Harmless twice. */
+void zcs_ev_stop(zcs_ev_transfer_t *w);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* ZCSEND_H */
