@@ -161,6 +161,37 @@ void zcs_ev_kick(zcs_ev_transfer_t *w);
 /* Stops watching without finishing; on_done is not called. Harmless twice. */
 void zcs_ev_stop(zcs_ev_transfer_t *w);
 
+/* ---- engine: a background thread running a libev loop --------------------
+ * For hosts whose own loop zcsend can't join (Python's asyncio): jobs are handed
+ * to one engine thread per process, which works on dup()s of their fds, so the
+ * host closing its fd mid-transfer can never redirect bytes to an fd that reused
+ * the number. Finished jobs come back through a channel: an fd that turns
+ * readable, and a list the host drains from its own thread. */
+typedef struct zcs_channel zcs_channel_t;
+typedef struct zcs_job zcs_job_t;
+
+zcs_channel_t *zcs_channel_new(void);          /* NULL and errno on failure */
+int zcs_channel_fd(const zcs_channel_t *ch);   /* readable while finished jobs wait */
+/* Takes up to n finished jobs' ids; each id was returned by zcs_job_id(). */
+size_t zcs_channel_drain(zcs_channel_t *ch, uint64_t *ids, size_t n);
+void zcs_channel_release(zcs_channel_t *ch);   /* freed when no job still holds it */
+
+/* A job owns its transfer; set it up with zcs_transfer_init*(zcs_job_transfer(j)),
+ * step it inline if you like, then submit. One reference is the caller's. */
+zcs_job_t *zcs_job_new(void);
+zcs_transfer_t *zcs_job_transfer(zcs_job_t *j);
+uint64_t zcs_job_id(const zcs_job_t *j);
+/* Hands the job to the engine thread (started on first use). Returns 0, or a
+ * negative errno (nothing is submitted then). */
+int zcs_job_submit(zcs_job_t *j, zcs_channel_t *ch);
+/* Stops the job: when this returns, no further byte of it will be written, and
+ * zcs_job_sent() is final. The job still comes back through its channel. */
+void zcs_job_cancel(zcs_job_t *j);
+uint64_t zcs_job_sent(zcs_job_t *j);
+uint64_t zcs_job_sent_zero_copy(zcs_job_t *j);
+int zcs_job_result(zcs_job_t *j);               /* 1 while running */
+void zcs_job_release(zcs_job_t *j);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,0 +1,210 @@
+"""zcsend.sendfile(): validation, the handoff to the engine, and the contract
+around it. Transfer logic lives in the C core; this file only arranges it."""
+import asyncio
+import io
+import os
+import stat
+import weakref
+
+from . import _zcsend
+from ._errors import SendfileConnectionError, error_for
+from ._transports import SelectorHold, check_usable, resolve
+
+import errno as _errno
+
+# One inline step in the loop thread before handing off: a small file is then
+# sent without any thread handoff. Bounded so the loop is never held for long.
+INLINE_BUDGET = 1 << 20
+# Chunk size for sources without a file descriptor (BytesIO and the like).
+CHUNK = 256 << 10
+
+
+class _Channel:
+    """Completions for one event loop: the engine marks an fd readable and the
+    loop's reader resolves the futures of the transfers that ended."""
+
+    def __init__(self, loop):
+        self.channel = _zcsend.Channel()
+        self.waiters = {}
+        self.loop = loop
+        loop.add_reader(self.channel.fileno(), self._ready)
+        weakref.finalize(loop, self.channel.close)
+
+    def _ready(self):
+        for tid in self.channel.drain():
+            fut = self.waiters.pop(tid, None)
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+
+    def submit(self, transfer):
+        fut = self.loop.create_future()
+        self.waiters[transfer.id] = fut
+        try:
+            transfer.submit(self.channel)
+        except BaseException:
+            del self.waiters[transfer.id]
+            raise
+        return fut
+
+
+_channels = weakref.WeakKeyDictionary()
+
+
+def _channel(loop):
+    ch = _channels.get(loop)
+    if ch is None:
+        ch = _channels[loop] = _Channel(loop)
+    return ch
+
+
+def _check_params(file, offset, count):
+    """asyncio's checks, with asyncio's types and messages, and a few more."""
+    if isinstance(file, io.TextIOBase) or "b" not in getattr(file, "mode", "b"):
+        raise ValueError("file should be opened in binary mode")
+    if count is not None:
+        if not isinstance(count, int):
+            raise TypeError(f"count must be a positive integer (got {count!r})")
+        if count <= 0:
+            raise ValueError(f"count must be a positive integer (got {count!r})")
+    if not isinstance(offset, int):
+        raise TypeError(f"offset must be a non-negative integer (got {offset!r})")
+    if offset < 0:
+        raise ValueError(f"offset must be a non-negative integer (got {offset!r})")
+    if getattr(file, "closed", False):
+        raise ValueError("I/O operation on closed file.")
+    readable = getattr(file, "readable", None)
+    if readable is not None and not readable():
+        raise io.UnsupportedOperation("File not open for reading")
+
+
+def _source_fd(file):
+    """The file's fd, or None for objects that only read()."""
+    try:
+        return file.fileno()
+    except (AttributeError, io.UnsupportedOperation):
+        return None
+
+
+def _raise_core(exc, sent, total):
+    """The OSError a core Transfer() raised, in zcsend's terms."""
+    code = -exc.errno
+    if code == _zcsend.EUNSUPPORTED:
+        raise asyncio.SendfileNotAvailableError("this source cannot be sent without copying") from None
+    if exc.errno >= 4000:
+        raise error_for(code, exc.strerror, sent, total) from None
+    raise exc
+
+
+async def _run(hold, transfer):
+    """Drives one core transfer to its end; returns its result code. On
+    cancellation the transfer is stopped before CancelledError goes on."""
+    hold.transfer = transfer
+    try:
+        rc = transfer.step(INLINE_BUDGET)
+        if rc <= 0:
+            return rc
+        fut = _channel(hold.loop).submit(transfer)
+        try:
+            await fut
+        except asyncio.CancelledError:
+            transfer.cancel()  # no byte goes out once this returns
+            try:
+                await asyncio.shield(fut)  # the engine lets go of its fds
+            except asyncio.CancelledError:
+                pass
+            raise
+        return transfer.result
+    finally:
+        hold.transfer = None
+
+
+def _finish(hold, rc, sent, total):
+    if rc == 0:
+        return
+    if hold.closed:
+        raise SendfileConnectionError(
+            _errno.ECONNABORTED, f"transport was closed during sendfile (after {sent} bytes)", sent)
+    if rc == _zcsend.EUNSUPPORTED and sent == 0:
+        raise asyncio.SendfileNotAvailableError("this pair of file and socket cannot go zero-copy")
+    raise error_for(rc, _zcsend.strerror(rc), sent, total)
+
+
+async def _send_fd(hold, sock_fd, fd, offset, count, fallback):
+    try:
+        transfer = _zcsend.Transfer(sock_fd, fd, offset, -1 if count is None else count, fallback)
+    except OSError as exc:
+        _raise_core(exc, 0, count)
+    total = transfer.remaining
+    rc = await _run(hold, transfer)
+    return rc, transfer.sent, total
+
+
+async def _send_chunked(hold, sock_fd, file, offset, count):
+    """Sources with no fd: read bounded chunks, each sent by the core."""
+    if offset:
+        file.seek(offset)
+    sent = 0
+    while count is None or sent < count:
+        want = CHUNK if count is None else min(CHUNK, count - sent)
+        if isinstance(file, io.BytesIO):
+            data = file.read(want)
+        else:  # may block on disk: off the loop thread
+            data = await hold.loop.run_in_executor(None, file.read, want)
+        if not data:
+            break
+        transfer = _zcsend.Transfer.from_bytes(sock_fd, data)
+        rc = await _run(hold, transfer)
+        sent += transfer.sent
+        if rc != 0:
+            return rc, sent, count
+    return 0, sent, count
+
+
+async def sendfile(transport, file, offset=0, count=None, *, fallback=True):
+    """Send ``count`` bytes of ``file`` from ``offset`` (all to EOF when None) on
+    ``transport``; return the bytes sent. See the README for the contract."""
+    transport = resolve(transport)
+    _check_params(file, offset, count)
+    loop = asyncio.get_running_loop()
+    sock_fd = check_usable(transport)
+    fd = _source_fd(file)
+    seekable = False
+    if fd is not None:
+        st = os.fstat(fd)
+        seekable = stat.S_ISREG(st.st_mode)
+        zero_copy = seekable or stat.S_ISFIFO(st.st_mode)
+        if not fallback and not zero_copy:
+            raise asyncio.SendfileNotAvailableError("not a regular file or pipe")
+    else:
+        if not fallback:
+            raise asyncio.SendfileNotAvailableError("file has no file descriptor to send from")
+        seekable = getattr(file, "seekable", lambda: False)()
+    sent = 0
+    hold = SelectorHold(loop, transport)
+    try:
+        async with hold:
+            if fd is not None:
+                rc, sent, total = await _send_fd(hold, sock_fd, fd, offset, count, fallback)
+            else:
+                rc, sent, total = await _send_chunked(hold, sock_fd, file, offset, count)
+            _finish(hold, rc, sent, total)
+            return sent
+    finally:
+        if seekable:
+            file.seek(offset + sent)
+
+
+async def _sendfile_zc(self, file, offset=0, count=None, *, fallback=True):
+    """``await transport.sendfile_zc(file, offset, count)``: zcsend.sendfile on this transport."""
+    return await sendfile(self, file, offset, count, fallback=fallback)
+
+
+def stats():
+    """Process-wide counters: bytes sent zero-copy and by fallback; transfers
+    started, completed, failed, cancelled, and active now."""
+    return _zcsend.stats()
+
+
+def backend():
+    """The active backend's name: ``linux-sendfile`` or ``emulated``."""
+    return _zcsend.backend()

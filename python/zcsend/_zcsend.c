@@ -1,0 +1,374 @@
+/* zcsend._zcsend: the CPython face of the C core. It translates — argument
+ * checks, object lifetime, errors — and holds no transfer logic. */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <errno.h>
+#include "zcsend.h"
+
+typedef struct {
+  PyTypeObject *channel_type;
+  PyTypeObject *transfer_type;
+} module_state;
+
+/* ---- errors ----------------------------------------------------------------- */
+/* OSError(code, message); for zcsend's own codes, the code is positive too
+   (4001…) and the Python layer turns it into the right exception. */
+static PyObject *raise_code(int rc) {
+  PyObject *args = Py_BuildValue("(is)", -rc, zcs_strerror(rc));
+  if (args) {
+    PyErr_SetObject(PyExc_OSError, args);
+    Py_DECREF(args);
+  }
+  return NULL;
+}
+
+/* ---- Channel ------------------------------------------------------------------ */
+typedef struct {
+  PyObject_HEAD
+  zcs_channel_t *ch;
+} ChannelObject;
+
+static PyObject *channel_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
+  static char *kwlist[] = {NULL};
+  if (!PyArg_ParseTupleAndKeywords(args, kw, ":Channel", kwlist))
+    return NULL;
+  ChannelObject *self = (ChannelObject *)type->tp_alloc(type, 0);
+  if (!self)
+    return NULL;
+  self->ch = zcs_channel_new();
+  if (!self->ch) {
+    Py_DECREF(self);
+    return PyErr_SetFromErrno(PyExc_OSError);
+  }
+  return (PyObject *)self;
+}
+
+static void channel_dealloc(ChannelObject *self) {
+  PyTypeObject *tp = Py_TYPE(self);
+  zcs_channel_release(self->ch);
+  tp->tp_free(self);
+  Py_DECREF(tp);
+}
+
+static PyObject *channel_closed(void) {
+  PyErr_SetString(PyExc_ValueError, "channel is closed");
+  return NULL;
+}
+
+static PyObject *channel_fileno(ChannelObject *self, PyObject *unused) {
+  (void)unused;
+  if (!self->ch)
+    return channel_closed();
+  return PyLong_FromLong(zcs_channel_fd(self->ch));
+}
+
+static PyObject *channel_drain(ChannelObject *self, PyObject *unused) {
+  (void)unused;
+  if (!self->ch)
+    return channel_closed();
+  PyObject *out = PyList_New(0);
+  uint64_t ids[256];
+  size_t n;
+  while (out && (n = zcs_channel_drain(self->ch, ids, 256)) > 0) {
+    for (size_t i = 0; i < n; i++) {
+      PyObject *v = PyLong_FromUnsignedLongLong(ids[i]);
+      if (!v || PyList_Append(out, v) < 0) {
+        Py_XDECREF(v);
+        Py_CLEAR(out);
+        break;
+      }
+      Py_DECREF(v);
+    }
+    if (n < 256)
+      break;
+  }
+  return out;
+}
+
+/* Stops using the channel; the fd closes once no job in flight holds it. */
+static PyObject *channel_close(ChannelObject *self, PyObject *unused) {
+  (void)unused;
+  zcs_channel_release(self->ch);
+  self->ch = NULL;
+  Py_RETURN_NONE;
+}
+
+static PyMethodDef channel_methods[] = {
+    {"fileno", (PyCFunction)channel_fileno, METH_NOARGS, "fd that is readable while finished transfers wait"},
+    {"drain", (PyCFunction)channel_drain, METH_NOARGS, "ids of finished transfers; clears readiness"},
+    {"close", (PyCFunction)channel_close, METH_NOARGS, "release the channel"},
+    {NULL}};
+
+static PyType_Slot channel_slots[] = {
+    {Py_tp_new, channel_new},
+    {Py_tp_dealloc, channel_dealloc},
+    {Py_tp_methods, channel_methods},
+    {Py_tp_doc, "Where the engine delivers finished transfers: an fd and a queue."},
+    {0, NULL}};
+
+static PyType_Spec channel_spec = {"zcsend._zcsend.Channel", sizeof(ChannelObject), 0,
+                                   Py_TPFLAGS_DEFAULT, channel_slots};
+
+/* ---- Transfer ----------------------------------------------------------------- */
+typedef struct {
+  PyObject_HEAD
+  zcs_job_t *job;
+  int submitted;
+} TransferObject;
+
+static PyObject *transfer_alloc(PyTypeObject *type) {
+  TransferObject *self = (TransferObject *)type->tp_alloc(type, 0);
+  if (!self)
+    return NULL;
+  self->job = zcs_job_new();
+  if (!self->job) {
+    Py_DECREF(self);
+    return PyErr_NoMemory();
+  }
+  return (PyObject *)self;
+}
+
+static PyObject *transfer_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
+  static char *kwlist[] = {"sock_fd", "file_fd", "offset", "count", "fallback", NULL};
+  int sock_fd, file_fd, fallback = 1;
+  long long offset = 0, count = -1;
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "ii|LLp:Transfer", kwlist, &sock_fd, &file_fd,
+                                   &offset, &count, &fallback))
+    return NULL;
+  TransferObject *self = (TransferObject *)transfer_alloc(type);
+  if (!self)
+    return NULL;
+  int rc = zcs_transfer_init(zcs_job_transfer(self->job), sock_fd, file_fd, offset, count,
+                             fallback ? 0 : ZCS_F_NO_FALLBACK);
+  if (rc < 0) {
+    Py_DECREF(self);
+    return raise_code(rc);
+  }
+  return (PyObject *)self;
+}
+
+static PyObject *transfer_from_bytes(PyTypeObject *type, PyObject *args) {
+  int sock_fd;
+  Py_buffer data;
+  if (!PyArg_ParseTuple(args, "iy*:from_bytes", &sock_fd, &data))
+    return NULL;
+  TransferObject *self = (TransferObject *)transfer_alloc(type);
+  if (self) {
+    int rc = zcs_transfer_init_memory(zcs_job_transfer(self->job), sock_fd, data.buf,
+                                      (size_t)data.len, 0);
+    if (rc < 0) {
+      Py_CLEAR(self);
+      raise_code(rc);
+    }
+  }
+  PyBuffer_Release(&data);
+  return (PyObject *)self;
+}
+
+static void transfer_dealloc(TransferObject *self) {
+  PyTypeObject *tp = Py_TYPE(self);
+  if (self->job) {
+    if (self->submitted) {
+      Py_BEGIN_ALLOW_THREADS
+      zcs_job_cancel(self->job); /* nobody is left to hear of it: stop it */
+      Py_END_ALLOW_THREADS
+    }
+    zcs_job_release(self->job);
+  }
+  tp->tp_free(self);
+  Py_DECREF(tp);
+}
+
+static PyObject *transfer_step(TransferObject *self, PyObject *args) {
+  Py_ssize_t budget = 0;
+  if (!PyArg_ParseTuple(args, "|n:step", &budget))
+    return NULL;
+  if (self->submitted) {
+    PyErr_SetString(PyExc_RuntimeError, "transfer belongs to the engine now");
+    return NULL;
+  }
+  zcs_transfer_t *t = zcs_job_transfer(self->job);
+  size_t saved = t->budget;
+  if (budget > 0)
+    t->budget = (size_t)budget;
+  int rc;
+  Py_BEGIN_ALLOW_THREADS
+  rc = zcs_transfer_step(t);
+  Py_END_ALLOW_THREADS
+  t->budget = saved;
+  return PyLong_FromLong(rc);
+}
+
+static PyObject *transfer_submit(TransferObject *self, PyObject *arg) {
+  module_state *st = PyType_GetModuleState(Py_TYPE(self));
+  if (!st || !PyObject_TypeCheck(arg, st->channel_type)) {
+    PyErr_SetString(PyExc_TypeError, "submit() takes a Channel");
+    return NULL;
+  }
+  ChannelObject *ch = (ChannelObject *)arg;
+  if (!ch->ch)
+    return channel_closed();
+  if (self->submitted) {
+    PyErr_SetString(PyExc_RuntimeError, "transfer was submitted already");
+    return NULL;
+  }
+  int rc = zcs_job_submit(self->job, ch->ch);
+  if (rc < 0)
+    return raise_code(rc);
+  self->submitted = 1;
+  Py_RETURN_NONE;
+}
+
+static PyObject *transfer_cancel(TransferObject *self, PyObject *unused) {
+  (void)unused;
+  Py_BEGIN_ALLOW_THREADS
+  zcs_job_cancel(self->job);
+  Py_END_ALLOW_THREADS
+  Py_RETURN_NONE;
+}
+
+static PyObject *transfer_get_sent(TransferObject *self, void *c) {
+  (void)c;
+  return PyLong_FromUnsignedLongLong(zcs_job_sent(self->job));
+}
+static PyObject *transfer_get_sent_zc(TransferObject *self, void *c) {
+  (void)c;
+  return PyLong_FromUnsignedLongLong(zcs_job_sent_zero_copy(self->job));
+}
+static PyObject *transfer_get_result(TransferObject *self, void *c) {
+  (void)c;
+  return PyLong_FromLong(zcs_job_result(self->job));
+}
+static PyObject *transfer_get_id(TransferObject *self, void *c) {
+  (void)c;
+  return PyLong_FromUnsignedLongLong(zcs_job_id(self->job));
+}
+static PyObject *transfer_get_backend(TransferObject *self, void *c) {
+  (void)c;
+  return PyUnicode_FromString(zcs_backend_kind_name(zcs_job_transfer(self->job)->backend));
+}
+static PyObject *transfer_get_remaining(TransferObject *self, void *c) {
+  (void)c;
+  return PyLong_FromLongLong(zcs_job_transfer(self->job)->remaining);
+}
+
+static PyGetSetDef transfer_getset[] = {
+    {"sent", (getter)transfer_get_sent, NULL, "bytes delivered to the socket", NULL},
+    {"sent_zero_copy", (getter)transfer_get_sent_zc, NULL, "part of sent that was not copied", NULL},
+    {"result", (getter)transfer_get_result, NULL, "1 while running, 0 done, else -error", NULL},
+    {"id", (getter)transfer_get_id, NULL, "id that Channel.drain() reports", NULL},
+    {"backend", (getter)transfer_get_backend, NULL, "sendfile, splice, emulated or memory", NULL},
+    {"remaining", (getter)transfer_get_remaining, NULL, "bytes left to send, -1 if unknown", NULL},
+    {NULL}};
+
+static PyMethodDef transfer_methods[] = {
+    {"from_bytes", (PyCFunction)transfer_from_bytes, METH_VARARGS | METH_CLASS,
+     "from_bytes(sock_fd, data): a transfer of a copy of data"},
+    {"step", (PyCFunction)transfer_step, METH_VARARGS,
+     "step([budget]) -> DONE, WANT_* or -error; non-blocking, in this thread"},
+    {"submit", (PyCFunction)transfer_submit, METH_O, "hand the transfer to the engine thread"},
+    {"cancel", (PyCFunction)transfer_cancel, METH_NOARGS,
+     "stop: once this returns no further byte is written and sent is final"},
+    {NULL}};
+
+static PyType_Slot transfer_slots[] = {
+    {Py_tp_new, transfer_new},
+    {Py_tp_dealloc, transfer_dealloc},
+    {Py_tp_methods, transfer_methods},
+    {Py_tp_getset, transfer_getset},
+    {Py_tp_doc, "Transfer(sock_fd, file_fd, offset=0, count=-1, fallback=True)"},
+    {0, NULL}};
+
+static PyType_Spec transfer_spec = {"zcsend._zcsend.Transfer", sizeof(TransferObject), 0,
+                                    Py_TPFLAGS_DEFAULT, transfer_slots};
+
+/* ---- module functions ----------------------------------------------------------- */
+static PyObject *mod_stats(PyObject *m, PyObject *unused) {
+  (void)m;
+  (void)unused;
+  zcs_stats_t s;
+  zcs_stats(&s);
+  return Py_BuildValue("{sKsKsKsKsKsKsK}", "bytes_zero_copy", (unsigned long long)s.bytes_zero_copy,
+                       "bytes_fallback", (unsigned long long)s.bytes_fallback, "started",
+                       (unsigned long long)s.started, "completed", (unsigned long long)s.completed,
+                       "failed", (unsigned long long)s.failed, "cancelled",
+                       (unsigned long long)s.cancelled, "active", (unsigned long long)s.active);
+}
+
+static PyObject *mod_backend(PyObject *m, PyObject *unused) {
+  (void)m;
+  (void)unused;
+  return PyUnicode_FromString(zcs_backend_name());
+}
+
+static PyObject *mod_strerror(PyObject *m, PyObject *arg) {
+  (void)m;
+  int code = (int)PyLong_AsLong(arg);
+  if (code == -1 && PyErr_Occurred())
+    return NULL;
+  return PyUnicode_FromString(zcs_strerror(code));
+}
+
+static PyObject *mod_errname(PyObject *m, PyObject *arg) {
+  (void)m;
+  int code = (int)PyLong_AsLong(arg);
+  if (code == -1 && PyErr_Occurred())
+    return NULL;
+  return PyUnicode_FromString(zcs_err_name(code));
+}
+
+static PyMethodDef module_methods[] = {
+    {"stats", mod_stats, METH_NOARGS, "process-wide transfer counters"},
+    {"backend", mod_backend, METH_NOARGS, "name of the active backend"},
+    {"strerror", mod_strerror, METH_O, "message for a negative error code"},
+    {"errname", mod_errname, METH_O, "name (EPIPE, ETRUNCATED, ...) of a negative error code"},
+    {NULL}};
+
+static int module_exec(PyObject *m) {
+  module_state *st = PyModule_GetState(m);
+  int rc = zcs_backend_init();
+  if (rc < 0) {
+    PyErr_Format(PyExc_ValueError, "ZCSEND_BACKEND=%s: %s (use 'auto' or 'emulated')",
+                 getenv("ZCSEND_BACKEND"), zcs_strerror(rc));
+    return -1;
+  }
+  st->channel_type = (PyTypeObject *)PyType_FromModuleAndSpec(m, &channel_spec, NULL);
+  st->transfer_type = (PyTypeObject *)PyType_FromModuleAndSpec(m, &transfer_spec, NULL);
+  if (!st->channel_type || !st->transfer_type)
+    return -1;
+  if (PyModule_AddType(m, st->channel_type) < 0 || PyModule_AddType(m, st->transfer_type) < 0)
+    return -1;
+#define CONST(name, v) if (PyModule_AddIntConstant(m, name, v) < 0) return -1;
+  CONST("DONE", ZCS_DONE)
+  CONST("WANT_WRITE", ZCS_WANT_WRITE)
+  CONST("WANT_READ", ZCS_WANT_READ)
+  CONST("WANT_SOURCE", ZCS_WANT_SOURCE)
+  CONST("ECANCELED", -ECANCELED)
+#define XX(name, value, msg) CONST(#name, value)
+  ZCS_ERRNO_MAP(XX)
+#undef XX
+#undef CONST
+  return 0;
+}
+
+static int module_traverse(PyObject *m, visitproc visit, void *arg) {
+  module_state *st = PyModule_GetState(m);
+  Py_VISIT(st->channel_type);
+  Py_VISIT(st->transfer_type);
+  return 0;
+}
+
+static int module_clear(PyObject *m) {
+  module_state *st = PyModule_GetState(m);
+  Py_CLEAR(st->channel_type);
+  Py_CLEAR(st->transfer_type);
+  return 0;
+}
+
+static PyModuleDef_Slot module_slots[] = {{Py_mod_exec, module_exec}, {0, NULL}};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT, "zcsend._zcsend", "zcsend's C core, translated for CPython.",
+    sizeof(module_state), module_methods, module_slots, module_traverse, module_clear, NULL};
+
+PyMODINIT_FUNC PyInit__zcsend(void) { return PyModuleDef_Init(&module_def); }
