@@ -116,6 +116,7 @@ async def _run(hold, transfer):
         return transfer.result
     finally:
         hold.transfer = None
+        hold.sent += transfer.sent  # final: the transfer has ended or was stopped
 
 
 def _finish(hold, rc, sent, total):
@@ -136,7 +137,7 @@ async def _send_fd(hold, sock_fd, fd, offset, count, fallback):
         _raise_core(exc, 0, count)
     total = transfer.remaining
     rc = await _run(hold, transfer)
-    return rc, transfer.sent, total
+    return rc, hold.sent, total
 
 
 async def _send_chunked(hold, sock_fd, file, offset, count):
@@ -144,7 +145,7 @@ async def _send_chunked(hold, sock_fd, file, offset, count):
     if offset:
         file.seek(offset)
     sent = 0
-    while count is None or sent < count:
+    while count is None or sent < count:  # sent == hold.sent
         want = CHUNK if count is None else min(CHUNK, count - sent)
         if isinstance(file, io.BytesIO):
             data = file.read(want)
@@ -154,7 +155,7 @@ async def _send_chunked(hold, sock_fd, file, offset, count):
             break
         transfer = _zcsend.Transfer.from_bytes(sock_fd, data)
         rc = await _run(hold, transfer)
-        sent += transfer.sent
+        sent = hold.sent
         if rc != 0:
             return rc, sent, count
     return 0, sent, count
@@ -179,7 +180,6 @@ async def sendfile(transport, file, offset=0, count=None, *, fallback=True):
         if not fallback:
             raise asyncio.SendfileNotAvailableError("file has no file descriptor to send from")
         seekable = getattr(file, "seekable", lambda: False)()
-    sent = 0
     hold = SelectorHold(loop, transport)
     try:
         async with hold:
@@ -191,7 +191,7 @@ async def sendfile(transport, file, offset=0, count=None, *, fallback=True):
             return sent
     finally:
         if seekable:
-            file.seek(offset + sent)
+            file.seek(offset + hold.sent)
 
 
 async def _sendfile_zc(self, file, offset=0, count=None, *, fallback=True):

@@ -69,6 +69,7 @@ class SelectorHold:
         self.loop = loop
         self.transport = transport
         self.transfer = None  # the running core transfer, stopped on connection loss
+        self.sent = 0  # bytes delivered by the transfers that have ended
         self.closed = False
         self._waiter = None
 

@@ -1,0 +1,177 @@
+"""Many transfers at once, and resources back to baseline after many more."""
+import asyncio
+import gc
+import hashlib
+import os
+import random
+import resource
+import socket
+import threading
+
+import zcsend
+from conftest import make_file, run
+
+
+def _raise_fd_limit(n):
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < n:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(n, hard), hard))
+
+
+def test_500_concurrent_transfers(tmp_path):
+    _raise_fd_limit(4096)
+    path = tmp_path / "src"
+    size = 4 << 20
+    make_file(path, size, seed=3)
+    data = open(path, "rb").read()
+    rnd = random.Random(42)
+    jobs = []
+    for _ in range(500):
+        count = rnd.randint(1, size)
+        jobs.append((rnd.randint(0, size - count), count))
+
+    async def main():
+        results = {}
+
+        async def handle(r, w):
+            i = int((await r.readline()).decode())
+            off, count = jobs[i]
+            with open(path, "rb") as f:
+                results[i] = await zcsend.sendfile(w, f, off, count)
+            w.close()
+
+        srv = await asyncio.start_server(handle, "127.0.0.1", 0, backlog=1000)
+        port = srv.sockets[0].getsockname()[1]
+        sem = asyncio.Semaphore(500)
+
+        async def client(i):
+            async with sem:
+                r, w = await asyncio.open_connection("127.0.0.1", port)
+                w.write(b"%d\n" % i)
+                h = hashlib.sha1()
+                n = 0
+                while True:
+                    b = await r.read(1 << 18)
+                    if not b:
+                        break
+                    h.update(b)
+                    n += len(b)
+                w.close()
+                off, count = jobs[i]
+                assert n == count, (i, n, count)
+                assert h.hexdigest() == hashlib.sha1(data[off:off + count]).hexdigest()
+
+        before = zcsend.stats()
+        await asyncio.gather(*(client(i) for i in range(500)))
+        after = zcsend.stats()
+        srv.close()
+        await srv.wait_closed()
+        assert results == {i: c for i, (o, c) in enumerate(jobs)}
+        assert after["completed"] - before["completed"] == 500
+        assert after["active"] == 0
+    run(main(), timeout=300)
+
+
+def _fds():
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _threads():
+    return len(os.listdir("/proc/self/task"))
+
+
+def _rss_kib():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+
+
+def test_10000_transfers_leave_nothing_behind(tmp_path):
+    """fds, threads and memory come back after 10,000 transfers, half of them
+    handed to the engine (small socket buffers), some cancelled or failed."""
+    path = tmp_path / "src"
+    make_file(path, 256 << 10, seed=5)
+
+    async def batch(n, port):
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        w.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+        return r, w
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        conns = []
+        accepted = asyncio.Queue()
+
+        async def on_conn(r, w):
+            await accepted.put((r, w))
+        srv = await asyncio.start_server(on_conn, "127.0.0.1", 0)
+        port = srv.sockets[0].getsockname()[1]
+
+        def sink(sock):
+            while sock.recv(1 << 20):
+                pass
+
+        socks = []
+        threads = []
+        for _ in range(4):
+            s = socket.create_connection(("127.0.0.1", port))
+            socks.append(s)
+            t = threading.Thread(target=sink, args=(s,), daemon=True)
+            t.start()
+            threads.append(t)
+            r, w = await accepted.get()
+            w.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+            conns.append(w)
+
+        rnd = random.Random(1)
+        f = open(path, "rb")
+
+        cancelled = 0
+
+        async def worker(w, n):
+            nonlocal cancelled
+            for i in range(n):
+                count = rnd.choice([100, 4096, 65536, 200_000])
+                if i % 50 == 49:  # a cancellation now and then
+                    task = asyncio.ensure_future(zcsend.sendfile(w, f, 0, count))
+                    await asyncio.sleep(0)
+                    task.cancel()
+                    try:
+                        await task
+                    except asyncio.CancelledError:
+                        cancelled += 1
+                else:
+                    await zcsend.sendfile(w, f, 0, count)
+
+        async def round_(n):
+            await asyncio.gather(*(worker(w, n) for w in conns))
+
+        await round_(50)  # warm up: engine thread, channel, allocator
+        gc.collect()
+        cancelled = 0
+        fds0, threads0, rss0 = _fds(), _threads(), _rss_kib()
+        before = zcsend.stats()
+        await round_(2500)
+        gc.collect()
+        after = zcsend.stats()
+        fds1, threads1, rss1 = _fds(), _threads(), _rss_kib()
+        core_cancelled = after["cancelled"] - before["cancelled"]
+        assert 0 < core_cancelled <= cancelled
+        # a task cancelled before its transfer began never started one
+        assert after["started"] - before["started"] == 10_000 - (cancelled - core_cancelled)
+        assert after["completed"] - before["completed"] == 10_000 - cancelled
+        assert after["active"] == 0
+        assert fds1 == fds0
+        assert threads1 == threads0
+        assert rss1 - rss0 < 8 * 1024, (rss0, rss1)  # KiB: allocator noise, not per-transfer growth
+        for w in conns:
+            w.close()
+        f.close()
+        srv.close()
+        await srv.wait_closed()
+        for t in threads:
+            t.join()
+        for s in socks:
+            s.close()
+    run(main(), timeout=600)

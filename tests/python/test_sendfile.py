@@ -1,0 +1,277 @@
+"""zcsend.sendfile on asyncio's TCP and Unix transports: data, contract, sources."""
+import asyncio
+import errno
+import hashlib
+import io
+import os
+import socket
+import threading
+
+import pytest
+
+import zcsend
+from conftest import Pair, file_sha1, make_file, run
+
+ZERO_COPY = zcsend.backend() != "emulated"
+
+
+def test_whole_file(kind, datafile):
+    path, size, digest = datafile
+
+    async def main():
+        async with Pair(kind) as p:
+            with open(path, "rb") as f:
+                reading = asyncio.ensure_future(p.read_all(size))
+                before = zcsend.stats()
+                assert await zcsend.sendfile(p.server, f) == size
+                assert f.tell() == size
+                assert await reading == (digest, size)
+                after = zcsend.stats()
+                zc = after["bytes_zero_copy"] - before["bytes_zero_copy"]
+                fb = after["bytes_fallback"] - before["bytes_fallback"]
+                assert (zc, fb) == ((size, 0) if ZERO_COPY else (0, size))
+                assert after["completed"] - before["completed"] == 1
+    run(main())
+
+
+@pytest.mark.parametrize("offset,count", [(0, 1), (1, None), (4095, 4097), (1 << 20, 3 << 20),
+                                          (123457, None), (0, 100 << 20)])
+def test_offset_and_count(kind, datafile, offset, count):
+    path, size, _ = datafile
+    want_digest, want_len = file_sha1(path, offset, count)
+
+    async def main():
+        async with Pair(kind) as p:
+            with open(path, "rb") as f:
+                f.seek(17)
+                reading = asyncio.ensure_future(p.read_all(want_len))
+                assert await zcsend.sendfile(p.server, f, offset, count) == want_len
+                assert f.tell() == offset + want_len
+                assert await reading == (want_digest, want_len)
+    run(main())
+
+
+def test_transport_method_and_raw_transport(kind, datafile):
+    path, size, digest = datafile
+
+    async def main():
+        async with Pair(kind) as p:
+            with open(path, "rb") as f:
+                reading = asyncio.ensure_future(p.read_all(2 * size))
+                assert await p.server.transport.sendfile_zc(f) == size
+                assert await zcsend.sendfile(p.server.transport, f, 0) == size
+                h = hashlib.sha1()
+                data = open(path, "rb").read()
+                h.update(data + data)
+                assert await reading == (h.hexdigest(), 2 * size)
+    run(main())
+
+
+def test_earlier_writes_go_first_and_nothing_interleaves(kind, datafile):
+    path, size, _ = datafile
+    head = b"H" * (6 << 20)  # more than the socket holds: it sits in the transport's buffer
+    tail = b"T" * 1000
+
+    async def main():
+        async with Pair(kind) as p:
+            with open(path, "rb") as f:
+                p.server.write(head)
+                assert p.server.transport.get_write_buffer_size() > 0
+                task = asyncio.ensure_future(zcsend.sendfile(p.server, f))
+                await asyncio.sleep(0)
+                with pytest.raises(RuntimeError, match="unable to write; sendfile is in progress"):
+                    p.server.write(b"interleaved")
+                with pytest.raises(RuntimeError, match="sendfile is already in progress on this transport"):
+                    await zcsend.sendfile(p.server, f)
+                data = await p.reader.readexactly(len(head) + size)
+                assert await task == size
+                p.server.write(tail)  # writable again afterwards
+                assert await p.reader.readexactly(len(tail)) == tail
+                assert data[:len(head)] == head
+                assert data[len(head):] == open(path, "rb").read()
+    run(main())
+
+
+def test_reading_paused_and_protocol_restored(kind, datafile):
+    path, size, digest = datafile
+
+    async def main():
+        async with Pair(kind, sndbuf=4096) as p:
+            t = p.server.transport
+            proto = t.get_protocol()
+            with open(path, "rb") as f:
+                task = asyncio.ensure_future(zcsend.sendfile(p.server, f))
+                await asyncio.sleep(0)
+                assert not t.is_reading()
+                assert t.get_protocol() is not proto
+                p.writer.write(b"ping")  # arrives while reading is paused
+                await p.writer.drain()
+                assert await p.read_all(size) == (digest, size)
+                assert await task == size
+            assert t.is_reading()
+            assert t.get_protocol() is proto
+            assert await asyncio.wait_for(p.server_reader.readexactly(4), 5) == b"ping"
+    run(main())
+
+
+# ---- sources ------------------------------------------------------------------------
+def _pipe_with(data):
+    r, w = os.pipe()
+
+    def feed():
+        with os.fdopen(w, "wb") as out:
+            for i in range(0, len(data), 100_000):
+                out.write(data[i:i + 100_000])
+    th = threading.Thread(target=feed)
+    th.start()
+    return os.fdopen(r, "rb"), th
+
+
+def test_pipe_to_eof_with_count_none(kind):
+    data = os.urandom(5 << 20)
+
+    async def main():
+        async with Pair(kind) as p:
+            src, th = _pipe_with(data)
+            with src:
+                reading = asyncio.ensure_future(p.read_all(len(data)))
+                before = zcsend.stats()
+                assert await zcsend.sendfile(p.server, src) == len(data)
+                after = zcsend.stats()
+                assert await reading == (hashlib.sha1(data).hexdigest(), len(data))
+                zc = after["bytes_zero_copy"] - before["bytes_zero_copy"]
+                assert zc == (len(data) if ZERO_COPY else 0)
+            th.join()
+    run(main())
+
+
+def test_pipe_with_count(kind):
+    data = os.urandom(1 << 20)
+
+    async def main():
+        async with Pair(kind) as p:
+            src, th = _pipe_with(data)
+            with src:
+                reading = asyncio.ensure_future(p.read_all(300_001))
+                assert await zcsend.sendfile(p.server, src, count=300_001) == 300_001
+                assert await reading == (hashlib.sha1(data[:300_001]).hexdigest(), 300_001)
+                src.read()
+            th.join()
+    run(main())
+
+
+def test_bytesio_goes_chunked(kind):
+    data = os.urandom((3 << 20) + 7)
+
+    async def main():
+        async with Pair(kind) as p:
+            src = io.BytesIO(data)
+            reading = asyncio.ensure_future(p.read_all(len(data) - 10))
+            before = zcsend.stats()
+            assert await zcsend.sendfile(p.server, src, 10) == len(data) - 10
+            assert src.tell() == len(data)
+            assert zcsend.stats()["bytes_fallback"] - before["bytes_fallback"] == len(data) - 10
+            assert await reading == (hashlib.sha1(data[10:]).hexdigest(), len(data) - 10)
+    run(main())
+
+
+class ReadOnly:
+    """An object with read() and nothing else: read off the loop thread."""
+    def __init__(self, data):
+        self.f = io.BytesIO(data)
+
+    def read(self, n=-1):
+        return self.f.read(n)
+
+
+def test_reader_object_goes_chunked(kind):
+    data = os.urandom(1 << 20)
+
+    async def main():
+        async with Pair(kind) as p:
+            reading = asyncio.ensure_future(p.read_all(len(data)))
+            assert await zcsend.sendfile(p.server, ReadOnly(data)) == len(data)
+            assert await reading == (hashlib.sha1(data).hexdigest(), len(data))
+    run(main())
+
+
+def test_fallback_false(kind):
+    async def main():
+        async with Pair(kind) as p:
+            with pytest.raises(asyncio.SendfileNotAvailableError,
+                               match="file has no file descriptor to send from"):
+                await zcsend.sendfile(p.server, io.BytesIO(b"x"), fallback=False)
+            with open("/dev/zero", "rb") as z:
+                with pytest.raises(asyncio.SendfileNotAvailableError, match="not a regular file or pipe"):
+                    await zcsend.sendfile(p.server, z, count=10, fallback=False)
+                # with fallback a character device is copied
+                reading = asyncio.ensure_future(p.read_all(100_000))
+                assert await zcsend.sendfile(p.server, z, count=100_000) == 100_000
+                assert (await reading)[1] == 100_000
+            p.server.write(b"ok")  # the transport is intact after the refusals
+            assert await p.reader.readexactly(2) == b"ok"
+    run(main())
+
+
+def test_small_socket_buffers(kind, datafile):
+    path, size, digest = datafile
+
+    async def main():
+        async with Pair(kind, sndbuf=4096) as p:
+            with open(path, "rb") as f:
+                reading = asyncio.ensure_future(p.read_all(size, chunk=4096))
+                assert await zcsend.sendfile(p.server, f) == size
+                assert await reading == (digest, size)
+    run(main())
+
+
+def test_sparse_file_past_4gib(tmp_path):
+    path = tmp_path / "sparse"
+    off = (4 << 30) + 4097
+    data = os.urandom(1 << 20)
+    with open(path, "wb") as f:
+        f.seek(off)
+        f.write(data)
+        f.truncate(5 << 30)
+
+    async def main():
+        async with Pair("tcp") as p:
+            with open(path, "rb") as f:
+                reading = asyncio.ensure_future(p.read_all(len(data)))
+                assert await zcsend.sendfile(p.server, f, off, len(data)) == len(data)
+                assert f.tell() == off + len(data)
+                assert await reading == (hashlib.sha1(data).hexdigest(), len(data))
+    run(main())
+
+
+def test_streamwriter_from_real_client_socket(datafile):
+    """The peer is a plain blocking socket in a thread, not asyncio."""
+    path, size, digest = datafile
+
+    async def main():
+        done = asyncio.get_running_loop().create_future()
+
+        async def handle(r, w):
+            with open(path, "rb") as f:
+                done.set_result(await zcsend.sendfile(w, f))
+            w.close()
+        srv = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = srv.sockets[0].getsockname()[1]
+
+        def client():
+            h = hashlib.sha1()
+            n = 0
+            with socket.create_connection(("127.0.0.1", port)) as s:
+                while True:
+                    b = s.recv(1 << 16)
+                    if not b:
+                        break
+                    h.update(b)
+                    n += len(b)
+            return h.hexdigest(), n
+        got = await asyncio.get_running_loop().run_in_executor(None, client)
+        assert got == (digest, size)
+        assert await done == size
+        srv.close()
+        await srv.wait_closed()
+    run(main())
