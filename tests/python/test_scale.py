@@ -174,6 +174,8 @@ def test_10000_transfers_leave_nothing_behind(tmp_path):
         f.close()
         srv.close()
         await srv.wait_closed()
+        for s in socks:
+            s.shutdown(socket.SHUT_RDWR)  # ends the sinks without the loop's help
         for t in threads:
             t.join()
         for s in socks:
