@@ -159,7 +159,7 @@ def test_10000_transfers_leave_nothing_behind(tmp_path):
         started = after["started"] - before["started"]
         completed = after["completed"] - before["completed"]
         core_cancelled = after["cancelled"] - before["cancelled"]
-        assert 0 < core_cancelled <= cancelled
+        assert cancelled > 0 and core_cancelled <= cancelled  # timing decides which stop mid-send
         assert after["failed"] == before["failed"]
         # every transfer ended one way; a task cancelled just after its transfer
         # completed still raises CancelledError (with the file position past it)
