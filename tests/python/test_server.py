@@ -1,0 +1,174 @@
+"""python -m zcsend serve, with curl as the client."""
+import hashlib
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import make_file
+
+pytestmark = pytest.mark.skipif(not __import__("shutil").which("curl"), reason="curl is required")
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    root = tmp_path_factory.mktemp("site")
+    outside = tmp_path_factory.mktemp("outside")
+    (outside / "secret.txt").write_text("secret\n")
+    digest = make_file(root / "big.bin", (5 << 20) + 3)
+    (root / "hello.txt").write_text("hello world\n")
+    (root / "page.html").write_text("<p>hi</p>\n")
+    (root / "sub").mkdir()
+    (root / "sub" / "index.html").write_text("index\n")
+    (root / "empty").mkdir()
+    os.symlink(outside / "secret.txt", root / "escape.txt")
+    os.symlink(root / "hello.txt", root / "inside.txt")
+    proc = subprocess.Popen([sys.executable, "-m", "zcsend", "serve", str(root), "--port", "0"],
+                            stdout=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    port = int(re.search(r":(\d+)/$", line.strip()).group(1))
+    yield {"root": root, "url": f"http://127.0.0.1:{port}", "port": port, "digest": digest}
+    proc.terminate()
+    proc.wait(10)
+
+
+def curl(*args):
+    r = subprocess.run(["curl", "-s", "-S", "--max-time", "30", *args], capture_output=True, timeout=60)
+    return r
+
+
+def headers_and_body(*args):
+    r = curl("-i", *args)
+    head, _, body = r.stdout.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    status = int(lines[0].split()[1])
+    hdrs = {k.lower(): v for k, _, v in (l.partition(": ") for l in lines[1:])}
+    return status, hdrs, body
+
+
+def test_whole_file(site, tmp_path):
+    out = tmp_path / "out"
+    r = curl("-o", str(out), "-w", "%{http_code} %{size_download}", site["url"] + "/big.bin")
+    assert r.stdout.decode() == f"200 {(5 << 20) + 3}"
+    assert hashlib.sha1(out.read_bytes()).hexdigest() == site["digest"]
+
+
+def test_headers(site):
+    status, h, body = headers_and_body(site["url"] + "/page.html")
+    assert status == 200
+    assert h["content-type"] == "text/html"
+    assert h["content-length"] == "10"
+    assert h["accept-ranges"] == "bytes"
+    assert re.match(r"\w{3}, \d\d \w{3} \d{4} \d\d:\d\d:\d\d GMT", h["last-modified"])
+    assert body == b"<p>hi</p>\n"
+    status, h, body = headers_and_body(site["url"] + "/sub/")
+    assert (status, body) == (200, b"index\n")
+
+
+@pytest.mark.parametrize("rng,start,end", [("0-4", 0, 4), ("6-", 6, 11), ("-6", 6, 11), ("3-100", 3, 11)])
+def test_ranges(site, rng, start, end):
+    status, h, body = headers_and_body("-r", rng, site["url"] + "/hello.txt")
+    assert status == 206
+    assert h["content-range"] == f"bytes {start}-{end}/12"
+    assert body == b"hello world\n"[start:end + 1]
+
+
+def test_range_on_big_file(site, tmp_path):
+    out = tmp_path / "part"
+    r = curl("-r", "1000000-3999999", "-o", str(out), "-w", "%{http_code}", site["url"] + "/big.bin")
+    assert r.stdout == b"206"
+    with open(site["root"] / "big.bin", "rb") as f:
+        f.seek(1000000)
+        assert out.read_bytes() == f.read(3000000)
+
+
+def test_unsatisfiable_range(site):
+    status, h, _ = headers_and_body("-r", "100-200", site["url"] + "/hello.txt")
+    assert status == 416
+    assert h["content-range"] == "bytes */12"
+
+
+def test_head(site):
+    r = curl("-I", site["url"] + "/big.bin")
+    text = r.stdout.decode()
+    assert text.startswith("HTTP/1.1 200 OK\r\n")
+    assert f"Content-Length: {(5 << 20) + 3}\r\n" in text
+    assert text.endswith("\r\n\r\n")  # no body
+
+
+def test_keep_alive_reuses_connection(site, tmp_path):
+    r = curl("-v", "-o", str(tmp_path / "a"), site["url"] + "/big.bin",
+             "-o", str(tmp_path / "b"), site["url"] + "/hello.txt")
+    assert r.returncode == 0
+    assert b"Re-using existing connection" in r.stderr
+    assert hashlib.sha1((tmp_path / "a").read_bytes()).hexdigest() == site["digest"]
+    assert (tmp_path / "b").read_bytes() == b"hello world\n"
+
+
+def test_if_modified_since(site):
+    status, h, _ = headers_and_body(site["url"] + "/hello.txt")
+    status, _, body = headers_and_body("-H", f"If-Modified-Since: {h['last-modified']}", site["url"] + "/hello.txt")
+    assert (status, body) == (304, b"")
+    status, _, body = headers_and_body("-H", "If-Modified-Since: Mon, 01 Jan 2001 00:00:00 GMT",
+                                       site["url"] + "/hello.txt")
+    assert (status, body) == (200, b"hello world\n")
+
+
+@pytest.mark.parametrize("path,status", [
+    ("/missing.txt", 404),
+    ("/empty/", 404),
+    ("/../outside/secret.txt", 403),
+    ("/sub/../../secret.txt", 403),
+    ("/%2e%2e/secret.txt", 403),
+    ("/sub/%2E%2E/%2e%2e/x", 403),
+    ("/escape.txt", 403),
+    ("/%ff", 400),
+])
+def test_refusals(site, path, status):
+    got, _, _ = headers_and_body("--path-as-is", site["url"] + path)
+    assert got == status
+
+
+def test_symlink_inside_is_served(site):
+    assert headers_and_body(site["url"] + "/inside.txt")[2] == b"hello world\n"
+
+
+def test_absolute_path_stays_inside(site):
+    assert headers_and_body("--path-as-is", site["url"] + "//etc/passwd")[0] == 404
+    assert headers_and_body(site["url"] + "/%2Fetc%2Fpasswd")[0] == 404
+
+
+def test_method_not_allowed(site):
+    status, h, _ = headers_and_body("-X", "POST", "-d", "x=1", site["url"] + "/hello.txt")
+    assert status == 405
+    assert h["allow"] == "GET, HEAD"
+
+
+def _raw(site, data):
+    with socket.create_connection(("127.0.0.1", site["port"]), timeout=10) as s:
+        s.sendall(data)
+        out = b""
+        while True:
+            b = s.recv(65536)
+            if not b:
+                return out
+            out += b
+
+
+@pytest.mark.parametrize("request_bytes", [
+    b"GARBAGE\r\n\r\n",
+    b"GET /hello.txt HTTP/9.9\r\n\r\n",
+    b"GET hello.txt HTTP/1.1\r\n\r\n",
+    b"GET /hello.txt HTTP/1.1\r\nBad Header\r\n\r\n",
+])
+def test_bad_request(site, request_bytes):
+    assert _raw(site, request_bytes).startswith(b"HTTP/1.1 400 Bad Request\r\n")
+
+
+def test_http10_closes(site):
+    out = _raw(site, b"GET /hello.txt HTTP/1.0\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 200 OK\r\n") and out.endswith(b"\r\n\r\nhello world\n")
