@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Installs what zcsend needs on Debian/Ubuntu, then builds and installs it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SUDO=""
+[ "$(id -u)" = 0 ] || SUDO="sudo"
+if command -v apt-get >/dev/null; then
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends \
+    build-essential pkg-config libev-dev libssl-dev liblua5.4-dev lua5.4 check curl
+fi
+PY=${PYTHON:-python3}
+$PY -m pip install -q --disable-pip-version-check --root-user-action=ignore \
+  "pytest>=7" pytest-timeout
+$PY -m pip install -q --disable-pip-version-check --root-user-action=ignore .
