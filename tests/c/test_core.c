@@ -138,8 +138,9 @@ static void check_send(int tcp, size_t len, int64_t off, int64_t count, int emul
   ck_assert_uint_eq(r.len, want);
   ck_assert(memcmp(r.buf, data + off, want) == 0);
   ck_assert_uint_eq(t.sent_zero_copy, emulate ? 0 : want);
-  /* 4 KiB buffers force a partial send and a wait every few KiB */
-  if (want >= (8u << 20))
+  /* a Unix socket's 4 KiB send buffer is a hard bound (TCP autotunes past it):
+     it forces a partial send and a wait every few dozen KiB */
+  if (!tcp && want >= (8u << 20))
     ck_assert_msg(steps > (int)(want >> 17), "only %d waits for %zu bytes", steps, want);
   zcs_transfer_release(&t);
   free(r.buf); free(data); close(sv[1]); close(fd);
