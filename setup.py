@@ -31,7 +31,7 @@ ev = pkg_config("libev", "libev-dev", "ev.h")
 ssl = pkg_config("openssl", "libssl-dev", "openssl/ssl.h")
 
 platform_backend = "backend_linux.c" if sys.platform.startswith("linux") else "backend_bsd.c"
-core = [platform_backend, "backend_emulated.c", "transfer.c", "driver_ev.c", "engine.c"]
+core = [platform_backend, "backend_emulated.c", "sink_tls.c", "transfer.c", "driver_ev.c", "engine.c"]
 
 extra_compile = ["-std=gnu11", "-D_FILE_OFFSET_BITS=64", "-pthread", "-Wall", "-Wextra", "-Wno-missing-field-initializers", "-Wno-cast-function-type"]
 extra_link = ["-pthread"]

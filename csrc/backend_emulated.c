@@ -10,8 +10,15 @@
 #include <unistd.h>
 #include "zcs_internal.h"
 
+/* The sink: plaintext on the socket, or the TLS connection when there is one. */
 ssize_t zcs__flush_buffer(zcs_transfer_t *t) {
   size_t len = t->buf_len - t->buf_pos;
+  if (t->ssl) {
+    ssize_t n = zcs__tls_write(t, t->buf + t->buf_pos, len);
+    if (n > 0 && (t->buf_pos += (size_t)n) == t->buf_len)
+      t->buf_pos = t->buf_len = 0;
+    return n;
+  }
   ssize_t n = send(t->sock_fd, t->buf + t->buf_pos, len, MSG_NOSIGNAL | MSG_DONTWAIT);
   if (n < 0 && errno == ENOTSOCK)
     n = write(t->sock_fd, t->buf + t->buf_pos, len); /* a pipe as destination */

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include "zcsend.h"
 
@@ -31,6 +32,8 @@ struct zcs_job {
   int kick;               /* queued for a cancel step (engine lock) */
   uint64_t id;
   zcs_channel_t *ch;
+  char *rbuf;             /* a read job's destination (zcs_job_init_read), else NULL */
+  size_t rlen;
   zcs_job_t *next;        /* engine queue link */
 };
 
@@ -136,6 +139,7 @@ static void job_unref(zcs_job_t *j) {
     return;
   zcs_transfer_release(&j->t);
   pthread_mutex_destroy(&j->lock);
+  free(j->rbuf);
   free(j);
 }
 
@@ -185,6 +189,30 @@ static void on_done(zcs_ev_transfer_t *w, int result) {
   job_unref(j); /* the engine's reference */
 }
 
+/* runs in the engine: a read job reads all it can at once (regular files only,
+   so this never waits on anything but the disk) */
+static void run_read(zcs_job_t *j) {
+  size_t got = 0;
+  int rc = 0;
+  while (got < j->rlen) {
+    ssize_t n = pread(j->t.file_fd, j->rbuf + got, j->rlen - got, (off_t)(j->t.offset + (int64_t)got));
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n < 0) {
+      rc = -errno;
+      break;
+    }
+    if (n == 0)
+      break;
+    got += (size_t)n;
+  }
+  pthread_mutex_lock(&j->lock);
+  j->t.sent = got;
+  j->t.result = rc;
+  pthread_mutex_unlock(&j->lock);
+  on_done(&j->w, rc);
+}
+
 static void on_wake(struct ev_loop *loop, ev_async *w, int revents) {
   (void)w;
   (void)revents;
@@ -209,6 +237,10 @@ static void on_wake(struct ev_loop *loop, ev_async *w, int revents) {
   while (starts) { /* the engine's reference keeps each alive until on_done */
     zcs_job_t *j = starts;
     starts = j->next;
+    if (j->rbuf) {
+      run_read(j);
+      continue;
+    }
     zcs_ev_start(&j->w, loop, &j->t, on_done, j);
   }
   while (kicks) { /* a cancelled job steps once more, to end */
@@ -272,23 +304,48 @@ static void engine_enqueue(zcs_job_t *j) {
   engine.queue = j;
 }
 
+int zcs_job_init_read(zcs_job_t *j, int fd, int64_t offset, size_t len) {
+  struct stat st;
+  if (j->state != JOB_NEW || j->rbuf || len == 0 || offset < 0)
+    return -EINVAL;
+  if (fstat(fd, &st) < 0)
+    return -errno;
+  if (!S_ISREG(st.st_mode))
+    return -ESPIPE; /* a pipe could block the engine: the host reads those itself */
+  char *buf = malloc(len);
+  if (!buf)
+    return -ENOMEM;
+  j->t.file_fd = fd;
+  j->t.offset = j->t.start = offset;
+  j->t.result = 1;
+  j->w.finished = 1; /* a cancel's kick has nothing to step */
+  j->w.data = j;
+  j->rbuf = buf;
+  j->rlen = len;
+  return 0;
+}
+
+const void *zcs_job_data(const zcs_job_t *j) { return j->rbuf; }
+
 int zcs_job_submit(zcs_job_t *j, zcs_channel_t *ch) {
   if (j->state != JOB_NEW || j->t.result != 1)
     return -EINVAL;
-  int s = fcntl(j->t.sock_fd, F_DUPFD_CLOEXEC, 0);
-  if (s < 0)
+  int s = -1;
+  if (!j->rbuf && (s = fcntl(j->t.sock_fd, F_DUPFD_CLOEXEC, 0)) < 0)
     return -errno;
   int f = -1;
   if (j->t.file_fd >= 0 && (f = fcntl(j->t.file_fd, F_DUPFD_CLOEXEC, 0)) < 0) {
     int e = -errno;
-    close(s);
+    if (s >= 0)
+      close(s);
     return e;
   }
   pthread_mutex_lock(&engine.lock);
   int rc = engine_start();
   if (rc < 0) {
     pthread_mutex_unlock(&engine.lock);
-    close(s);
+    if (s >= 0)
+      close(s);
     if (f >= 0)
       close(f);
     return rc;

@@ -29,6 +29,22 @@ void zcs_stats(zcs_stats_t *out) {
   out->active = __atomic_load_n(&stats.active, __ATOMIC_RELAXED);
 }
 
+void zcs_stats_host_begin(void) {
+  STAT_ADD(started, 1);
+  STAT_ADD(active, 1);
+}
+
+void zcs_stats_host_end(int result, uint64_t bytes_written) {
+  STAT_ADD(bytes_fallback, bytes_written);
+  if (result == ZCS_DONE)
+    STAT_ADD(completed, 1);
+  else if (result == -ECANCELED)
+    STAT_ADD(cancelled, 1);
+  else
+    STAT_ADD(failed, 1);
+  __atomic_sub_fetch(&stats.active, 1, __ATOMIC_RELAXED);
+}
+
 /* ---- backend selection ----------------------------------------------------- */
 static pthread_once_t backend_once = PTHREAD_ONCE_INIT;
 static int backend_forced_emulated;
@@ -60,6 +76,8 @@ const char *zcs_backend_kind_name(int backend) {
   case ZCS_BACKEND_SPLICE: return "splice";
   case ZCS_BACKEND_EMULATED: return "emulated";
   case ZCS_BACKEND_MEMORY: return "memory";
+  case ZCS_BACKEND_TLS: return "tls";
+  case ZCS_BACKEND_KTLS: return "ktls";
   default: return "unknown";
   }
 }
@@ -183,6 +201,7 @@ static ssize_t call_backend(zcs_transfer_t *t, size_t len) {
   switch (t->backend) {
   case ZCS_BACKEND_SENDFILE: return zcs__sendfile(t, len);
   case ZCS_BACKEND_SPLICE: return zcs__splice(t, len);
+  case ZCS_BACKEND_KTLS: return zcs__ktls_sendfile(t, len);
   default: return zcs__emulated(t, len);
   }
 }
@@ -199,7 +218,8 @@ static int run(zcs_transfer_t *t) {
       len = (size_t)t->remaining;
     ssize_t n = call_backend(t, len);
     if (n > 0) {
-      int zc = t->backend == ZCS_BACKEND_SENDFILE || t->backend == ZCS_BACKEND_SPLICE;
+      int zc = t->backend == ZCS_BACKEND_SENDFILE || t->backend == ZCS_BACKEND_SPLICE ||
+               t->backend == ZCS_BACKEND_KTLS;
       t->sent += (uint64_t)n;
       if (zc) {
         t->sent_zero_copy += (uint64_t)n;
@@ -218,14 +238,17 @@ static int run(zcs_transfer_t *t) {
       return ZCS_WANT_WRITE;
     if (n == ZCS__SOURCE_EMPTY)
       return ZCS_WANT_SOURCE;
+    if (n == ZCS__WANT_READ)
+      return ZCS_WANT_READ;
     if (n == -EINTR)
       continue;
-    if (t->backend != ZCS_BACKEND_EMULATED && t->backend != ZCS_BACKEND_MEMORY &&
+    if ((t->backend == ZCS_BACKEND_SENDFILE || t->backend == ZCS_BACKEND_SPLICE ||
+         t->backend == ZCS_BACKEND_KTLS) &&
         zcs__is_fallback_errno((int)n) && t->pipe_len == 0) {
       /* this pair of fds can't go zero-copy: copy instead, from where we are */
       if (t->flags & ZCS_F_NO_FALLBACK)
         return finish(t, ZCS_EUNSUPPORTED);
-      t->backend = ZCS_BACKEND_EMULATED;
+      t->backend = t->ssl ? ZCS_BACKEND_TLS : ZCS_BACKEND_EMULATED;
       continue;
     }
     return finish(t, (int)n);
@@ -256,6 +279,8 @@ int zcs_transfer_wait_fd(const zcs_transfer_t *t, int step_result, int *events) 
   }
 }
 
+unsigned long zcs_transfer_tls_error(const zcs_transfer_t *t) { return t->tls_error; }
+
 void zcs_transfer_cancel(zcs_transfer_t *t) { t->cancelled = 1; }
 
 void zcs_transfer_release(zcs_transfer_t *t) {
@@ -263,6 +288,7 @@ void zcs_transfer_release(zcs_transfer_t *t) {
   t->buf = NULL;
   t->buf_len = t->buf_pos = 0;
   zcs__splice_close(t);
+  zcs__tls_release(t);
   if (!t->counted)
     return;
   t->counted = 0;

@@ -15,6 +15,8 @@
  * A backend never blocks and never raises SIGPIPE by itself (transfer.c guards the
  * calls that can). */
 #define ZCS__SOURCE_EMPTY (-100000)
+/* the TLS sink needs the socket readable before it can write (handshake) */
+#define ZCS__WANT_READ (-100001)
 
 /* the platform's zero-copy call (backend_linux.c or backend_bsd.c) */
 ssize_t zcs__sendfile(zcs_transfer_t *t, size_t len);
@@ -25,6 +27,11 @@ void zcs__splice_close(zcs_transfer_t *t);
 ssize_t zcs__emulated(zcs_transfer_t *t, size_t len);
 /* send or write whatever is buffered in t->buf */
 ssize_t zcs__flush_buffer(zcs_transfer_t *t);
+
+/* TLS sink (sink_tls.c): SSL_write buf; SSL_sendfile on kernel TLS */
+ssize_t zcs__tls_write(zcs_transfer_t *t, const void *buf, size_t len);
+ssize_t zcs__ktls_sendfile(zcs_transfer_t *t, size_t len);
+void zcs__tls_release(zcs_transfer_t *t);
 
 extern const char zcs__platform_name[];
 

@@ -16,6 +16,8 @@
 #include <pthread.h>
 #include <ev.h>
 
+struct ssl_st; /* OpenSSL's SSL; zcsend.h does not need OpenSSL's headers */
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -27,7 +29,8 @@ extern "C" {
   XX(ETRUNCATED, -4001, "file ended before the requested byte count was sent")   \
   XX(EBLOCKING,  -4002, "socket is in blocking mode; zcsend needs O_NONBLOCK")   \
   XX(EBACKEND,   -4003, "unknown ZCSEND_BACKEND value")                          \
-  XX(EUNSUPPORTED, -4004, "this source cannot be sent without copying")
+  XX(EUNSUPPORTED, -4004, "this source cannot be sent without copying")         \
+  XX(ETLS,       -4005, "TLS protocol error (see zcs_transfer_tls_error)")
 
 enum {
 #define XX(name, value, msg) ZCS_##name = (value),
@@ -39,7 +42,8 @@ enum {
 enum zcs_step_result {
   ZCS_DONE = 0,        /* every byte delivered (or the source hit EOF with no count) */
   ZCS_WANT_WRITE = 1,  /* wait until the socket is writable, then step again */
-  ZCS_WANT_READ = 2,   /* wait until the socket is readable (TLS), then step again */
+  ZCS_WANT_READ = 2,   /* wait until the socket is readable (TLS handshake or
+                          renegotiation inside SSL_write), then step again */
   ZCS_WANT_SOURCE = 3  /* wait until the source fd is readable (pipe), then step again */
 };
 
@@ -48,7 +52,9 @@ enum zcs_backend {
   ZCS_BACKEND_SENDFILE = 0, /* the platform's sendfile(2) */
   ZCS_BACKEND_SPLICE = 1,   /* Linux splice(2) through a pipe */
   ZCS_BACKEND_EMULATED = 2, /* read/pread into a bounded buffer, then send */
-  ZCS_BACKEND_MEMORY = 3    /* bytes handed over in memory (no source fd) */
+  ZCS_BACKEND_MEMORY = 3,   /* bytes handed over in memory (no source fd) */
+  ZCS_BACKEND_TLS = 4,      /* read into a bounded buffer, then SSL_write */
+  ZCS_BACKEND_KTLS = 5      /* SSL_sendfile on a kernel-TLS socket (unverified here) */
 };
 
 /* Transfer flags. */
@@ -84,6 +90,10 @@ typedef struct zcs_transfer {
   int pipe_fds[2];
   size_t pipe_len;
   int counted;          /* private: outcome recorded in the global stats */
+  /* private: TLS sink (zcs_transfer_set_ssl) */
+  struct ssl_st *ssl;
+  int ssl_modes_added;
+  unsigned long tls_error;
 } zcs_transfer_t;
 
 /* Prepares a transfer of count bytes (ZCS_COUNT_TO_EOF: to the source's end)
@@ -98,6 +108,19 @@ int zcs_transfer_init(zcs_transfer_t *t, int sock_fd, int file_fd, int64_t offse
 /* Prepares a transfer of len bytes copied from data (no source fd). */
 int zcs_transfer_init_memory(zcs_transfer_t *t, int sock_fd, const void *data, size_t len,
                              int flags);
+
+/* Sends through ssl (an established or still-handshaking OpenSSL connection on
+ * sock_fd) instead of writing plaintext to the socket: the file is read in
+ * bounded chunks and SSL_written, or, where OpenSSL runs kernel TLS on the write
+ * BIO, sent with SSL_sendfile. Call after zcs_transfer_init*() and before the
+ * first step. The SSL is borrowed: it must outlive the transfer, and nothing
+ * else may write to it meanwhile. Its SSL_MODE_ENABLE_PARTIAL_WRITE and
+ * SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER are set for the transfer and restored on
+ * release. Returns 0, -EINVAL (set twice, after a step, or ssl writes another
+ * fd), or ZCS_EUNSUPPORTED with ZCS_F_NO_FALLBACK and no kernel TLS. */
+int zcs_transfer_set_ssl(zcs_transfer_t *t, struct ssl_st *ssl);
+/* OpenSSL's error code (ERR_get_error) behind the last ZCS_ETLS, or 0. */
+unsigned long zcs_transfer_tls_error(const zcs_transfer_t *t);
 
 /* Pushes bytes until the socket would block, the budget is spent, the transfer
  * ends, or an error. Returns enum zcs_step_result or a negative error; after
@@ -127,6 +150,11 @@ typedef struct zcs_stats {
   uint64_t active;
 } zcs_stats_t;
 void zcs_stats(zcs_stats_t *out);
+/* For transfers a binding carries out through the host's own writer (read jobs
+ * plus the host's write calls): counted like the core's own. begin once, then
+ * end once with ZCS_DONE, -ECANCELED or another error and the bytes written. */
+void zcs_stats_host_begin(void);
+void zcs_stats_host_end(int result, uint64_t bytes_written);
 
 /* Reads ZCSEND_BACKEND ("", "auto" or "emulated") once. Returns 0 or ZCS_EBACKEND. */
 int zcs_backend_init(void);
@@ -181,6 +209,16 @@ void zcs_channel_release(zcs_channel_t *ch);   /* freed when no job still holds 
 zcs_job_t *zcs_job_new(void);
 zcs_transfer_t *zcs_job_transfer(zcs_job_t *j);
 uint64_t zcs_job_id(const zcs_job_t *j);
+/* Makes j a read job instead: the engine reads up to len bytes of the regular
+ * file fd at offset into a buffer the job owns (zcs_job_data(), freed with the
+ * job); when it comes back, zcs_job_sent() is the byte count read (short only at
+ * the end of the file) and zcs_job_result() 0 or -errno. For hosts that must write the bytes through
+ * a layer of their own (a TLS implementation zcsend can't reach), so the disk
+ * read still happens off their thread. Returns 0, -EINVAL, or -ESPIPE when fd is
+ * not a regular file. */
+int zcs_job_init_read(zcs_job_t *j, int fd, int64_t offset, size_t len);
+/* A read job's buffer; read it only after the job came back. */
+const void *zcs_job_data(const zcs_job_t *j);
 /* Hands the job to the engine thread (started on first use). Returns 0, or a
  * negative errno (nothing is submitted then). */
 int zcs_job_submit(zcs_job_t *j, zcs_channel_t *ch);

@@ -573,6 +573,309 @@ START_TEST(ev_driver_waits_on_pipe_source) {
 }
 END_TEST
 
+
+/* ---- TLS: real handshakes with OpenSSL, the client in a thread ------------- */
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+
+/* a server context with a throwaway self-signed P-256 certificate */
+static SSL_CTX *server_ctx(void) {
+  SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+  EVP_PKEY *key = EVP_EC_gen("P-256");
+  X509 *crt = X509_new();
+  ASN1_INTEGER_set(X509_get_serialNumber(crt), 1);
+  X509_gmtime_adj(X509_getm_notBefore(crt), 0);
+  X509_gmtime_adj(X509_getm_notAfter(crt), 3600);
+  X509_set_pubkey(crt, key);
+  X509_NAME *name = X509_get_subject_name(crt);
+  X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)"localhost", -1,
+                             -1, 0);
+  X509_set_issuer_name(crt, name);
+  ck_assert_int_gt(X509_sign(crt, key, EVP_sha256()), 0);
+  ck_assert_int_eq(SSL_CTX_use_certificate(ctx, crt), 1);
+  ck_assert_int_eq(SSL_CTX_use_PrivateKey(ctx, key), 1);
+  X509_free(crt);
+  EVP_PKEY_free(key);
+  return ctx;
+}
+
+struct tls_reader {
+  int fd;
+  SSL_CTX *ctx;
+  size_t key_update_at; /* request a TLS 1.3 KeyUpdate after this many bytes (0: never) */
+  size_t close_after;   /* close the socket after this many bytes (0: read to the end) */
+  int max_version;
+  unsigned char *buf;
+  size_t len, cap;
+  int key_updates;
+  pthread_t th;
+};
+
+/* blocking client: handshake, then read plaintext until close_notify or EOF */
+static void *tls_read_all(void *arg) {
+  struct tls_reader *r = arg;
+  SSL *ssl = SSL_new(r->ctx);
+  SSL_set_fd(ssl, r->fd);
+  if (SSL_connect(ssl) != 1)
+    goto out;
+  for (;;) {
+    if (r->len == r->cap) {
+      r->cap = r->cap ? r->cap * 2 : 65536;
+      r->buf = realloc(r->buf, r->cap);
+    }
+    int n = SSL_read(ssl, r->buf + r->len, (int)(r->cap - r->len));
+    if (n <= 0)
+      break;
+    size_t before = r->len;
+    r->len += (size_t)n;
+    if (r->key_update_at && before < r->key_update_at && r->len >= r->key_update_at &&
+        SSL_version(ssl) == TLS1_3_VERSION) {
+      /* ask the sender to rotate its keys too, and send ours now */
+      if (SSL_key_update(ssl, SSL_KEY_UPDATE_REQUESTED) == 1 && SSL_do_handshake(ssl) == 1)
+        r->key_updates++;
+    }
+    if (r->close_after && r->len >= r->close_after)
+      break;
+  }
+out:
+  if (r->close_after)
+    shutdown(r->fd, SHUT_RDWR);
+  SSL_free(ssl);
+  ERR_clear_error();
+  return NULL;
+}
+
+static void tls_reader_start(struct tls_reader *r, int fd) {
+  r->fd = fd;
+  r->ctx = SSL_CTX_new(TLS_client_method());
+  if (r->max_version)
+    SSL_CTX_set_max_proto_version(r->ctx, r->max_version);
+  SSL_CTX_set_verify(r->ctx, SSL_VERIFY_NONE, NULL);
+  pthread_create(&r->th, NULL, tls_read_all, r);
+}
+
+static void tls_reader_join(struct tls_reader *r) {
+  pthread_join(r->th, NULL);
+  SSL_CTX_free(r->ctx);
+}
+
+/* the server side starts un-handshaken: the first steps drive the handshake
+   through SSL_write and must wait for readability (ZCS_WANT_READ) */
+static void check_tls(int tcp, size_t len, int64_t off, int64_t count, int max_version,
+                      int key_update) {
+  unsigned char *data = pattern(len, 21);
+  int fd = make_file("f", data, len);
+  int sv[2];
+  make_pair(tcp, sv);
+  SSL_CTX *sctx = server_ctx();
+  SSL *ssl = SSL_new(sctx);
+  SSL_set_fd(ssl, sv[0]);
+  SSL_set_accept_state(ssl);
+  zcs_transfer_t t;
+  ck_assert_int_eq(zcs_transfer_init(&t, sv[0], fd, off, count, 0), 0);
+  ck_assert_int_eq(zcs_transfer_set_ssl(&t, ssl), 0);
+  ck_assert_int_eq(t.backend, ZCS_BACKEND_TLS);
+  ck_assert_int_eq(zcs_transfer_set_ssl(&t, ssl), -EINVAL); /* twice */
+  struct tls_reader r = {.max_version = max_version, .key_update_at = key_update ? len / 3 : 0};
+  tls_reader_start(&r, sv[1]);
+  int rc = zcs_transfer_step(&t);
+  ck_assert_int_eq(rc, ZCS_WANT_READ); /* waiting for the ClientHello */
+  ck_assert_uint_eq(t.sent, 0);
+  int steps;
+  ck_assert_int_eq(drive(&t, &steps), ZCS_DONE);
+  size_t want = count < 0 ? len - (size_t)off : (size_t)count;
+  ck_assert_uint_eq(t.sent, want);
+  ck_assert_uint_eq(t.sent_zero_copy, 0);
+  /* close_notify, best effort on a non-blocking socket, then the fd */
+  SSL_shutdown(ssl);
+  close(sv[0]);
+  tls_reader_join(&r);
+  ck_assert_uint_eq(r.len, want);
+  ck_assert(memcmp(r.buf, data + off, want) == 0);
+  if (key_update)
+    ck_assert_int_eq(r.key_updates, 1);
+  zcs_transfer_release(&t);
+  /* the modes we added are gone again */
+  ck_assert(!(SSL_get_mode(ssl) & SSL_MODE_ENABLE_PARTIAL_WRITE));
+  SSL_free(ssl);
+  SSL_CTX_free(sctx);
+  free(r.buf); free(data); close(sv[1]); close(fd);
+}
+
+START_TEST(tls_unix_small_buffers) { check_tls(0, 24 << 20, 0, -1, 0, 0); }
+END_TEST
+START_TEST(tls_tcp_offset_count) { check_tls(1, 5 << 20, 4097, 3000001, 0, 0); }
+END_TEST
+START_TEST(tls12_tcp) { check_tls(1, 4 << 20, 0, -1, TLS1_2_VERSION, 0); }
+END_TEST
+START_TEST(tls13_key_update_mid_transfer) { check_tls(1, 16 << 20, 0, -1, 0, 1); }
+END_TEST
+
+/* the peer goes away mid-transfer: an error with the bytes counted, no SIGPIPE */
+START_TEST(tls_peer_closes) {
+  size_t len = 16 << 20;
+  unsigned char *data = pattern(len, 22);
+  int fd = make_file("f", data, len);
+  int sv[2];
+  make_pair(0, sv);
+  SSL_CTX *sctx = server_ctx();
+  SSL *ssl = SSL_new(sctx);
+  SSL_set_fd(ssl, sv[0]);
+  SSL_set_accept_state(ssl);
+  zcs_transfer_t t;
+  ck_assert_int_eq(zcs_transfer_init(&t, sv[0], fd, 0, -1, 0), 0);
+  ck_assert_int_eq(zcs_transfer_set_ssl(&t, ssl), 0);
+  struct tls_reader r = {.close_after = 1 << 20};
+  tls_reader_start(&r, sv[1]);
+  int steps;
+  int rc = drive(&t, &steps);
+  ck_assert_msg(rc == -EPIPE || rc == -ECONNRESET, "rc=%d (%s)", rc, zcs_strerror(rc));
+  ck_assert_uint_ge(t.sent, 1 << 20);
+  ck_assert_uint_lt(t.sent, len);
+  tls_reader_join(&r);
+  sigset_t pending;
+  sigpending(&pending);
+  ck_assert(!sigismember(&pending, SIGPIPE));
+  zcs_transfer_release(&t);
+  SSL_free(ssl);
+  SSL_CTX_free(sctx);
+  free(r.buf); free(data); close(sv[0]); close(sv[1]); close(fd);
+}
+END_TEST
+
+/* a client that isn't speaking TLS: a protocol error, named */
+START_TEST(tls_garbage_from_peer) {
+  size_t len = 1 << 20;
+  unsigned char *data = pattern(len, 23);
+  int fd = make_file("f", data, len);
+  int sv[2];
+  make_pair(0, sv);
+  SSL_CTX *sctx = server_ctx();
+  SSL *ssl = SSL_new(sctx);
+  SSL_set_fd(ssl, sv[0]);
+  SSL_set_accept_state(ssl);
+  zcs_transfer_t t;
+  ck_assert_int_eq(zcs_transfer_init(&t, sv[0], fd, 0, -1, 0), 0);
+  ck_assert_int_eq(zcs_transfer_set_ssl(&t, ssl), 0);
+  ck_assert_int_eq(write(sv[1], "GET / HTTP/1.0\r\n\r\n", 18), 18);
+  int steps;
+  ck_assert_int_eq(drive(&t, &steps), ZCS_ETLS);
+  ck_assert_uint_eq(t.sent, 0);
+  ck_assert_uint_ne(zcs_transfer_tls_error(&t), 0);
+  ck_assert_str_eq(zcs_err_name(ZCS_ETLS), "ETLS");
+  zcs_transfer_release(&t);
+  SSL_free(ssl);
+  SSL_CTX_free(sctx);
+  free(data); close(sv[0]); close(sv[1]); close(fd);
+}
+END_TEST
+
+START_TEST(tls_bad_inputs) {
+  unsigned char *data = pattern(4096, 24);
+  int fd = make_file("f", data, 4096);
+  int sv[2], other[2];
+  make_pair(0, sv);
+  make_pair(0, other);
+  SSL_CTX *sctx = server_ctx();
+  SSL *ssl = SSL_new(sctx);
+  SSL_set_fd(ssl, other[0]);
+  zcs_transfer_t t;
+  ck_assert_int_eq(zcs_transfer_init(&t, sv[0], fd, 0, -1, 0), 0);
+  ck_assert_int_eq(zcs_transfer_set_ssl(&t, NULL), -EINVAL);
+  ck_assert_int_eq(zcs_transfer_set_ssl(&t, ssl), -EINVAL); /* writes another fd */
+  zcs_transfer_release(&t);
+  SSL_set_fd(ssl, sv[0]);
+  ck_assert_int_eq(zcs_transfer_init(&t, sv[0], fd, 0, -1, ZCS_F_NO_FALLBACK), 0);
+  ck_assert_int_eq(zcs_transfer_set_ssl(&t, ssl), ZCS_EUNSUPPORTED); /* no kTLS here */
+  zcs_transfer_release(&t);
+  SSL_free(ssl);
+  SSL_CTX_free(sctx);
+  free(data); close(sv[0]); close(sv[1]); close(other[0]); close(other[1]); close(fd);
+}
+END_TEST
+
+/* TLS transfers side by side with plain ones on one libev loop */
+START_TEST(ev_driver_tls_concurrent) {
+  enum { N = 8 };
+  size_t len = 2 << 20;
+  unsigned char *data = pattern(len, 25);
+  int fd = make_file("f", data, len);
+  struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+  SSL_CTX *sctx = server_ctx();
+  static struct job jobs[N];
+  static struct tls_reader readers[N];
+  SSL *ssl[N];
+  for (int i = 0; i < N; i++) {
+    struct job *j = &jobs[i];
+    memset(j, 0, sizeof *j);
+    memset(&readers[i], 0, sizeof readers[i]);
+    make_pair(i % 2, j->sv);
+    ssl[i] = SSL_new(sctx);
+    SSL_set_fd(ssl[i], j->sv[0]);
+    SSL_set_accept_state(ssl[i]);
+    ck_assert_int_eq(zcs_transfer_init(&j->t, j->sv[0], fd, i * 1000, -1, 0), 0);
+    ck_assert_int_eq(zcs_transfer_set_ssl(&j->t, ssl[i]), 0);
+    tls_reader_start(&readers[i], j->sv[1]);
+    ck_assert_int_eq(zcs_ev_start(&j->w, loop, &j->t, on_done, j), 0);
+  }
+  ev_run(loop, 0);
+  for (int i = 0; i < N; i++) {
+    struct job *j = &jobs[i];
+    ck_assert_int_eq(j->result, ZCS_DONE);
+    SSL_shutdown(ssl[i]);
+    close(j->sv[0]);
+    tls_reader_join(&readers[i]);
+    ck_assert_uint_eq(readers[i].len, len - (size_t)i * 1000);
+    ck_assert(memcmp(readers[i].buf, data + i * 1000, readers[i].len) == 0);
+    zcs_transfer_release(&j->t);
+    SSL_free(ssl[i]);
+    free(readers[i].buf);
+    close(j->sv[1]);
+  }
+  SSL_CTX_free(sctx);
+  ev_loop_destroy(loop);
+  free(data);
+}
+END_TEST
+
+/* read jobs: the engine reads a regular file for a host that writes itself */
+START_TEST(engine_read_jobs) {
+  size_t len = (1 << 20) + 5;
+  unsigned char *data = pattern(len, 26);
+  int fd = make_file("f", data, len);
+  zcs_channel_t *ch = zcs_channel_new();
+  ck_assert_ptr_nonnull(ch);
+  zcs_job_t *a = zcs_job_new(), *b = zcs_job_new(), *c = zcs_job_new();
+  ck_assert_int_eq(zcs_job_init_read(a, fd, 100, 65536), 0);
+  ck_assert_int_eq(zcs_job_init_read(b, fd, len - 5, 65536), 0); /* short: the file ends */
+  int p[2];
+  ck_assert_int_eq(pipe(p), 0);
+  ck_assert_int_eq(zcs_job_init_read(c, p[0], 0, 10), -ESPIPE); /* would block the engine */
+  ck_assert_int_eq(zcs_job_init_read(c, fd, -1, 10), -EINVAL);
+  ck_assert_int_eq(zcs_job_init_read(c, fd, 0, 0), -EINVAL);
+  ck_assert_int_eq(zcs_job_submit(a, ch), 0);
+  ck_assert_int_eq(zcs_job_submit(b, ch), 0);
+  zcs_job_cancel(b); /* harmless: a read has nothing to stop */
+  uint64_t ids[4];
+  size_t got = 0;
+  while (got < 2) {
+    struct pollfd pf = {.fd = zcs_channel_fd(ch), .events = POLLIN};
+    ck_assert_int_eq(poll(&pf, 1, 5000), 1);
+    got += zcs_channel_drain(ch, ids + got, 4 - got);
+  }
+  ck_assert_int_eq(zcs_job_result(a), 0);
+  ck_assert_uint_eq(zcs_job_sent(a), 65536);
+  ck_assert(memcmp(zcs_job_data(a), data + 100, 65536) == 0);
+  ck_assert_int_eq(zcs_job_result(b), 0);
+  ck_assert_uint_eq(zcs_job_sent(b), 5);
+  ck_assert(memcmp(zcs_job_data(b), data + len - 5, 5) == 0);
+  zcs_job_release(a); zcs_job_release(b); zcs_job_release(c);
+  zcs_channel_release(ch);
+  close(p[0]); close(p[1]); close(fd); free(data);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("zcsend-core");
   TCase *tc = tcase_create("core");
@@ -603,6 +906,19 @@ int main(void) {
   tcase_add_test(tc, ev_driver_concurrent);
   tcase_add_test(tc, ev_driver_waits_on_pipe_source);
   suite_add_tcase(s, tc);
+  TCase *tls = tcase_create("tls");
+  tcase_set_timeout(tls, 120);
+  tcase_add_checked_fixture(tls, setup, teardown);
+  tcase_add_test(tls, tls_unix_small_buffers);
+  tcase_add_test(tls, tls_tcp_offset_count);
+  tcase_add_test(tls, tls12_tcp);
+  tcase_add_test(tls, tls13_key_update_mid_transfer);
+  tcase_add_test(tls, tls_peer_closes);
+  tcase_add_test(tls, tls_garbage_from_peer);
+  tcase_add_test(tls, tls_bad_inputs);
+  tcase_add_test(tls, ev_driver_tls_concurrent);
+  tcase_add_test(tc, engine_read_jobs);
+  suite_add_tcase(s, tls);
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);
   int failed = srunner_ntests_failed(sr);
