@@ -7,9 +7,9 @@ SUDO=""
 if command -v apt-get >/dev/null; then
   $SUDO apt-get update -q
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends \
-    build-essential pkg-config libev-dev libssl-dev liblua5.4-dev lua5.4 check curl
+    build-essential pkg-config libev-dev libssl-dev openssl liblua5.4-dev lua5.4 check curl
 fi
 PY=${PYTHON:-python3}
 $PY -m pip install -q --disable-pip-version-check --root-user-action=ignore \
-  "pytest>=7" pytest-timeout
+  "pytest>=7" pytest-timeout "uvloop>=0.19" "aiohttp>=3.9"
 $PY -m pip install -q --disable-pip-version-check --root-user-action=ignore .

@@ -1,6 +1,7 @@
 """zcsend.sendfile(): validation, the handoff to the engine, and the contract
 around it. Transfer logic lives in the C core; this file only arranges it."""
 import asyncio
+import collections
 import io
 import os
 import stat
@@ -8,12 +9,13 @@ import weakref
 
 from . import _zcsend
 from ._errors import SendfileConnectionError, error_for
-from ._transports import SelectorHold, check_usable, resolve
+from ._transports import hold_for, resolve
 
 import errno as _errno
 
 # One inline step in the loop thread before handing off: a small file is then
 # sent without any thread handoff. Bounded so the loop is never held for long.
+# 0 hands every transfer to the engine at once (benchmarks/inline.py compares).
 INLINE_BUDGET = 1 << 20
 # Chunk size for sources without a file descriptor (BytesIO and the like).
 CHUNK = 256 << 10
@@ -100,9 +102,10 @@ async def _run(hold, transfer):
     cancellation the transfer is stopped before CancelledError goes on."""
     hold.transfer = transfer
     try:
-        rc = transfer.step(INLINE_BUDGET)
-        if rc <= 0:
-            return rc
+        if INLINE_BUDGET > 0:
+            rc = transfer.step(INLINE_BUDGET)
+            if rc <= 0:
+                return rc
         fut = _channel(hold.loop).submit(transfer)
         try:
             await fut
@@ -123,16 +126,15 @@ def _finish(hold, rc, sent, total):
     if rc == 0:
         return
     if hold.closed:
-        raise SendfileConnectionError(
-            _errno.ECONNABORTED, f"transport was closed during sendfile (after {sent} bytes)", sent)
+        raise hold.closed_error()
     if rc == _zcsend.EUNSUPPORTED and sent == 0:
         raise asyncio.SendfileNotAvailableError("this pair of file and socket cannot go zero-copy")
     raise error_for(rc, _zcsend.strerror(rc), sent, total)
 
 
-async def _send_fd(hold, sock_fd, fd, offset, count, fallback):
+async def _send_fd(hold, fd, offset, count, fallback):
     try:
-        transfer = _zcsend.Transfer(sock_fd, fd, offset, -1 if count is None else count, fallback)
+        transfer = _zcsend.Transfer(hold.sock_fd, fd, offset, -1 if count is None else count, fallback)
     except OSError as exc:
         _raise_core(exc, 0, count)
     total = transfer.remaining
@@ -140,25 +142,129 @@ async def _send_fd(hold, sock_fd, fd, offset, count, fallback):
     return rc, hold.sent, total
 
 
-async def _send_chunked(hold, sock_fd, file, offset, count):
+async def _send_chunked(hold, file, offset, count):
     """Sources with no fd: read bounded chunks, each sent by the core."""
     if offset:
         file.seek(offset)
-    sent = 0
-    while count is None or sent < count:  # sent == hold.sent
-        want = CHUNK if count is None else min(CHUNK, count - sent)
+    while count is None or hold.sent < count:
+        want = CHUNK if count is None else min(CHUNK, count - hold.sent)
         if isinstance(file, io.BytesIO):
             data = file.read(want)
         else:  # may block on disk: off the loop thread
             data = await hold.loop.run_in_executor(None, file.read, want)
         if not data:
             break
-        transfer = _zcsend.Transfer.from_bytes(sock_fd, data)
-        rc = await _run(hold, transfer)
-        sent = hold.sent
+        rc = await _run(hold, _zcsend.Transfer.from_bytes(hold.sock_fd, data))
         if rc != 0:
-            return rc, sent, count
-    return 0, sent, count
+            return rc, hold.sent, count
+    return 0, hold.sent, count
+
+
+# ---- the write path: transports with no socket to send on (TLS) ----------------
+# Chunk size for writing through a transport, measured (benchmarks/tls_chunk.py):
+# 256 KiB is where asyncio's TLS stops getting faster; read-ahead keeps the
+# next chunk's disk read in the engine while this one is encrypted.
+WRITE_CHUNK = 256 << 10
+READ_AHEAD = 2
+
+
+class _ReadAhead:
+    """Reads the next chunks of a regular file in the engine thread, in order."""
+
+    def __init__(self, hold, fd, offset, total):
+        self.hold, self.fd = hold, fd
+        self.next = offset
+        self.end = offset + total
+        self.pending = collections.deque()
+
+    def _fill(self):
+        while len(self.pending) < READ_AHEAD and self.next < self.end:
+            n = min(WRITE_CHUNK, self.end - self.next)
+            job = _zcsend.Transfer.read(self.fd, self.next, n)
+            self.pending.append((job, n, _channel(self.hold.loop).submit(job)))
+            self.next += n
+
+    async def chunk(self):
+        """The next chunk (a buffer); shorter than asked only where the file ended."""
+        self._fill()
+        if not self.pending:
+            return None, 0
+        job, n, fut = self.pending.popleft()
+        await fut
+        if job.result != 0:
+            return job.result, n  # a negative errno
+        self._fill()
+        return memoryview(job), n  # the view keeps the job's buffer alive
+
+
+async def _read_other(hold, file, fd, want):
+    """A chunk from a pipe or a read()-only object, read off the loop thread."""
+    if fd is not None:
+        return await hold.loop.run_in_executor(None, os.read, fd, want)
+    if isinstance(file, io.BytesIO):
+        return file.read(want)
+    return await hold.loop.run_in_executor(None, file.read, want)
+
+
+async def _send_by_write(hold, file, fd, offset, count, regular):
+    """Writes the file through the transport in bounded chunks. Bytes count as
+    sent once the transport has taken them; flow control is honoured."""
+    if regular:
+        size = os.fstat(fd).st_size
+        total = max(0, size - offset) if count is None else min(count, max(0, size - offset))
+        reader = _ReadAhead(hold, fd, offset, total)
+    else:
+        total = count
+        if fd is None and offset:
+            file.seek(offset)
+    _zcsend.host_begin()
+    rc = -_errno.ECANCELED
+    try:
+        while total is None or hold.sent < total:
+            if not await hold.writable():
+                rc = -_errno.ECONNRESET
+                return rc, hold.sent, total
+            if regular:
+                data, asked = await reader.chunk()
+                if data is None:
+                    break
+                if isinstance(data, int):
+                    rc = data
+                    return rc, hold.sent, total
+                got = data.nbytes
+                if got < asked:  # the file ended early: it shrank
+                    if got:
+                        hold.write(data)
+                        hold.sent += got
+                    rc = _zcsend.ETRUNCATED
+                    return rc, hold.sent, total
+            else:
+                want = WRITE_CHUNK if total is None else min(WRITE_CHUNK, total - hold.sent)
+                try:
+                    data = await _read_other(hold, file, fd, want)
+                except OSError as exc:
+                    if hold.sent:  # after bytes went out: say how many
+                        rc = -(exc.errno or _errno.EIO)
+                        return rc, hold.sent, total
+                    raise
+                got = len(data)
+                if not got:
+                    break
+            if hold.ending():
+                rc = -_errno.ECONNRESET
+                return rc, hold.sent, total
+            hold.write(data)
+            hold.sent += got
+        rc = 0 if not hold.ending() else -_errno.ECONNRESET
+        return rc, hold.sent, total
+    except OSError as exc:
+        rc = -(exc.errno or _errno.EIO)
+        raise
+    except Exception:
+        rc = -_errno.EIO
+        raise
+    finally:
+        _zcsend.host_end(rc, hold.sent)
 
 
 async def sendfile(transport, file, offset=0, count=None, *, fallback=True):
@@ -167,26 +273,29 @@ async def sendfile(transport, file, offset=0, count=None, *, fallback=True):
     transport = resolve(transport)
     _check_params(file, offset, count)
     loop = asyncio.get_running_loop()
-    sock_fd = check_usable(transport)
+    hold = hold_for(loop, transport)
     fd = _source_fd(file)
-    seekable = False
+    regular = False
     if fd is not None:
         st = os.fstat(fd)
-        seekable = stat.S_ISREG(st.st_mode)
-        zero_copy = seekable or stat.S_ISFIFO(st.st_mode)
+        regular = stat.S_ISREG(st.st_mode)
+        zero_copy = regular or stat.S_ISFIFO(st.st_mode)
         if not fallback and not zero_copy:
             raise asyncio.SendfileNotAvailableError("not a regular file or pipe")
-    else:
-        if not fallback:
-            raise asyncio.SendfileNotAvailableError("file has no file descriptor to send from")
-        seekable = getattr(file, "seekable", lambda: False)()
-    hold = SelectorHold(loop, transport)
+    elif not fallback:
+        raise asyncio.SendfileNotAvailableError("file has no file descriptor to send from")
+    if not hold.zero_copy and not fallback:
+        raise RuntimeError(f"fallback is disabled and native sendfile is not supported "
+                           f"for transport {transport!r}")
+    seekable = regular or (fd is None and getattr(file, "seekable", lambda: False)())
     try:
         async with hold:
-            if fd is not None:
-                rc, sent, total = await _send_fd(hold, sock_fd, fd, offset, count, fallback)
+            if not hold.zero_copy:
+                rc, sent, total = await _send_by_write(hold, file, fd, offset, count, regular)
+            elif fd is not None:
+                rc, sent, total = await _send_fd(hold, fd, offset, count, fallback)
             else:
-                rc, sent, total = await _send_chunked(hold, sock_fd, file, offset, count)
+                rc, sent, total = await _send_chunked(hold, file, offset, count)
             _finish(hold, rc, sent, total)
             return sent
     finally:

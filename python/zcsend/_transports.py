@@ -1,10 +1,18 @@
-"""How zcsend takes hold of an asyncio transport for the length of a transfer.
+"""How zcsend takes hold of a transport for the length of a transfer.
 
-While held: bytes written before are flushed first, ``write()`` refuses to
-interleave, reading is paused, and the protocol is wrapped so a close or a lost
-connection stops the transfer at once. Everything is restored afterwards, on
-success, error and cancellation alike (asyncio's own native path forgets to when
-cancelled during the drain)."""
+Three kinds of transport, three holds:
+- ``SelectorHold``: asyncio's TCP and Unix socket transports. Zero-copy on the
+  socket; ``write()`` refuses to interleave (asyncio's own ``_empty_waiter``).
+- ``FlushHold``: uvloop's TCP and Unix transports. Zero-copy on the socket once
+  uvloop's write buffer is empty. uvloop's transports are extension types, so
+  ``write()`` can't be made to refuse during the transfer: don't write meanwhile.
+- ``WriteHold``: every other stream transport, TLS ones above all (asyncio's
+  ``sslproto`` and uvloop's): no socket to send on, so the file goes through
+  ``transport.write()`` in bounded chunks, honouring flow control.
+
+While held, reading is paused and the protocol is wrapped so a close or a lost
+connection stops the transfer at once; everything is restored afterwards, on
+success, error and cancellation alike."""
 import asyncio
 import socket
 
@@ -12,34 +20,66 @@ from ._errors import SendfileConnectionError
 
 import errno as _errno
 
+# uvloop's transport types, by name (uvloop need not be installed)
+_UVLOOP_MODULE = "uvloop.loop"
+_UVLOOP_SOCKET_STREAMS = {"TCPTransport", "UnixTransport"}
+
+_held = set()  # ids of transports held now: one transfer per transport
+
+
+def _is_uvloop(transport):
+    return type(transport).__module__ == _UVLOOP_MODULE
+
 
 def resolve(transport):
     """The transport behind ``transport`` (a transport or StreamWriter)."""
     if isinstance(transport, asyncio.StreamWriter):
         transport = transport.transport
-    if not isinstance(transport, asyncio.BaseTransport):
+    if not (isinstance(transport, asyncio.BaseTransport) or _is_uvloop(transport)):
         raise TypeError(
             f"expected an asyncio transport or StreamWriter, got {type(transport).__name__}")
     return transport
 
 
-def check_usable(transport):
-    """RuntimeError unless zcsend can send on this transport now; returns its socket fd."""
+def _stream_socket(transport):
+    sock = transport.get_extra_info("socket")
+    if sock is None or sock.type != socket.SOCK_STREAM:
+        return None
+    return sock
+
+
+def hold_for(loop, transport):
+    """The hold for this transport; RuntimeError when zcsend can't send on it now."""
     if transport.is_closing():
         raise RuntimeError("Transport is closing")
+    unsupported = RuntimeError(f"sendfile is not supported for transport {transport!r}")
+    if isinstance(transport, asyncio.DatagramTransport) or not hasattr(transport, "write"):
+        raise unsupported
     sock = transport.get_extra_info("socket")
-    if (isinstance(transport, asyncio.DatagramTransport) or sock is None
-            or sock.type != socket.SOCK_STREAM
-            or not hasattr(transport, "_make_empty_waiter")):
-        raise RuntimeError(f"sendfile is not supported for transport {transport!r}")
-    if transport._empty_waiter is not None:
+    if sock is not None and sock.type != socket.SOCK_STREAM:
+        raise unsupported  # UDP (asyncio 3.11's datagram transport isn't a DatagramTransport)
+    if id(transport) in _held:
         raise RuntimeError("sendfile is already in progress on this transport")
-    return sock.fileno()
+    name = type(transport).__name__
+    if _is_uvloop(transport) and name in _UVLOOP_SOCKET_STREAMS:
+        if _stream_socket(transport) is None:
+            raise unsupported
+        return FlushHold(loop, transport)
+    if hasattr(transport, "_make_empty_waiter") and transport.get_extra_info("sslcontext") is None:
+        if _stream_socket(transport) is None:
+            raise unsupported
+        if transport._empty_waiter is not None:
+            raise RuntimeError("sendfile is already in progress on this transport")
+        return SelectorHold(loop, transport)
+    for needed in ("set_protocol", "get_protocol", "get_write_buffer_size"):
+        if not hasattr(transport, needed):
+            raise unsupported
+    return WriteHold(loop, transport)
 
 
 class _GuardProtocol(asyncio.Protocol):
     """Stands in for the user's protocol during a transfer: forwards every
-    callback, and stops the transfer first when the connection goes."""
+    callback, and tells the hold first (a lost connection stops the transfer)."""
 
     def __init__(self, hold, inner):
         self._hold = hold
@@ -50,20 +90,28 @@ class _GuardProtocol(asyncio.Protocol):
         self._inner.connection_lost(exc)
 
     def pause_writing(self):
+        self._hold.writing_paused(True)
         self._inner.pause_writing()
 
     def resume_writing(self):
+        self._hold.writing_paused(False)
         self._inner.resume_writing()
 
     def data_received(self, data):  # reading is paused; only in-flight data
         self._inner.data_received(data)
 
     def eof_received(self):
+        self._hold.peer_eof = True
         return self._inner.eof_received()
 
+    def buffer_updated(self, nbytes):  # never called: get_buffer isn't offered
+        raise AssertionError("unreachable")
 
-class SelectorHold:
-    """Holds an asyncio selector socket transport (TCP or Unix)."""
+
+class _Hold:
+    """What every hold shares: protocol swap, reading paused, flow-control state."""
+
+    zero_copy = False  # True when the transfer may send on the socket itself
 
     def __init__(self, loop, transport):
         self.loop = loop
@@ -71,27 +119,106 @@ class SelectorHold:
         self.transfer = None  # the running core transfer, stopped on connection loss
         self.sent = 0  # bytes delivered by the transfers that have ended
         self.closed = False
-        self._waiter = None
+        self.lost_exc = None  # what connection_lost() said
+        self.peer_eof = False
+        self.paused = False  # the transport asked us to stop writing
+        self._wake = None
 
+    # -- called by the guard
     def lost(self, exc):
         self.closed = True
+        self.lost_exc = exc
         if self.transfer is not None:
             self.transfer.cancel()  # synchronous: nothing more is written after this
+        self._notify()
 
-    async def __aenter__(self):
+    def writing_paused(self, paused):
+        self.paused = paused
+        self._notify()
+
+    def _notify(self):
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
+
+    async def writable(self):
+        """Waits while flow control says stop; False once the connection went or
+        the transport started closing (a TLS close() drains first and reports
+        nothing to the protocol until then, so closing is checked for too)."""
+        while self.paused and not self.ending():
+            self._wake = self.loop.create_future()
+            timer = self.loop.call_later(0.05, self._notify)
+            try:
+                await self._wake
+            finally:
+                timer.cancel()
+                self._wake = None
+        return not self.ending()
+
+    def ending(self):
+        if not self.closed and self.transport.is_closing():
+            self.closed = True  # closed locally: no more writes
+        return self.closed
+
+    # -- taking and giving back
+    def _take(self):
         t = self.transport
+        _held.add(id(t))
         self._inner = t.get_protocol()
         self._reading = t.is_reading()
         t.pause_reading()
         t.set_protocol(_GuardProtocol(self, self._inner))
+
+    def _restore(self):
+        t = self.transport
+        _held.discard(id(t))
+        if not self.closed:
+            t.set_protocol(self._inner)
+            if self._reading and not t.is_closing():
+                t.resume_reading()
+
+    def closed_error(self):
+        """The error for a transfer the connection's end cut short."""
+        exc, sent = self.lost_exc, self.sent
+        if isinstance(exc, OSError) and exc.errno:
+            code, why = exc.errno, f"connection lost: {exc.strerror or exc}"
+        elif self.peer_eof:
+            code, why = _errno.EPIPE, "the peer closed the connection"
+        else:
+            code, why = _errno.ECONNABORTED, "transport was closed during sendfile"
+        return SendfileConnectionError(code, f"{why} (after {sent} bytes)", sent)
+
+    def lost_error(self, what):
+        return SendfileConnectionError(
+            _errno.ECONNRESET, f"connection lost {what} (after {self.sent} bytes)", self.sent)
+
+    async def __aenter__(self):
+        self._take()
+        return self
+
+    async def __aexit__(self, *exc_info):
+        self._restore()
+
+
+class SelectorHold(_Hold):
+    """Holds an asyncio selector socket transport (TCP or Unix)."""
+
+    zero_copy = True
+
+    def __init__(self, loop, transport):
+        super().__init__(loop, transport)
+        self._waiter = None
+        self.sock_fd = transport.get_extra_info("socket").fileno()
+
+    async def __aenter__(self):
+        self._take()
+        t = self.transport
         try:
             await t._make_empty_waiter()  # earlier writes go first
         except BaseException as exc:
             t._reset_empty_waiter()
             self._restore()
             if isinstance(exc, ConnectionError):
-                raise SendfileConnectionError(
-                    _errno.ECONNRESET, "connection lost before sendfile began (after 0 bytes)", 0) from exc
+                raise self.lost_error("before sendfile began") from exc
             raise
         # keep write() refusing, and give a close a pending future to fail
         self._waiter = self.loop.create_future()
@@ -108,9 +235,65 @@ class SelectorHold:
             self._waiter.cancel()
         self._restore()
 
-    def _restore(self):
+
+class FlushHold(_Hold):
+    """Holds a uvloop TCP or Unix transport: waits until uvloop's own buffer is
+    empty (write-buffer limits of zero make it say so through resume_writing),
+    then the core sends on the socket. The engine works on a dup of the fd."""
+
+    zero_copy = True
+
+    def __init__(self, loop, transport):
+        super().__init__(loop, transport)
+        self.sock_fd = transport.get_extra_info("socket").fileno()
+
+    async def __aenter__(self):
+        self._take()
         t = self.transport
-        if not self.closed:
-            t.set_protocol(self._inner)
-            if self._reading and not t.is_closing():
-                t.resume_reading()
+        low, high = t.get_write_buffer_limits()
+        try:
+            t.set_write_buffer_limits(high=0, low=0)  # resume_writing once all is out
+            # already paused for the user's protocol, uvloop won't say it again
+            self.paused = t.get_write_buffer_size() > 0
+            if not await self.writable():
+                raise self.lost_error("before sendfile began")
+        except BaseException:
+            self._restore()
+            raise
+        finally:
+            if not t.is_closing():
+                t.set_write_buffer_limits(high=high, low=low)
+        return self
+
+
+def _refuse_write(*args, **kwargs):
+    raise RuntimeError("unable to write; sendfile is in progress")
+
+
+class WriteHold(_Hold):
+    """Holds any other stream transport (TLS): the file goes through write().
+    Where the transport is a Python object (asyncio's TLS transport), write()
+    and writelines() refuse for the length of the transfer, as asyncio's do;
+    uvloop's extension types can't be told to."""
+
+    async def __aenter__(self):
+        self._take()
+        t = self.transport
+        self._write = type(t).write
+        self._refusing = hasattr(t, "__dict__")
+        if self._refusing:
+            t.write = t.writelines = _refuse_write
+        try:  # already over the high-water mark: wait for resume_writing like the user would
+            self.paused = t.get_write_buffer_size() > t.get_write_buffer_limits()[1]
+        except (AttributeError, TypeError, IndexError):
+            self.paused = False
+        return self
+
+    def write(self, data):
+        self._write(self.transport, data)
+
+    async def __aexit__(self, *exc_info):
+        if self._refusing:
+            t = self.transport
+            del t.write, t.writelines
+        self._restore()

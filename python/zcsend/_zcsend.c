@@ -165,6 +165,41 @@ static PyObject *transfer_from_bytes(PyTypeObject *type, PyObject *args) {
   return (PyObject *)self;
 }
 
+/* Transfer.read(fd, offset, nbytes): a read job — the engine reads, the host writes */
+static PyObject *transfer_read(PyTypeObject *type, PyObject *args) {
+  int fd;
+  long long offset;
+  Py_ssize_t nbytes;
+  if (!PyArg_ParseTuple(args, "iLn:read", &fd, &offset, &nbytes))
+    return NULL;
+  if (nbytes <= 0) {
+    PyErr_SetString(PyExc_ValueError, "nbytes must be positive");
+    return NULL;
+  }
+  TransferObject *self = (TransferObject *)transfer_alloc(type);
+  if (!self)
+    return NULL;
+  int rc = zcs_job_init_read(self->job, fd, offset, (size_t)nbytes);
+  if (rc < 0) {
+    Py_DECREF(self);
+    return raise_code(rc);
+  }
+  return (PyObject *)self;
+}
+
+/* A finished read job exposes the bytes it read (read-only, no copy); the
+   buffer lives as long as the Transfer does. */
+static int transfer_getbuffer(TransferObject *self, Py_buffer *view, int flags) {
+  const void *data = zcs_job_data(self->job);
+  if (!data || zcs_job_result(self->job) != 0) {
+    PyErr_SetString(PyExc_BufferError, "only a finished read job has bytes to give");
+    view->obj = NULL;
+    return -1;
+  }
+  return PyBuffer_FillInfo(view, (PyObject *)self, (void *)data,
+                           (Py_ssize_t)zcs_job_sent(self->job), 1, flags);
+}
+
 static void transfer_dealloc(TransferObject *self) {
   PyTypeObject *tp = Py_TYPE(self);
   if (self->job) {
@@ -264,6 +299,9 @@ static PyGetSetDef transfer_getset[] = {
 static PyMethodDef transfer_methods[] = {
     {"from_bytes", (PyCFunction)transfer_from_bytes, METH_VARARGS | METH_CLASS,
      "from_bytes(sock_fd, data): a transfer of a copy of data"},
+    {"read", (PyCFunction)transfer_read, METH_VARARGS | METH_CLASS,
+     "read(fd, offset, nbytes): a job that reads a regular file in the engine; "
+     "when done, the Transfer is a buffer of the bytes read (sent of them)"},
     {"step", (PyCFunction)transfer_step, METH_VARARGS,
      "step([budget]) -> DONE, WANT_* or -error; non-blocking, in this thread"},
     {"submit", (PyCFunction)transfer_submit, METH_O, "hand the transfer to the engine thread"},
@@ -276,6 +314,7 @@ static PyType_Slot transfer_slots[] = {
     {Py_tp_dealloc, transfer_dealloc},
     {Py_tp_methods, transfer_methods},
     {Py_tp_getset, transfer_getset},
+    {Py_bf_getbuffer, transfer_getbuffer},
     {Py_tp_doc, "Transfer(sock_fd, file_fd, offset=0, count=-1, fallback=True)"},
     {0, NULL}};
 
@@ -317,7 +356,26 @@ static PyObject *mod_errname(PyObject *m, PyObject *arg) {
   return PyUnicode_FromString(zcs_err_name(code));
 }
 
+static PyObject *mod_host_begin(PyObject *m, PyObject *unused) {
+  (void)m;
+  (void)unused;
+  zcs_stats_host_begin();
+  Py_RETURN_NONE;
+}
+
+static PyObject *mod_host_end(PyObject *m, PyObject *args) {
+  (void)m;
+  int result;
+  unsigned long long nbytes;
+  if (!PyArg_ParseTuple(args, "iK:host_end", &result, &nbytes))
+    return NULL;
+  zcs_stats_host_end(result, nbytes);
+  Py_RETURN_NONE;
+}
+
 static PyMethodDef module_methods[] = {
+    {"host_begin", mod_host_begin, METH_NOARGS, "count a transfer the host writes itself"},
+    {"host_end", mod_host_end, METH_VARARGS, "host_end(result, bytes_written): its outcome"},
     {"stats", mod_stats, METH_NOARGS, "process-wide transfer counters"},
     {"backend", mod_backend, METH_NOARGS, "name of the active backend"},
     {"strerror", mod_strerror, METH_O, "message for a negative error code"},

@@ -201,12 +201,14 @@ class FileServer:
         return keep
 
 
-async def serve(root, host="127.0.0.1", port=8000, ready=None):
+async def serve(root, host="127.0.0.1", port=8000, ready=None, ssl_context=None):
     if not os.path.isdir(root):
         raise SystemExit(f"zcsend serve: {root}: not a directory")
     fs = FileServer(root)
-    server = await asyncio.start_server(fs.handle, host, port, limit=MAX_HEAD, backlog=1024)
+    server = await asyncio.start_server(fs.handle, host, port, limit=MAX_HEAD, backlog=1024,
+                                        ssl=ssl_context)
     addr = server.sockets[0].getsockname()
-    print(f"zcsend: serving {fs.root} on http://{addr[0]}:{addr[1]}/", flush=True)
+    scheme = "https" if ssl_context else "http"
+    print(f"zcsend: serving {fs.root} on {scheme}://{addr[0]}:{addr[1]}/", flush=True)
     async with server:
         await server.serve_forever()

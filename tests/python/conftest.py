@@ -1,19 +1,63 @@
 """Shared helpers: real sockets (loopback TCP and Unix), real files, real peers."""
 import asyncio
+import functools
 import hashlib
 import os
 import socket
+import ssl
+import subprocess
 import tempfile
 
 import pytest
+import uvloop
+
+# Every test runs once per event loop (the autouse fixture below), as uvloop's
+# own suite does with its mixins; run() builds the loop the current test asks for.
+LOOP = {"kind": "asyncio"}
+
+
+@pytest.fixture(params=["asyncio", "uvloop"], autouse=True)
+def loop_kind(request):
+    if request.param == "uvloop" and request.node.get_closest_marker("asyncio_only"):
+        pytest.skip(request.node.get_closest_marker("asyncio_only").args[0])
+    LOOP["kind"] = request.param
+    yield request.param
+    LOOP["kind"] = "asyncio"
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "asyncio_only(why): the behaviour tested is stock asyncio's")
 
 
 def run(coro, timeout=120):
-    """Runs a test coroutine on a fresh stock asyncio loop (debug mode follows
-    PYTHONASYNCIODEBUG), failing it if it outlives timeout."""
+    """Runs a test coroutine on a fresh loop of the current kind (debug mode
+    follows PYTHONASYNCIODEBUG), failing it if it outlives timeout."""
     async def bounded():
         return await asyncio.wait_for(coro, timeout)
-    return asyncio.run(bounded())
+    factory = uvloop.new_event_loop if LOOP["kind"] == "uvloop" else None
+    debug = bool(os.environ.get("PYTHONASYNCIODEBUG"))
+    with asyncio.Runner(loop_factory=factory, debug=debug) as runner:
+        return runner.run(bounded())
+
+
+@functools.lru_cache(maxsize=None)
+def tls_files():
+    """A self-signed certificate and key for 127.0.0.1, made once per session."""
+    d = tempfile.mkdtemp(prefix="zcs-tls-")
+    crt, key = os.path.join(d, "cert.pem"), os.path.join(d, "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                    "-nodes", "-days", "2", "-subj", "/CN=localhost", "-addext",
+                    "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout", key, "-out", crt],
+                   check=True, capture_output=True)
+    return crt, key
+
+
+def tls_contexts():
+    crt, key = tls_files()
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(crt, key)
+    client = ssl.create_default_context(cafile=crt)
+    return server, client
 
 
 def make_file(path, size, seed=1):
@@ -46,7 +90,7 @@ class Pair:
     StreamWriter zcsend sends on, ``reader`` the peer's StreamReader."""
 
     def __init__(self, kind="tcp", sndbuf=None):
-        self.kind = kind
+        self.kind = kind  # tcp, unix, or tls (over TCP)
         self.sndbuf = sndbuf
 
     async def __aenter__(self):
@@ -56,10 +100,11 @@ class Pair:
         async def on_conn(r, w):
             accepted.set_result((r, w))
 
-        if self.kind == "tcp":
-            self.srv = await asyncio.start_server(on_conn, "127.0.0.1", 0)
+        if self.kind in ("tcp", "tls"):
+            sctx, cctx = tls_contexts() if self.kind == "tls" else (None, None)
+            self.srv = await asyncio.start_server(on_conn, "127.0.0.1", 0, ssl=sctx)
             port = self.srv.sockets[0].getsockname()[1]
-            self.reader, self.writer = await asyncio.open_connection("127.0.0.1", port)
+            self.reader, self.writer = await asyncio.open_connection("127.0.0.1", port, ssl=cctx)
         else:
             self.tmp = tempfile.mkdtemp(prefix="zcs-")
             path = os.path.join(self.tmp, "s")
@@ -94,9 +139,15 @@ class Pair:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-@pytest.fixture(params=["tcp", "unix"])
+@pytest.fixture(params=["tcp", "unix", "tls"])
 def kind(request):
     return request.param
+
+
+def zero_copy_expected(kind):
+    """Whether a transfer on this kind of pair should go zero-copy here."""
+    import zcsend
+    return kind != "tls" and zcsend.backend() != "emulated"
 
 
 @pytest.fixture

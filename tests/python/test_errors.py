@@ -219,11 +219,16 @@ def test_cancel_during_drain_leaves_transport_usable(kind, datafile):
                 task.cancel()
                 with pytest.raises(asyncio.CancelledError):
                     await task
-                assert f.tell() == 100
+                # zero-copy paths were still draining: nothing sent. The TLS write
+                # path has no drain (the transport keeps order) and may have
+                # handed chunks over; the position says how many, exactly.
+                sent = f.tell() - 100
+                assert sent == 0 or (kind == "tls" and sent > 0)
             assert t.is_reading()
             p.server.write(b"END")  # no RuntimeError
-            data = await p.reader.readexactly((32 << 20) + 3)
-            assert data.endswith(b"xEND")
+            data = await p.reader.readexactly((32 << 20) + sent + 3)
+            assert data[:32 << 20] == b"x" * (32 << 20)
+            assert data[32 << 20:] == open(datafile[0], "rb").read()[100:100 + sent] + b"END"
             p.writer.write(b"hi")
             assert await asyncio.wait_for(p.server_reader.readexactly(2), 5) == b"hi"
     run(main())

@@ -10,9 +10,8 @@ import threading
 import pytest
 
 import zcsend
-from conftest import Pair, file_sha1, make_file, run
+from conftest import LOOP, Pair, file_sha1, make_file, run, zero_copy_expected
 
-ZERO_COPY = zcsend.backend() != "emulated"
 
 
 def test_whole_file(kind, datafile):
@@ -29,7 +28,7 @@ def test_whole_file(kind, datafile):
                 after = zcsend.stats()
                 zc = after["bytes_zero_copy"] - before["bytes_zero_copy"]
                 fb = after["bytes_fallback"] - before["bytes_fallback"]
-                assert (zc, fb) == ((size, 0) if ZERO_COPY else (0, size))
+                assert (zc, fb) == ((size, 0) if zero_copy_expected(kind) else (0, size))
                 assert after["completed"] - before["completed"] == 1
     run(main())
 
@@ -57,13 +56,18 @@ def test_transport_method_and_raw_transport(kind, datafile):
     async def main():
         async with Pair(kind) as p:
             with open(path, "rb") as f:
-                reading = asyncio.ensure_future(p.read_all(2 * size))
-                assert await p.server.transport.sendfile_zc(f) == size
+                reading = asyncio.ensure_future(p.read_all(3 * size))
+                if LOOP["kind"] == "asyncio":
+                    assert await p.server.transport.sendfile_zc(f) == size
+                else:  # uvloop's transports are extension types: no new methods
+                    assert not hasattr(p.server.transport, "sendfile_zc")
+                    assert await zcsend.sendfile(p.server.transport, f) == size
+                assert await p.server.sendfile_zc(f, 0) == size  # StreamWriter, any loop
                 assert await zcsend.sendfile(p.server.transport, f, 0) == size
                 h = hashlib.sha1()
                 data = open(path, "rb").read()
-                h.update(data + data)
-                assert await reading == (h.hexdigest(), 2 * size)
+                h.update(data + data + data)
+                assert await reading == (h.hexdigest(), 3 * size)
     run(main())
 
 
@@ -76,11 +80,13 @@ def test_earlier_writes_go_first_and_nothing_interleaves(kind, datafile):
         async with Pair(kind) as p:
             with open(path, "rb") as f:
                 p.server.write(head)
-                assert p.server.transport.get_write_buffer_size() > 0
+                if kind != "tls":  # TLS counts only what it has not encrypted yet
+                    assert p.server.transport.get_write_buffer_size() > 0
                 task = asyncio.ensure_future(zcsend.sendfile(p.server, f))
                 await asyncio.sleep(0)
-                with pytest.raises(RuntimeError, match="unable to write; sendfile is in progress"):
-                    p.server.write(b"interleaved")
+                if LOOP["kind"] == "asyncio":  # uvloop's extension types can't be told to refuse
+                    with pytest.raises(RuntimeError, match="unable to write; sendfile is in progress"):
+                        p.server.write(b"interleaved")
                 with pytest.raises(RuntimeError, match="sendfile is already in progress on this transport"):
                     await zcsend.sendfile(p.server, f)
                 data = await p.reader.readexactly(len(head) + size)
@@ -140,7 +146,7 @@ def test_pipe_to_eof_with_count_none(kind):
                 after = zcsend.stats()
                 assert await reading == (hashlib.sha1(data).hexdigest(), len(data))
                 zc = after["bytes_zero_copy"] - before["bytes_zero_copy"]
-                assert zc == (len(data) if ZERO_COPY else 0)
+                assert zc == (len(data) if zero_copy_expected(kind) else 0)
             th.join()
     run(main())
 

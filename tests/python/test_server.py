@@ -9,13 +9,21 @@ import time
 
 import pytest
 
-from conftest import make_file
+import ssl
+
+from conftest import make_file, tls_files
 
 pytestmark = pytest.mark.skipif(not __import__("shutil").which("curl"), reason="curl is required")
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory):
+@pytest.fixture
+def loop_kind():
+    """The server runs in its own process: the site fixture's params pick its loop."""
+    return "subprocess"
+
+
+@pytest.fixture(scope="module", params=["asyncio", "uvloop", "asyncio-tls", "uvloop-tls"])
+def site(tmp_path_factory, request):
     root = tmp_path_factory.mktemp("site")
     outside = tmp_path_factory.mktemp("outside")
     (outside / "secret.txt").write_text("secret\n")
@@ -27,11 +35,18 @@ def site(tmp_path_factory):
     (root / "empty").mkdir()
     os.symlink(outside / "secret.txt", root / "escape.txt")
     os.symlink(root / "hello.txt", root / "inside.txt")
-    proc = subprocess.Popen([sys.executable, "-m", "zcsend", "serve", str(root), "--port", "0"],
+    loop, _, tls = request.param.partition("-")
+    args = ["--loop", loop]
+    if tls:
+        args += ["--tls-cert", tls_files()[0], "--tls-key", tls_files()[1]]
+    proc = subprocess.Popen([sys.executable, "-m", "zcsend", "serve", str(root), "--port", "0", *args],
                             stdout=subprocess.PIPE, text=True)
     line = proc.stdout.readline()
+    scheme = "https" if tls else "http"
+    assert line.startswith("zcsend: serving ") and f" on {scheme}://127.0.0.1:" in line, line
     port = int(re.search(r":(\d+)/$", line.strip()).group(1))
-    yield {"root": root, "url": f"http://127.0.0.1:{port}", "port": port, "digest": digest}
+    yield {"root": root, "url": f"{scheme}://127.0.0.1:{port}", "port": port, "digest": digest,
+           "tls": bool(tls)}
     proc.terminate()
     proc.wait(10)
 
@@ -41,8 +56,8 @@ CURL_ENV = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
 
 
 def curl(*args):
-    r = subprocess.run(["curl", "-s", "-S", "--max-time", "30", *args], capture_output=True, timeout=60,
-                       env=CURL_ENV)
+    r = subprocess.run(["curl", "-s", "-S", "--max-time", "30", "--cacert", tls_files()[0], *args],
+                       capture_output=True, timeout=60, env=CURL_ENV)
     return r
 
 
@@ -155,6 +170,8 @@ def test_method_not_allowed(site):
 
 def _raw(site, data):
     with socket.create_connection(("127.0.0.1", site["port"]), timeout=10) as s:
+        if site["tls"]:
+            s = ssl.create_default_context(cafile=tls_files()[0]).wrap_socket(s, server_hostname="127.0.0.1")
         s.sendall(data)
         out = b""
         while True:
