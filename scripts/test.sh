@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite: C core (plain and under ASan+UBSan), the Python suite on
 # the platform backend, on the emulated backend, in asyncio debug mode, and
-# against an ASan+UBSan build of the extension.
+# against an ASan+UBSan build of the extension; then the Lua module's suite
+# (busted, lua5.4) plain, emulated, with the collector running constantly,
+# under ASan+UBSan with leak checks, under valgrind, and built by luarocks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -19,13 +21,38 @@ ZCSEND_BACKEND=emulated $PY -m pytest -q tests/python
 step "Python tests, PYTHONASYNCIODEBUG=1"
 PYTHONASYNCIODEBUG=1 $PY -m pytest -q tests/python
 
+PRELOAD="$(gcc -print-file-name=libasan.so):$(gcc -print-file-name=libubsan.so)"
+
 step "Python tests against the extension built with ASan + UBSan"
 rm -rf build/san-py
 ZCSEND_SANITIZE=1 $PY setup.py -q build_ext --build-temp build/san-tmp --build-lib build/san-py >/dev/null
 cp python/zcsend/*.py python/zcsend/*.pyi python/zcsend/py.typed build/san-py/zcsend/
-PRELOAD="$(gcc -print-file-name=libasan.so):$(gcc -print-file-name=libubsan.so)"
 # CPython's own allocations are not ours to judge: leak checks stay off here
 # (the C suite above runs with them on), every other ASan/UBSan finding aborts.
 LD_PRELOAD="$PRELOAD" ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
   UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 PYTHONPATH=build/san-py \
   $PY -m pytest -q -p no:cacheprovider tests/python
+
+BUSTED="busted --lua=lua5.4 -o utfTerminal"
+step "Lua tests (make -C lua; busted with lua5.4)"
+make -s -C lua
+(cd lua && $BUSTED)
+step "Lua tests, ZCSEND_BACKEND=emulated"
+(cd lua && ZCSEND_BACKEND=emulated $BUSTED)
+step "Lua tests, the garbage collector running constantly"
+(cd lua && ZCSEND_GC_STRESS=1 $BUSTED)
+step "Lua tests against the module built with ASan + UBSan (leak checks on)"
+make -s -C lua SAN=1 OUT=build-san/zcsend/core.so
+(cd lua && ZCSEND_CPATH="./build-san/?.so" LD_PRELOAD="$PRELOAD" \
+  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+  $BUSTED)
+step "Lua tests under valgrind (errors and definite/indirect leaks fail the run)"
+(cd lua && valgrind -q --leak-check=full --errors-for-leak-kinds=definite,indirect --error-exitcode=99 \
+  lua5.4 "$(command -v busted)" -o utfTerminal)
+step "luarocks make (the rockspec) into a scratch tree"
+TREE=$(mktemp -d)
+(cd lua && luarocks --lua-version 5.4 --tree "$TREE" make zcsend-scm-1.rockspec >/dev/null)
+rm -f csrc/*.o
+LUA_PATH="$TREE/share/lua/5.4/?.lua;;" LUA_CPATH="$TREE/lib/lua/5.4/?.so;;" \
+  lua5.4 -e 'local z = require "zcsend"; assert(package.searchpath("zcsend.core", package.cpath):find("'"$TREE"'", 1, true)); print("luarocks build loads: " .. z.backend())'
+rm -rf "$TREE"

@@ -1,0 +1,152 @@
+-- Other hosts and peers: cqueues, luasec TLS.
+local H = require "helper"
+local zcsend = require "zcsend"
+
+local SIZE = 4 * 1024 * 1024 + 333
+local DATA = H.bytes(SIZE, 13)
+local PATH = H.file("hosts.bin", DATA)
+
+teardown(H.cleanup)
+
+describe("a cqueues-hosted server", function()
+  local cqueues = require "cqueues"
+  local csocket = require "cqueues.socket"
+
+  it("serves concurrent transfers from cqueues coroutines (cqueues.poll on the transfer)", function()
+    local N = 20
+    local srv = csocket.listen("127.0.0.1", 0)
+    srv:listen()
+    local _, _, port = srv:localname()
+    local out = H.path("cq")
+    local rd = H.reader(port, out, N, { delay = 0.001 })
+    local cq = cqueues.new()
+    local f = assert(io.open(PATH, "rb"))
+    local results, polls = {}, 0
+    cq:wrap(function()
+      for i = 1, N do
+        local c = assert(srv:accept())
+        c:setmode("b", "b")
+        cq:wrap(function()
+          c:write(("%08d"):format(i)) -- buffered by cqueues: zcsend flushes it first
+          results[i] = { zcsend.sendfile(c, f, i * 1000, 1000000 + i) }
+          c:close()
+        end)
+      end
+    end)
+    -- zcsend must wait through cqueues.poll, and the controller interleave
+    local poll, waits = cqueues.poll, 0
+    cqueues.poll = function(...)
+      waits = waits + 1
+      return poll(...)
+    end
+    cq:wrap(function()
+      while #results < N do
+        polls = polls + 1
+        cqueues.sleep(0.001)
+      end
+    end)
+    local ok, err = cq:loop()
+    cqueues.poll = poll
+    assert(ok, err)
+    srv:close()
+    H.reader_wait(rd)
+    for i = 1, N do
+      assert.are.same({ 1000000 + i }, results[i])
+      local got = H.read_file(out .. "." .. i)
+      local id = tonumber(got:sub(1, 8))
+      assert.is_true(got:sub(9) == DATA:sub(id * 1000 + 1, id * 1000 + 1000000 + id), "connection " .. i)
+    end
+    assert.is_true(polls > 1)
+    assert.is_true(waits > 0, "zcsend never waited through cqueues.poll")
+    f:close()
+  end)
+end)
+
+describe("luasec TLS connections", function()
+  local ssl = require "ssl"
+  local crt, key = H.cert()
+
+  local function tls_pair(opts)
+    local srv, port = H.listen()
+    local out = H.path("tls" .. math.random(1e9))
+    opts = opts or {}
+    opts.tls = crt
+    local rd = H.reader(port, out, 1, opts)
+    local s = assert(srv:accept())
+    srv:close()
+    local conn = assert(ssl.wrap(s, { mode = "server", protocol = "any", key = key, certificate = crt }))
+    assert(conn:dohandshake())
+    return conn, rd, out .. ".1"
+  end
+
+  it("never get plaintext: chunked through the connection's own send()", function()
+    local conn, rd, out = tls_pair()
+    local f = assert(io.open(PATH, "rb"))
+    local before = zcsend.stats()
+    assert.is_true(zcsend.istls(conn))
+    assert.are.equal(SIZE - 10, zcsend.sendfile(conn, f, 10))
+    local after = zcsend.stats()
+    assert.are.equal(0, after.bytes_zero_copy - before.bytes_zero_copy)
+    assert.are.equal(SIZE - 10, after.bytes_fallback - before.bytes_fallback)
+    conn:close()
+    H.reader_wait(rd)
+    assert.is_true(H.read_file(out) == DATA:sub(11))
+    f:close()
+  end)
+
+  it("send on zcsend's loop, yielding on wantwrite", function()
+    local conn, rd, out = tls_pair({ delay = 0.001 })
+    local f = assert(io.open(PATH, "rb"))
+    local loop = zcsend.loop()
+    local got
+    loop:sendfile(conn, f, 0, 3000000, function(...) got = { ... } end)
+    assert.is_true(loop:run())
+    assert.are.same({ 3000000 }, got)
+    conn:close()
+    H.reader_wait(rd)
+    assert.is_true(H.read_file(out) == DATA:sub(1, 3000000))
+    f:close()
+  end)
+
+  it("report a peer that goes away, with the bytes sent", function()
+    local conn, rd = tls_pair({ close_after = 100000 })
+    local big = H.file("tlsbig.bin", string.rep(DATA, 4))
+    local f = assert(io.open(big, "rb"))
+    local n, msg, name, sent = zcsend.sendfile(conn, f)
+    assert.is_nil(n)
+    assert.are.equal("EPIPE", name)
+    assert.is_truthy(msg:find("^EPIPE: TLS send failed"))
+    assert.is_true(sent >= 100000 and sent < 4 * SIZE)
+    conn:close()
+    H.reader_wait(rd)
+    f:close()
+  end)
+
+  it("can't be stepped as a plain transfer", function()
+    local conn, rd = tls_pair()
+    local f = assert(io.open(PATH, "rb"))
+    assert.has_error(function() zcsend.transfer(conn, f) end,
+      "bad argument #1 to 'transfer' (TLS objects can't be stepped: use zcsend.sendfile)")
+    conn:close()
+    H.reader_wait(rd)
+    f:close()
+  end)
+
+  it("objects marked zcsend_tls take the same path", function()
+    local srv, port = H.listen()
+    local rd = H.reader(port, H.path("marked"), 1)
+    local s = assert(srv:accept())
+    srv:close()
+    local sent_through = 0
+    local wrapper = setmetatable({ zcsend_tls = true }, { __index = {
+      getfd = function() return s:getfd() end,
+      send = function(_, data, i) sent_through = sent_through + #data - (i or 1) + 1; return s:send(data, i) end,
+    } })
+    local f = assert(io.open(PATH, "rb"))
+    assert.are.equal(1000, zcsend.sendfile(wrapper, f, 0, 1000))
+    assert.are.equal(1000, sent_through)
+    s:close()
+    H.reader_wait(rd)
+    f:close()
+  end)
+end)

@@ -1,0 +1,211 @@
+-- zcsend.sendfile from Lua 5.4: blocking, on zcsend's loop, in cqueues, over TLS.
+local H = require "helper"
+local zcsend = require "zcsend"
+local socket = require "socket"
+
+local SIZE = 8 * 1024 * 1024 + 12345
+local DATA = H.bytes(SIZE, 7)
+local PATH = H.file("data.bin", DATA)
+local EMULATED = zcsend.backend() == "emulated"
+
+teardown(H.cleanup)
+
+-- one connection from a reader process; returns the server-side socket and the reader
+local function connect(opts)
+  local srv, port = H.listen()
+  local out = H.path("out" .. math.random(1e9))
+  local rd = H.reader(port, out, 1, opts)
+  local s = assert(srv:accept())
+  srv:close()
+  return s, rd, out .. ".1"
+end
+
+describe("zcsend.sendfile, blocking (no coroutine host)", function()
+  it("sends a whole file, every byte", function()
+    local s, rd, out = connect()
+    local f = assert(io.open(PATH, "rb"))
+    local before = zcsend.stats()
+    assert.are.equal(SIZE, zcsend.sendfile(s, f))
+    s:close()
+    assert.are.equal("done", H.reader_wait(rd))
+    assert.is_true(H.read_file(out) == DATA)
+    local after = zcsend.stats()
+    local zc = after.bytes_zero_copy - before.bytes_zero_copy
+    assert.are.equal(EMULATED and 0 or SIZE, zc)
+    assert.are.equal(1, after.completed - before.completed)
+    f:close()
+  end)
+
+  for _, case in ipairs({ { 0, 1 }, { 1, nil }, { 4095, 4097 }, { 1 << 20, 3 << 20 }, { 123457, nil },
+    { 0, 100 << 20 } }) do
+    local offset, count = case[1], case[2]
+    it(("offset %d, count %s"):format(offset, tostring(count)), function()
+      local want = DATA:sub(offset + 1, count and offset + count or nil)
+      local s, rd, out = connect()
+      local f = assert(io.open(PATH, "rb"))
+      assert.are.equal(#want, zcsend.sendfile(s, f, offset, count))
+      s:close()
+      H.reader_wait(rd)
+      assert.is_true(H.read_file(out) == want)
+      f:close()
+    end)
+  end
+
+  it("takes an integer fd for the socket and for the file", function()
+    local s, rd, out = connect()
+    local f = assert(io.open(PATH, "rb"))
+    local fd = math.tointeger(s:getfd())
+    assert.are.equal(1000, zcsend.sendfile(fd, require("zcsend.core").fileno(f), 10, 1000))
+    s:close()
+    H.reader_wait(rd)
+    assert.is_true(H.read_file(out) == DATA:sub(11, 1010))
+    f:close()
+  end)
+
+  it("sends a pipe to its end", function()
+    local s, rd, out = connect()
+    local p = assert(io.popen("head -c 3000000 " .. PATH, "r"))
+    assert.are.equal(3000000, zcsend.sendfile(s, p))
+    p:close()
+    s:close()
+    H.reader_wait(rd)
+    assert.is_true(H.read_file(out) == DATA:sub(1, 3000000))
+  end)
+end)
+
+describe("bad input", function()
+  local s, rd
+  before_each(function()
+    s, rd = connect()
+  end)
+  after_each(function()
+    s:close()
+    H.reader_wait(rd)
+  end)
+
+  it("raises for a closed file handle", function()
+    local f = assert(io.open(PATH, "rb"))
+    f:close()
+    assert.has_error(function() zcsend.sendfile(s, f) end,
+      "bad argument #2 to 'sendfile' (attempt to use a closed file)")
+  end)
+
+  it("raises for a closed socket", function()
+    local c = socket.tcp()
+    c:close()
+    local f = assert(io.open(PATH, "rb"))
+    assert.has_error(function() zcsend.sendfile(c, f) end, "bad argument #1 to 'sendfile' (closed socket)")
+    f:close()
+  end)
+
+  it("raises for what is no socket or file", function()
+    local f = assert(io.open(PATH, "rb"))
+    assert.has_error(function() zcsend.sendfile("x", f) end,
+      "bad argument #1 to 'sendfile' (socket, fd or object with getfd() expected, got string)")
+    assert.has_error(function() zcsend.sendfile(s, "x") end,
+      "bad argument #2 to 'sendfile' (file handle or fd expected, got string)")
+    assert.has_error(function() zcsend.sendfile(s, f, -1) end,
+      "bad argument #3 to 'sendfile' (offset must be non-negative)")
+    assert.has_error(function() zcsend.sendfile(s, f, 1.5) end,
+      "bad argument #3 to 'sendfile' (offset must be an integer)")
+    assert.has_error(function() zcsend.sendfile(s, f, 0, 0) end,
+      "bad argument #4 to 'sendfile' (count must be positive)")
+    f:close()
+  end)
+
+  it("returns EISDIR for a directory", function()
+    local d = assert(io.open(H.tmp, "rb"))
+    local n, msg, name, sent = zcsend.sendfile(s, d)
+    assert.are.same({ nil, "EISDIR: Is a directory", "EISDIR", 0 }, { n, msg, name, sent })
+    d:close()
+  end)
+
+  it("returns 0 for an offset past the end", function()
+    local f = assert(io.open(PATH, "rb"))
+    assert.are.equal(0, zcsend.sendfile(s, f, SIZE + 10))
+    f:close()
+  end)
+end)
+
+describe("failures mid-transfer", function()
+  it("a peer that closes gives EPIPE/ECONNRESET with the bytes sent, and no SIGPIPE", function()
+    local s, rd = connect({ close_after = 1 << 20 })
+    local f = assert(io.open(PATH, "rb"))
+    local big = H.file("big.bin", string.rep(DATA, 8))
+    local g = assert(io.open(big, "rb"))
+    local n, msg, name, sent = zcsend.sendfile(s, g)
+    assert.is_nil(n)
+    assert.is_true(name == "EPIPE" or name == "ECONNRESET", msg)
+    assert.are.equal(name .. ": ", msg:sub(1, #name + 2))
+    assert.is_true(sent >= 1 << 20 and sent < 8 * SIZE)
+    H.reader_wait(rd)
+    s:close()
+    f:close()
+    g:close()
+  end)
+
+  it("never kill lua5.4 with SIGPIPE nor change its signal handling (no luasocket loaded)", function()
+    local big = H.file("sigpipe.bin", string.rep(DATA, 4))
+    local p = io.popen(("%s spec/sigpipe_child.lua %s"):format(H.LUA, big))
+    local line = p:read("a")
+    local ok, how, code = p:close()
+    assert.are.same({ true, "exit", 0 }, { ok, how, code })
+    local n, name, sent, same = line:match("^(%S+)\t(%S+)\t(%d+)\t(%S+)")
+    assert.are.equal("nil", n)
+    assert.are.equal("EPIPE", name)
+    assert.is_true(tonumber(sent) >= 100000)
+    assert.are.equal("true", same)
+  end)
+
+  it("a file that shrinks mid-transfer gives ETRUNCATED with the bytes sent", function()
+    local s, rd = connect({ delay = 0.002 })
+    local p = H.file("shrinks.bin", DATA)
+    local f = assert(io.open(p, "rb"))
+    local t = assert(zcsend.transfer(s, f))
+    assert.are.equal("write", t:step()) -- the budget (2 MiB) or a full socket ends the step
+    assert(os.execute("truncate -s 6000000 " .. p))
+    local r, msg, name
+    repeat
+      r, msg, name = t:step()
+      if r == "write" then
+        require("zcsend.core").poll(t:pollfd(), t:events())
+      end
+    until r ~= "write"
+    assert.is_nil(r)
+    assert.are.equal("ETRUNCATED", name)
+    assert.are.equal("ETRUNCATED: file ended before the requested byte count was sent", msg)
+    assert.are.equal(6000000, t:sent()) -- the first step moved at most its 2 MiB budget
+    t:close()
+    s:close()
+    H.reader_wait(rd)
+    f:close()
+  end)
+end)
+
+describe("zcsend.transfer (pollable)", function()
+  it("steps to the end, waiting on what each step asks for", function()
+    local s, rd, out = connect()
+    local f = assert(io.open(PATH, "rb"))
+    local t = assert(zcsend.transfer(s, f, 5))
+    assert.is_nil(t:timeout())
+    local waits = 0
+    while true do
+      local r = assert(t:step())
+      if r == "done" then
+        break
+      end
+      assert.are.equal("w", t:events())
+      assert.are.equal(math.tointeger(s:getfd()), t:pollfd())
+      require("zcsend.core").poll(t:pollfd(), t:events())
+      waits = waits + 1
+    end
+    assert.is_true(t:done())
+    assert.is_true(t:result())
+    assert.are.equal(SIZE - 5, t:sent())
+    t:close()
+    s:close()
+    H.reader_wait(rd)
+    assert.is_true(H.read_file(out) == DATA:sub(6))
+    f:close()
+  end)
+end)
