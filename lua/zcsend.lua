@@ -14,6 +14,19 @@ local core = require "zcsend.core"
 
 local M = {}
 
+-- Lua 5.4 tells integers from floats; LuaJIT (5.1) has only doubles, where an
+-- integral value is taken as an integer
+local mtype = math.type or function(x)
+  if type(x) ~= "number" then
+    return nil
+  end
+  return (x == math.floor(x) and x >= -2 ^ 53 and x <= 2 ^ 53) and "integer" or "float"
+end
+local tointeger = math.tointeger or function(x)
+  return mtype(x) == "integer" and x or nil
+end
+M._integer = tointeger
+
 -- TLS objects are written through their own send() in chunks of this size
 M.TLS_CHUNK = 128 * 1024
 
@@ -32,7 +45,8 @@ function M.istls(sock)
     return false
   end
   local mt = getmetatable(sock)
-  if type(mt) == "table" and mt.__name == "SSL:Connection" then
+  if type(mt) == "table" and (mt.__name == "SSL:Connection" -- 5.4; 5.1 has no __name:
+      or (debug and debug.getregistry and mt == debug.getregistry()["SSL:Connection"])) then
     return true
   end
   local ok, marked = pcall(function() return sock.zcsend_tls end)
@@ -48,7 +62,7 @@ end
 
 -- the socket's fd, and whether it is TLS
 local function sockfd(sock, fname)
-  if math.type(sock) == "integer" then
+  if mtype(sock) == "integer" then
     return sock, false
   end
   if type(sock) == "number" then
@@ -73,7 +87,7 @@ local function sockfd(sock, fname)
       argerror(1, fname, "socket, fd or object with getfd() expected, got " .. type(sock))
     end
   end
-  fd = math.tointeger(fd)
+  fd = tointeger(fd)
   if not fd or fd < 0 then
     argerror(1, fname, "closed socket")
   end
@@ -81,7 +95,7 @@ local function sockfd(sock, fname)
 end
 
 local function filefd(file, fname)
-  if math.type(file) == "integer" then
+  if mtype(file) == "integer" then
     if file < 0 then
       argerror(2, fname, "closed file")
     end
@@ -97,13 +111,13 @@ local function filefd(file, fname)
 end
 
 local function check_range(offset, count, fname)
-  if offset ~= nil and math.type(offset) ~= "integer" then
+  if offset ~= nil and mtype(offset) ~= "integer" then
     argerror(3, fname, "offset must be an integer")
   end
   if offset and offset < 0 then
     argerror(3, fname, "offset must be non-negative")
   end
-  if count ~= nil and math.type(count) ~= "integer" then
+  if count ~= nil and mtype(count) ~= "integer" then
     argerror(4, fname, "count must be an integer")
   end
   if count and count <= 0 then

@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -15,6 +16,7 @@
 
 #include <lauxlib.h>
 #include <lua.h>
+#include <lualib.h> /* LUA_FILEHANDLE */
 
 #include "zcsend.h"
 
@@ -22,20 +24,31 @@
 #define LOOP_MT "zcsend.loop"
 #define LOOPS_KEY "zcsend.loops" /* registry: weak-valued lightuserdata -> loop */
 
-#if LUA_VERSION_NUM < 502 /* LuaJIT / 5.1 */
-#define luaL_setfuncs(L, l, n) luaL_register(L, NULL, l)
-#define lua_rawlen lua_objlen
-#define luaL_newlib(L, l) (lua_newtable(L), luaL_register(L, NULL, l))
-static void *luaL_testudata(lua_State *L, int i, const char *tname) {
-  void *p = lua_touserdata(L, i);
-  if (!p || !lua_getmetatable(L, i))
-    return NULL;
-  luaL_getmetatable(L, tname);
-  int same = lua_rawequal(L, -1, -2);
-  lua_pop(L, 2);
-  return same ? p : NULL;
-}
+#if LUA_VERSION_NUM < 502
+/* LuaJIT 2.1 (the 5.1 API plus most of 5.2's auxiliary library): what is missing.
+   A userdata's one user value is its environment table there. */
 #define lua_newuserdatauv(L, sz, n) lua_newuserdata(L, sz)
+#define lua_getiuservalue(L, i, n) lua_getfenv(L, i)
+#define lua_setiuservalue(L, i, n) lua_setfenv(L, i)
+static void lua_rawgetp(lua_State *L, int t, const void *p) {
+  t = t < 0 && t > LUA_REGISTRYINDEX ? lua_gettop(L) + t + 1 : t;
+  lua_pushlightuserdata(L, (void *)p);
+  lua_rawget(L, t);
+}
+static void lua_rawsetp(lua_State *L, int t, const void *p) {
+  t = t < 0 && t > LUA_REGISTRYINDEX ? lua_gettop(L) + t + 1 : t;
+  lua_pushlightuserdata(L, (void *)p);
+  lua_insert(L, -2);
+  lua_rawset(L, t);
+}
+/* LuaJIT's io handles start with their FILE *, NULL once closed */
+typedef struct luaL_Stream {
+  FILE *f;
+  lua_CFunction closef; /* not LuaJIT's: only tested for NULL via f below */
+} luaL_Stream;
+#define STREAM_OPEN(s) ((s)->f != NULL)
+#else
+#define STREAM_OPEN(s) ((s)->closef != NULL && (s)->f != NULL)
 #endif
 
 /* nil, "ENAME: message", "ENAME" */
@@ -52,9 +65,9 @@ static int64_t opt_int64(lua_State *L, int i, int64_t def, const char *what) {
   int ok = 0;
 #if LUA_VERSION_NUM >= 503
   lua_Integer v = lua_tointegerx(L, i, &ok);
-#else
+#else /* numbers are doubles: an integral one is an integer */
   lua_Number n = lua_tonumber(L, i);
-  ok = lua_isnumber(L, i) && n == (lua_Number)(int64_t)n;
+  ok = lua_type(L, i) == LUA_TNUMBER && n == (lua_Number)(int64_t)n;
   int64_t v = (int64_t)n;
 #endif
   if (!ok)
@@ -273,8 +286,10 @@ static int t_close(lua_State *L) {
 
 static int t_tostring(lua_State *L) {
   ltransfer *x = check_transfer(L, 1);
-  lua_pushfstring(L, "zcsend.transfer (%d -> %d, %I sent)", x->t.file_fd, x->t.sock_fd,
-                  (lua_Integer)x->t.sent);
+  char buf[96];
+  snprintf(buf, sizeof buf, "zcsend.transfer (%d -> %d, %llu sent)", x->t.file_fd, x->t.sock_fd,
+           (unsigned long long)x->t.sent);
+  lua_pushstring(L, buf);
   return 1;
 }
 
@@ -525,15 +540,14 @@ static int l_read(lua_State *L) {
   int64_t offset = (int64_t)luaL_checkinteger(L, 2);
   lua_Integer n = luaL_checkinteger(L, 3);
   luaL_argcheck(L, n > 0 && n <= (64 << 20), 3, "1 to 64 MiB");
-  luaL_Buffer b;
-  char *p = luaL_buffinitsize(L, &b, (size_t)n);
+  char *p = (char *)lua_newuserdata(L, (size_t)n); /* collected, even if a push fails */
   ssize_t got;
   do
     got = offset >= 0 ? pread(fd, p, (size_t)n, (off_t)offset) : read(fd, p, (size_t)n);
   while (got < 0 && errno == EINTR);
   if (got < 0)
     return push_error(L, -errno);
-  luaL_pushresultsize(&b, (size_t)got);
+  lua_pushlstring(L, p, (size_t)got);
   return 1;
 }
 
@@ -552,7 +566,7 @@ static int l_fileinfo(lua_State *L) {
 /* core.fileno(io_handle) -> fd; raises on a closed handle (as the io library does) */
 static int l_fileno(lua_State *L) {
   luaL_Stream *s = (luaL_Stream *)luaL_checkudata(L, 1, LUA_FILEHANDLE);
-  luaL_argcheck(L, s->closef != NULL && s->f != NULL, 1, "attempt to use a closed file");
+  luaL_argcheck(L, STREAM_OPEN(s), 1, "attempt to use a closed file");
   lua_pushinteger(L, fileno(s->f));
   return 1;
 }

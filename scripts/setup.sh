@@ -8,7 +8,7 @@ if command -v apt-get >/dev/null; then
   $SUDO apt-get update -q
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends \
     build-essential pkg-config libev-dev libssl-dev openssl liblua5.4-dev lua5.4 check curl \
-    lua-busted lua-socket lua-cqueues lua-sec luarocks valgrind
+    lua-busted lua-socket lua-cqueues lua-sec luarocks valgrind luajit libluajit-5.1-dev
 fi
 PY=${PYTHON:-python3}
 $PY -m pip install -q --disable-pip-version-check --root-user-action=ignore \

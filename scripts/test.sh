@@ -3,7 +3,8 @@
 # the platform backend, on the emulated backend, in asyncio debug mode, and
 # against an ASan+UBSan build of the extension; then the Lua module's suite
 # (busted, lua5.4) plain, emulated, with the collector running constantly,
-# under ASan+UBSan with leak checks, under valgrind, and built by luarocks.
+# under ASan+UBSan with leak checks, under valgrind, under LuaJIT, and built
+# by luarocks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -49,6 +50,9 @@ make -s -C lua SAN=1 OUT=build-san/zcsend/core.so
 step "Lua tests under valgrind (errors and definite/indirect leaks fail the run)"
 (cd lua && valgrind -q --leak-check=full --errors-for-leak-kinds=definite,indirect --error-exitcode=99 \
   lua5.4 "$(command -v busted)" -o utfTerminal)
+step "Lua tests under LuaJIT 2.1 (the same module built against luajit's headers)"
+make -s -C lua LUA=luajit
+(cd lua && ZCSEND_LUA=luajit ZCSEND_CPATH="./build-luajit/?.so" busted --lua=luajit -o utfTerminal)
 step "luarocks make (the rockspec) into a scratch tree"
 TREE=$(mktemp -d)
 (cd lua && luarocks --lua-version 5.4 --tree "$TREE" make zcsend-scm-1.rockspec >/dev/null)

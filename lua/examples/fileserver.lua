@@ -3,7 +3,7 @@
 -- GET /path answers the file under ROOT with zero-copy sendfile; one request
 -- per connection, one coroutine per connection, all on one libev loop.
 package.path = "./lua/?.lua;./?.lua;" .. package.path
-package.cpath = "./lua/?.so;./?.so;" .. package.cpath
+package.cpath = (os.getenv("ZCSEND_CPATH") or "") .. ";./lua/?.so;./?.so;" .. package.cpath
 local zcsend = require "zcsend"
 local socket = require "socket"
 

@@ -4,12 +4,20 @@ package.cpath = (os.getenv("ZCSEND_CPATH") or "./?.so") .. ";" .. package.cpath
 
 -- ZCSEND_GC_STRESS=1: the collector runs all the time (as luv's CI does)
 if os.getenv("ZCSEND_GC_STRESS") == "1" then
-  collectgarbage("incremental", 1, 1000) -- pause 1%: a new cycle at once; step multiplier high
+  if _VERSION == "Lua 5.4" then
+    collectgarbage("incremental", 1, 1000) -- pause 1%: a new cycle at once; step multiplier high
+  else -- LuaJIT
+    collectgarbage("setpause", 1)
+    collectgarbage("setstepmul", 1000)
+  end
 end
+
 
 local socket = require "socket"
 
 local H = {}
+H.MiB = 1024 * 1024
+H.int = require("zcsend")._integer -- math.tointeger where there is one
 H.LUA = os.getenv("ZCSEND_LUA") or "lua5.4"
 H.tmp = os.tmpname()
 os.remove(H.tmp)
@@ -28,7 +36,7 @@ function H.bytes(n, seed)
     chunk[i] = string.char(x % 256)
   end
   local block = table.concat(chunk)
-  local reps = n // #block
+  local reps = math.floor(n / #block)
   local s = string.rep(block .. string.char(seed % 256), reps)
   return (s .. block):sub(1, n)
 end

@@ -36,8 +36,8 @@ describe("zcsend.sendfile, blocking (no coroutine host)", function()
     f:close()
   end)
 
-  for _, case in ipairs({ { 0, 1 }, { 1, nil }, { 4095, 4097 }, { 1 << 20, 3 << 20 }, { 123457, nil },
-    { 0, 100 << 20 } }) do
+  for _, case in ipairs({ { 0, 1 }, { 1, nil }, { 4095, 4097 }, { H.MiB, 3 * H.MiB }, { 123457, nil },
+    { 0, 100 * H.MiB } }) do
     local offset, count = case[1], case[2]
     it(("offset %d, count %s"):format(offset, tostring(count)), function()
       local want = DATA:sub(offset + 1, count and offset + count or nil)
@@ -54,7 +54,7 @@ describe("zcsend.sendfile, blocking (no coroutine host)", function()
   it("takes an integer fd for the socket and for the file", function()
     local s, rd, out = connect()
     local f = assert(io.open(PATH, "rb"))
-    local fd = math.tointeger(s:getfd())
+    local fd = H.int(s:getfd())
     assert.are.equal(1000, zcsend.sendfile(fd, require("zcsend.core").fileno(f), 10, 1000))
     s:close()
     H.reader_wait(rd)
@@ -129,7 +129,7 @@ end)
 
 describe("failures mid-transfer", function()
   it("a peer that closes gives EPIPE/ECONNRESET with the bytes sent, and no SIGPIPE", function()
-    local s, rd = connect({ close_after = 1 << 20 })
+    local s, rd = connect({ close_after = H.MiB })
     local f = assert(io.open(PATH, "rb"))
     local big = H.file("big.bin", string.rep(DATA, 8))
     local g = assert(io.open(big, "rb"))
@@ -137,19 +137,22 @@ describe("failures mid-transfer", function()
     assert.is_nil(n)
     assert.is_true(name == "EPIPE" or name == "ECONNRESET", msg)
     assert.are.equal(name .. ": ", msg:sub(1, #name + 2))
-    assert.is_true(sent >= 1 << 20 and sent < 8 * SIZE)
+    assert.is_true(sent >= H.MiB and sent < 8 * SIZE)
     H.reader_wait(rd)
     s:close()
     f:close()
     g:close()
   end)
 
-  it("never kill lua5.4 with SIGPIPE nor change its signal handling (no luasocket loaded)", function()
+  it("never kill the interpreter with SIGPIPE nor change its signal handling (no luasocket loaded)", function()
     local big = H.file("sigpipe.bin", string.rep(DATA, 4))
     local p = io.popen(("%s spec/sigpipe_child.lua %s"):format(H.LUA, big))
     local line = p:read("a")
     local ok, how, code = p:close()
-    assert.are.same({ true, "exit", 0 }, { ok, how, code })
+    assert.is_true(ok) -- a death by signal is no success
+    if how then -- Lua 5.2+ says how it ended; LuaJIT's close() only whether it succeeded
+      assert.are.same({ "exit", 0 }, { how, code })
+    end
     local n, name, sent, same = line:match("^(%S+)\t(%S+)\t(%d+)\t(%S+)")
     assert.are.equal("nil", n)
     assert.are.equal("EPIPE", name)
@@ -195,7 +198,7 @@ describe("zcsend.transfer (pollable)", function()
         break
       end
       assert.are.equal("w", t:events())
-      assert.are.equal(math.tointeger(s:getfd()), t:pollfd())
+      assert.are.equal(H.int(s:getfd()), t:pollfd())
       require("zcsend.core").poll(t:pollfd(), t:events())
       waits = waits + 1
     end
