@@ -6,11 +6,13 @@ reports its wall time and CPU; the client (this process) reads to EOF.
 """
 import argparse
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _client import fetch  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -38,16 +40,7 @@ asyncio.run(main())
 def measure(cmd, size):
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT)
     port = int(p.stdout.readline())
-    s = socket.create_connection(("127.0.0.1", port))
-    s.sendall(b"g")
-    buf = bytearray(1 << 20)
-    got = 0
-    while True:
-        n = s.recv_into(buf)
-        if not n:
-            break
-        got += n
-    s.close()
+    got = fetch(port)
     secs, cpu = map(float, p.stdout.readline().split())
     p.wait()
     assert got == size, (cmd, got, size)

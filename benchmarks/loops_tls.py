@@ -16,13 +16,15 @@ import asyncio
 import json
 import os
 import resource
-import socket
 import ssl
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _client import fetch  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -91,22 +93,12 @@ def measure(kind, loop_kind, tls_dir, path, size, slow):
     proc = subprocess.Popen([sys.executable, __file__, "--serve", kind, loop_kind, tls_dir, path],
                             stdout=subprocess.PIPE, text=True)
     port = int(proc.stdout.readline())
-    s = socket.create_connection(("127.0.0.1", port))
+    wrap = None
     if tls_dir != "-":
         ctx = ssl.create_default_context(cafile=cert_files(tls_dir)[0])
         ctx.check_hostname = False
-        s = ctx.wrap_socket(s)
-    s.sendall(b"g")
-    got = 0
-    buf = bytearray(256 << 10)
-    while True:
-        n = s.recv_into(buf)
-        if not n:
-            break
-        if slow and (got + n) // (256 << 10) != got // (256 << 10):
-            time.sleep(0.001)  # at most 256 KiB per ms
-        got += n
-    s.close()
+        wrap = ctx.wrap_socket
+    got = fetch(port, wrap, slow)
     res = json.loads(proc.stdout.readline())
     proc.wait()
     assert got == size, (kind, got, size)

@@ -9,12 +9,14 @@ import argparse
 import asyncio
 import os
 import resource
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _client import fetch  # noqa: E402
 
 SENDERS = ["zcsend", "loop.sendfile", "read+write 64KiB"]
 
@@ -56,16 +58,7 @@ async def serve_once(kind, path, port_fut):
 
 
 def client(port, size):
-    s = socket.create_connection(("127.0.0.1", port))
-    s.sendall(b"g")
-    got = 0
-    buf = bytearray(1 << 20)
-    while True:
-        n = s.recv_into(buf)
-        if not n:
-            break
-        got += n
-    s.close()
+    got = fetch(port)
     assert got == size, (got, size)
 
 
@@ -106,7 +99,6 @@ def main():
     print(f"\n{args.size_mib} MiB over loopback TCP, median of {args.runs} runs (spread min–max)\n")
     print("| sender | GB/s | server CPU s per GiB |")
     print("|---|---|---|")
-    base = None
     for k in SENDERS:
         rates = [size / t / 1e9 for t, _ in results[k]]
         cpus = [c / gib for _, c in results[k]]

@@ -8,7 +8,7 @@ import stat
 import weakref
 
 from . import _zcsend
-from ._errors import SendfileConnectionError, error_for
+from ._errors import error_for
 from ._transports import hold_for, resolve
 
 import errno as _errno
@@ -161,9 +161,10 @@ async def _send_chunked(hold, file, offset, count):
 
 
 # ---- the write path: transports with no socket to send on (TLS) ----------------
-# Chunk size for writing through a transport, measured (benchmarks/tls_chunk.py):
-# 256 KiB is where asyncio's TLS stops getting faster; read-ahead keeps the
-# next chunk's disk read in the engine while this one is encrypted.
+# Chunk size for writing through a transport, measured with
+# `python benchmarks/loops_tls.py --chunk-sweep` (see the README's numbers);
+# read-ahead keeps the next chunks' disk reads in the engine while this one is
+# encrypted.
 WRITE_CHUNK = 256 << 10
 READ_AHEAD = 2
 

@@ -36,39 +36,41 @@ def _loop_classes():
     return classes
 
 
+def _target(loop):
+    """The loop to patch, or None for every loop class (no loop given, none running)."""
+    if loop is not None:
+        return loop
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
 def install(loop=None):
     """Makes ``loop.sendfile`` go through zcsend. ``loop``: that loop; None: the
     running loop, or, with none running, every stock asyncio and uvloop loop
     (their classes). Installing twice is harmless."""
+    loop = _target(loop)
     if loop is None:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            for cls in _loop_classes():
-                current = cls.__dict__.get("sendfile")
-                if not hasattr(current, _MARK):
-                    cls.sendfile = _make_sendfile(current)
-            return
-    current = getattr(type(loop), "sendfile", None)
-    bound = loop.__dict__.get("sendfile") if hasattr(loop, "__dict__") else None
-    if bound is not None or hasattr(current, _MARK):
-        return
-    loop.sendfile = _make_sendfile(current).__get__(loop)
+        for cls in _loop_classes():
+            current = cls.__dict__.get("sendfile")
+            if not hasattr(current, _MARK):
+                cls.sendfile = _make_sendfile(current)
+    elif "sendfile" not in vars(loop) and not hasattr(getattr(type(loop), "sendfile", None), _MARK):
+        loop.sendfile = _make_sendfile(getattr(type(loop), "sendfile", None)).__get__(loop)
 
 
 def uninstall(loop=None):
     """Undoes install(loop) (the same argument)."""
-    if loop is None:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            for cls in _loop_classes():
-                current = cls.__dict__.get("sendfile")
-                if hasattr(current, _MARK):
-                    original = getattr(current, _MARK)
-                    if original is None:
-                        del cls.sendfile
-                    else:
-                        cls.sendfile = original
-            return
-    loop.__dict__.pop("sendfile", None)
+    loop = _target(loop)
+    if loop is not None:
+        vars(loop).pop("sendfile", None)
+        return
+    for cls in _loop_classes():
+        current = cls.__dict__.get("sendfile")
+        if hasattr(current, _MARK):
+            original = getattr(current, _MARK)
+            if original is None:
+                del cls.sendfile
+            else:
+                cls.sendfile = original

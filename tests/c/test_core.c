@@ -715,62 +715,67 @@ END_TEST
 START_TEST(tls13_key_update_mid_transfer) { check_tls(1, 16 << 20, 0, -1, 0, 1); }
 END_TEST
 
+/* a server-side TLS transfer of len pattern bytes on a fresh pair, not handshaken */
+struct tls_server {
+  unsigned char *data;
+  int fd, sv[2];
+  SSL_CTX *ctx;
+  SSL *ssl;
+  zcs_transfer_t t;
+};
+
+static void tls_server_start(struct tls_server *s, int tcp, size_t len, unsigned seed) {
+  s->data = pattern(len, seed);
+  s->fd = make_file("f", s->data, len);
+  make_pair(tcp, s->sv);
+  s->ctx = server_ctx();
+  s->ssl = SSL_new(s->ctx);
+  SSL_set_fd(s->ssl, s->sv[0]);
+  SSL_set_accept_state(s->ssl);
+  ck_assert_int_eq(zcs_transfer_init(&s->t, s->sv[0], s->fd, 0, -1, 0), 0);
+  ck_assert_int_eq(zcs_transfer_set_ssl(&s->t, s->ssl), 0);
+}
+
+static void tls_server_end(struct tls_server *s) {
+  zcs_transfer_release(&s->t);
+  SSL_free(s->ssl);
+  SSL_CTX_free(s->ctx);
+  free(s->data);
+  close(s->sv[0]); close(s->sv[1]); close(s->fd);
+}
+
 /* the peer goes away mid-transfer: an error with the bytes counted, no SIGPIPE */
 START_TEST(tls_peer_closes) {
   size_t len = 16 << 20;
-  unsigned char *data = pattern(len, 22);
-  int fd = make_file("f", data, len);
-  int sv[2];
-  make_pair(0, sv);
-  SSL_CTX *sctx = server_ctx();
-  SSL *ssl = SSL_new(sctx);
-  SSL_set_fd(ssl, sv[0]);
-  SSL_set_accept_state(ssl);
-  zcs_transfer_t t;
-  ck_assert_int_eq(zcs_transfer_init(&t, sv[0], fd, 0, -1, 0), 0);
-  ck_assert_int_eq(zcs_transfer_set_ssl(&t, ssl), 0);
+  struct tls_server s;
+  tls_server_start(&s, 0, len, 22);
   struct tls_reader r = {.close_after = 1 << 20};
-  tls_reader_start(&r, sv[1]);
+  tls_reader_start(&r, s.sv[1]);
   int steps;
-  int rc = drive(&t, &steps);
+  int rc = drive(&s.t, &steps);
   ck_assert_msg(rc == -EPIPE || rc == -ECONNRESET, "rc=%d (%s)", rc, zcs_strerror(rc));
-  ck_assert_uint_ge(t.sent, 1 << 20);
-  ck_assert_uint_lt(t.sent, len);
+  ck_assert_uint_ge(s.t.sent, 1 << 20);
+  ck_assert_uint_lt(s.t.sent, len);
   tls_reader_join(&r);
   sigset_t pending;
   sigpending(&pending);
   ck_assert(!sigismember(&pending, SIGPIPE));
-  zcs_transfer_release(&t);
-  SSL_free(ssl);
-  SSL_CTX_free(sctx);
-  free(r.buf); free(data); close(sv[0]); close(sv[1]); close(fd);
+  free(r.buf);
+  tls_server_end(&s);
 }
 END_TEST
 
 /* a client that isn't speaking TLS: a protocol error, named */
 START_TEST(tls_garbage_from_peer) {
-  size_t len = 1 << 20;
-  unsigned char *data = pattern(len, 23);
-  int fd = make_file("f", data, len);
-  int sv[2];
-  make_pair(0, sv);
-  SSL_CTX *sctx = server_ctx();
-  SSL *ssl = SSL_new(sctx);
-  SSL_set_fd(ssl, sv[0]);
-  SSL_set_accept_state(ssl);
-  zcs_transfer_t t;
-  ck_assert_int_eq(zcs_transfer_init(&t, sv[0], fd, 0, -1, 0), 0);
-  ck_assert_int_eq(zcs_transfer_set_ssl(&t, ssl), 0);
-  ck_assert_int_eq(write(sv[1], "GET / HTTP/1.0\r\n\r\n", 18), 18);
+  struct tls_server s;
+  tls_server_start(&s, 0, 1 << 20, 23);
+  ck_assert_int_eq(write(s.sv[1], "GET / HTTP/1.0\r\n\r\n", 18), 18);
   int steps;
-  ck_assert_int_eq(drive(&t, &steps), ZCS_ETLS);
-  ck_assert_uint_eq(t.sent, 0);
-  ck_assert_uint_ne(zcs_transfer_tls_error(&t), 0);
+  ck_assert_int_eq(drive(&s.t, &steps), ZCS_ETLS);
+  ck_assert_uint_eq(s.t.sent, 0);
+  ck_assert_uint_ne(zcs_transfer_tls_error(&s.t), 0);
   ck_assert_str_eq(zcs_err_name(ZCS_ETLS), "ETLS");
-  zcs_transfer_release(&t);
-  SSL_free(ssl);
-  SSL_CTX_free(sctx);
-  free(data); close(sv[0]); close(sv[1]); close(fd);
+  tls_server_end(&s);
 }
 END_TEST
 

@@ -1,14 +1,13 @@
 """zcsend.install(): loop.sendfile through zcsend, and aiohttp served by it unchanged."""
 import asyncio
 import hashlib
-import os
 
 import aiohttp
 import pytest
 from aiohttp import web
 
 import zcsend
-from conftest import LOOP, Pair, file_sha1, make_file, run, tls_contexts, zero_copy_expected
+from conftest import Pair, file_sha1, make_file, run, tls_contexts, zero_copy_expected
 
 
 def test_loop_sendfile_goes_through_zcsend(kind, datafile):

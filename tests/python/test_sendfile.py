@@ -1,6 +1,5 @@
 """zcsend.sendfile on asyncio's TCP and Unix transports: data, contract, sources."""
 import asyncio
-import errno
 import hashlib
 import io
 import os
@@ -10,7 +9,7 @@ import threading
 import pytest
 
 import zcsend
-from conftest import LOOP, Pair, file_sha1, make_file, run, zero_copy_expected
+from conftest import LOOP, Pair, file_sha1, run, zero_copy_expected
 
 
 
