@@ -164,9 +164,20 @@ class _Hold:
         t = self.transport
         _held.add(id(t))
         self._inner = t.get_protocol()
-        self._reading = t.is_reading()
-        t.pause_reading()
-        t.set_protocol(_GuardProtocol(self, self._inner))
+        # a write-only transport (a pipe) has no reading to pause
+        try:
+            self._reading = t.is_reading()
+            if self._reading:
+                t.pause_reading()
+        except (AttributeError, NotImplementedError):
+            self._reading = False
+        try:
+            t.set_protocol(_GuardProtocol(self, self._inner))
+        except NotImplementedError:  # a transport that can't swap protocols: no way to guard it
+            if self._reading:
+                t.resume_reading()
+            _held.discard(id(t))
+            raise RuntimeError(f"sendfile is not supported for transport {t!r}") from None
 
     def _restore(self):
         t = self.transport

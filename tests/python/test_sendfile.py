@@ -280,3 +280,34 @@ def test_streamwriter_from_real_client_socket(datafile):
         srv.close()
         await srv.wait_closed()
     run(main())
+
+
+def test_write_pipe_transport(tmp_path, datafile):
+    """A write-only transport (a pipe, on either loop) takes the write path."""
+    path, size, digest = datafile
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        r, w = os.pipe()
+        transport, _ = await loop.connect_write_pipe(asyncio.Protocol, os.fdopen(w, "wb"))
+        got = hashlib.sha1()
+        n = 0
+
+        def drain():
+            nonlocal n
+            while True:
+                b = os.read(r, 1 << 20)
+                if not b:
+                    return
+                got.update(b)
+                n += len(b)
+        reader = loop.run_in_executor(None, drain)
+        try:
+            with open(path, "rb") as f:
+                assert await zcsend.sendfile(transport, f) == size
+        finally:
+            transport.close()  # the reader sees EOF either way
+            await reader
+        os.close(r)
+        assert (got.hexdigest(), n) == (digest, size)
+    run(main())
