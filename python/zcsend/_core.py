@@ -300,7 +300,7 @@ async def sendfile(transport, file, offset=0, count=None, *, fallback=True):
             _finish(hold, rc, sent, total)
             return sent
     finally:
-        if seekable:
+        if seekable and not getattr(file, "closed", False):  # closed under us: nothing to place
             file.seek(offset + hold.sent)
 
 
