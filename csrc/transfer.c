@@ -192,8 +192,24 @@ static void sigpipe_consume(void) {
 }
 
 /* ---- the step -------------------------------------------------------------- */
+/* Records how a transfer ended, once: when it ends, or at release for one that
+   never did (so the counters don't wait for the owner to free it). */
+static void record_outcome(zcs_transfer_t *t) {
+  if (!t->counted)
+    return;
+  t->counted = 0;
+  if (t->result == ZCS_DONE)
+    STAT_ADD(completed, 1);
+  else if (t->result == RUNNING || t->result == -ECANCELED)
+    STAT_ADD(cancelled, 1);
+  else
+    STAT_ADD(failed, 1);
+  __atomic_sub_fetch(&stats.active, 1, __ATOMIC_RELAXED);
+}
+
 static int finish(zcs_transfer_t *t, int result) {
   t->result = result;
+  record_outcome(t);
   return result;
 }
 
@@ -289,16 +305,7 @@ void zcs_transfer_release(zcs_transfer_t *t) {
   t->buf_len = t->buf_pos = 0;
   zcs__splice_close(t);
   zcs__tls_release(t);
-  if (!t->counted)
-    return;
-  t->counted = 0;
-  if (t->result == ZCS_DONE)
-    STAT_ADD(completed, 1);
-  else if (t->result == RUNNING || t->result == -ECANCELED)
-    STAT_ADD(cancelled, 1);
-  else
-    STAT_ADD(failed, 1);
-  __atomic_sub_fetch(&stats.active, 1, __ATOMIC_RELAXED);
+  record_outcome(t);
 }
 
 /* ---- errors ---------------------------------------------------------------- */

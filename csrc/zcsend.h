@@ -89,7 +89,7 @@ typedef struct zcs_transfer {
   /* private: splice pipe and the bytes parked in it */
   int pipe_fds[2];
   size_t pipe_len;
-  int counted;          /* private: outcome recorded in the global stats */
+  int counted;          /* private: counted as active; its outcome not yet recorded */
   /* private: TLS sink (zcs_transfer_set_ssl) */
   struct ssl_st *ssl;
   int ssl_modes_added;
@@ -136,7 +136,8 @@ int zcs_transfer_wait_fd(const zcs_transfer_t *t, int step_result, int *events);
  * (zcs_ev_transfer does, with its lock). */
 void zcs_transfer_cancel(zcs_transfer_t *t);
 
-/* Frees buffers and the splice pipe and records the outcome in zcs_stats(). */
+/* Frees buffers and the splice pipe. (The outcome is in zcs_stats() from the
+ * moment the transfer ends; one released unfinished counts as cancelled.) */
 void zcs_transfer_release(zcs_transfer_t *t);
 
 /* Process-wide counters, shared by every binding. */
