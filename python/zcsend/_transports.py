@@ -121,6 +121,8 @@ class _Hold:
         self.closed = False
         self.lost_exc = None  # what connection_lost() said
         self.peer_eof = False
+        self.closed_locally = False  # close() or abort() was called during the hold
+        self._watching_close = False
         self.paused = False  # the transport asked us to stop writing
         self._wake = None
 
@@ -171,17 +173,33 @@ class _Hold:
                 t.pause_reading()
         except (AttributeError, NotImplementedError):
             self._reading = False
+        if hasattr(t, "__dict__"):  # a Python object: see a local close() for what it is
+            def closing(method):
+                def call(*args, **kwargs):
+                    self.closed_locally = True
+                    return getattr(type(t), method)(t, *args, **kwargs)
+                return call
+            t.close, t.abort = closing("close"), closing("abort")
+            self._watching_close = True
         try:
             t.set_protocol(_GuardProtocol(self, self._inner))
         except NotImplementedError:  # a transport that can't swap protocols: no way to guard it
             if self._reading:
                 t.resume_reading()
+            self._unwatch()
             _held.discard(id(t))
             raise RuntimeError(f"sendfile is not supported for transport {t!r}") from None
+
+    def _unwatch(self):
+        if self._watching_close:
+            vars(self.transport).pop("close", None)
+            vars(self.transport).pop("abort", None)
+            self._watching_close = False
 
     def _restore(self):
         t = self.transport
         _held.discard(id(t))
+        self._unwatch()
         if not self.closed:
             t.set_protocol(self._inner)
             if self._reading and not t.is_closing():
@@ -190,12 +208,15 @@ class _Hold:
     def closed_error(self):
         """The error for a transfer the connection's end cut short."""
         exc, sent = self.lost_exc, self.sent
+        # who closed: seen directly where close() could be wrapped (asyncio's
+        # transports); else a clean connection_lost(None) means a local close
+        local = self.closed_locally if self._watching_close else (exc is None and not self.peer_eof)
         if isinstance(exc, OSError) and exc.errno:
             code, why = exc.errno, f"connection lost: {exc.strerror or exc}"
-        elif self.peer_eof:
-            code, why = _errno.EPIPE, "the peer closed the connection"
-        else:
+        elif local:
             code, why = _errno.ECONNABORTED, "transport was closed during sendfile"
+        else:
+            code, why = _errno.EPIPE, "the peer closed the connection"
         return SendfileConnectionError(code, f"{why} (after {sent} bytes)", sent)
 
     def lost_error(self, what):
