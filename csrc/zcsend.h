@@ -220,6 +220,13 @@ uint64_t zcs_job_id(const zcs_job_t *j);
 int zcs_job_init_read(zcs_job_t *j, int fd, int64_t offset, size_t len);
 /* A read job's buffer; read it only after the job came back. */
 const void *zcs_job_data(const zcs_job_t *j);
+/* Reads len bytes of fd at offset into buf only if every one of them is in the
+ * page cache, so it never waits for the disk and an event-loop thread may call
+ * it (Linux preadv2 with RWF_NOWAIT). Returns 1 when all len bytes were read;
+ * 0 when they were not (some not cached, the file ends sooner, or no such read
+ * on this kernel or filesystem): then a read job reads them and says which;
+ * or a negative errno (EBADF, ESPIPE, EIO...). */
+int zcs_read_cached(int fd, void *buf, size_t len, int64_t offset);
 /* Hands the job to the engine thread (started on first use). Returns 0, or a
  * negative errno (nothing is submitted then). */
 int zcs_job_submit(zcs_job_t *j, zcs_channel_t *ch);

@@ -8,9 +8,14 @@ if command -v apt-get >/dev/null; then
   $SUDO apt-get update -q
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends \
     build-essential pkg-config libev-dev libssl-dev openssl liblua5.4-dev lua5.4 check curl \
-    lua-busted lua-socket lua-cqueues lua-sec luarocks valgrind luajit libluajit-5.1-dev
+    lua-busted lua-socket lua-cqueues lua-sec luarocks valgrind luajit libluajit-5.1-dev \
+    nginx-light wrk
 fi
 PY=${PYTHON:-python3}
 $PY -m pip install -q --disable-pip-version-check --root-user-action=ignore \
   "pytest>=7" pytest-timeout "uvloop>=0.19" "aiohttp>=3.9"
+# the benchmark's chart and its strongest Python contender (benchmarks/run.py)
+$PY -m pip install -q --disable-pip-version-check --root-user-action=ignore matplotlib
+$PY -m pip install -q --disable-pip-version-check --root-user-action=ignore aiofastnet ||
+  echo "setup.sh: aiofastnet did not install here; the benchmark leaves it out"
 $PY -m pip install -q --disable-pip-version-check --root-user-action=ignore .

@@ -60,3 +60,9 @@ rm -f csrc/*.o
 LUA_PATH="$TREE/share/lua/5.4/?.lua;;" LUA_CPATH="$TREE/lib/lua/5.4/?.so;;" \
   lua5.4 -e 'local z = require "zcsend"; assert(package.searchpath("zcsend.core", package.cpath):find("'"$TREE"'", 1, true)); print("luarocks build loads: " .. z.backend())'
 rm -rf "$TREE"
+step "Benchmark smoke run (benchmarks/run.py --quick: every contender, every metric, once)"
+OUT=$(mktemp -d)
+$PY benchmarks/run.py --quick --out "$OUT" >"$OUT/log" 2>&1 || { cat "$OUT/log"; exit 1; }
+grep -q '^| zcsend, asyncio |' "$OUT/results.md" && test -s "$OUT/chart.png"
+tail -n +2 "$OUT/results.md" | head -20
+rm -rf "$OUT"

@@ -29,8 +29,20 @@ class _Channel:
         self.channel = _zcsend.Channel()
         self.waiters = {}
         self.loop = loop
+        self.writers = 0  # transfers on the write path (TLS) now: they share WRITE_BUDGET
+        self.turn_bytes = 0  # written through transports in this turn of the loop
+        self.turn = 0  # which turn that is
         loop.add_reader(self.channel.fileno(), self._ready)
         weakref.finalize(loop, self.channel.close)
+
+    def wrote(self, n):
+        if not self.turn_bytes:  # the turn's first write: the count starts over next turn
+            self.loop.call_soon(self._next_turn)
+        self.turn_bytes += n
+
+    def _next_turn(self):
+        self.turn_bytes = 0
+        self.turn += 1
 
     def _ready(self):
         for tid in self.channel.drain():
@@ -97,12 +109,13 @@ def _raise_core(exc, sent, total):
     raise exc
 
 
-async def _run(hold, transfer):
+async def _run(hold, transfer, stepped=False):
     """Drives one core transfer to its end; returns its result code. On
-    cancellation the transfer is stopped before CancelledError goes on."""
+    cancellation the transfer is stopped before CancelledError goes on.
+    stepped: its inline step was taken already."""
     hold.transfer = transfer
     try:
-        if INLINE_BUDGET > 0:
+        if INLINE_BUDGET > 0 and not stepped:
             rc = transfer.step(INLINE_BUDGET)
             if rc <= 0:
                 return rc
@@ -132,14 +145,11 @@ def _finish(hold, rc, sent, total):
     raise error_for(rc, _zcsend.strerror(rc), sent, total)
 
 
-async def _send_fd(hold, fd, offset, count, fallback):
+def _new_transfer(hold, fd, offset, count, fallback):
     try:
-        transfer = _zcsend.Transfer(hold.sock_fd, fd, offset, -1 if count is None else count, fallback)
+        return _zcsend.Transfer(hold.sock_fd, fd, offset, -1 if count is None else count, fallback)
     except OSError as exc:
         _raise_core(exc, 0, count)
-    total = transfer.remaining
-    rc = await _run(hold, transfer)
-    return rc, hold.sent, total
 
 
 async def _send_chunked(hold, file, offset, count):
@@ -161,32 +171,58 @@ async def _send_chunked(hold, file, offset, count):
 
 
 # ---- the write path: transports with no socket to send on (TLS) ----------------
-# Chunk size for writing through a transport, measured with
-# `python benchmarks/loops_tls.py --chunk-sweep` (see the README's numbers);
-# read-ahead keeps the next chunks' disk reads in the engine while this one is
-# encrypted.
+# A TLS transport encrypts all of a write() on the loop thread, so what is
+# written in one turn of the loop is how long everything else waits. All the
+# transfers on a loop share WRITE_BUDGET per turn: one that has written in this
+# turn and finds it spent waits for the next, so 50 TLS downloads hold the loop
+# about as long per turn as 4 do; one that hasn't written yet always may, so a
+# small response is never stuck behind big ones. (Yielding after every chunk
+# instead costs a loop iteration per chunk: a third fewer requests/s at 100
+# connections.) One transfer alone
+# writes WRITE_CHUNK at a time (the fastest size: `python benchmarks/loops_tls.py
+# --chunk-sweep`); many share the budget in chunks of no less than MIN_CHUNK,
+# which bounds their memory. `python benchmarks/run.py` measures both sides.
+# Read-ahead keeps the next chunks' disk reads in the engine while this one is
+# encrypted, when they are not in the page cache.
 WRITE_CHUNK = 256 << 10
+WRITE_BUDGET = 2 << 20
+MIN_CHUNK = 64 << 10  # smaller costs more per byte than it saves in latency
 READ_AHEAD = 2
 
 
-class _ReadAhead:
-    """Reads the next chunks of a regular file in the engine thread, in order."""
+def _write_chunk(channel):
+    share = WRITE_BUDGET // max(1, channel.writers)
+    return max(MIN_CHUNK, min(WRITE_CHUNK, share - share % MIN_CHUNK))
 
-    def __init__(self, hold, fd, offset, total):
-        self.hold, self.fd = hold, fd
+
+class _ReadAhead:
+    """Reads the next chunks of a regular file in order: from the page cache
+    on the loop thread when it is all there, else in the engine thread, with
+    READ_AHEAD chunks in flight."""
+
+    def __init__(self, channel, fd, offset, total):
+        self.channel, self.fd = channel, fd
         self.next = offset
         self.end = offset + total
         self.pending = collections.deque()
 
     def _fill(self):
+        channel = self.channel
         while len(self.pending) < READ_AHEAD and self.next < self.end:
-            n = min(WRITE_CHUNK, self.end - self.next)
+            n = min(_write_chunk(channel), self.end - self.next)
             job = _zcsend.Transfer.read(self.fd, self.next, n)
-            self.pending.append((job, n, _channel(self.hold.loop).submit(job)))
+            self.pending.append((job, n, channel.submit(job)))
             self.next += n
 
     async def chunk(self):
         """The next chunk (a buffer); shorter than asked only where the file ended."""
+        if not self.pending and self.next < self.end:
+            n = min(_write_chunk(self.channel), self.end - self.next)
+            # all in the page cache: read here, no disk wait and no thread handoff
+            buf = _zcsend.read_cached(self.fd, self.next, n)
+            if buf is not None:
+                self.next += n
+                return memoryview(buf), n
         self._fill()
         if not self.pending:
             return None, 0
@@ -210,18 +246,24 @@ async def _read_other(hold, file, fd, want):
 async def _send_by_write(hold, file, fd, offset, count, regular):
     """Writes the file through the transport in bounded chunks. Bytes count as
     sent once the transport has taken them; flow control is honoured."""
+    channel = _channel(hold.loop)
     if regular:
         size = os.fstat(fd).st_size
         total = max(0, size - offset) if count is None else min(count, max(0, size - offset))
-        reader = _ReadAhead(hold, fd, offset, total)
+        reader = _ReadAhead(channel, fd, offset, total)
     else:
         total = count
         if fd is None and offset:
             file.seek(offset)
     _zcsend.host_begin()
     rc = -_errno.ECANCELED
+    my_turn = -1
+    channel.writers += 1
     try:
         while total is None or hold.sent < total:
+            # the turn's budget is spent and this transfer had its share: next turn
+            while channel.turn_bytes >= WRITE_BUDGET and my_turn == channel.turn:
+                await asyncio.sleep(0)
             if not await hold.writable():
                 rc = -_errno.ECONNRESET
                 return rc, hold.sent, total
@@ -240,7 +282,8 @@ async def _send_by_write(hold, file, fd, offset, count, regular):
                     rc = _zcsend.ETRUNCATED
                     return rc, hold.sent, total
             else:
-                want = WRITE_CHUNK if total is None else min(WRITE_CHUNK, total - hold.sent)
+                want = _write_chunk(channel)
+                want = want if total is None else min(want, total - hold.sent)
                 try:
                     data = await _read_other(hold, file, fd, want)
                 except OSError as exc:
@@ -256,6 +299,8 @@ async def _send_by_write(hold, file, fd, offset, count, regular):
                 return rc, hold.sent, total
             hold.write(data)
             hold.sent += got
+            channel.wrote(got)
+            my_turn = channel.turn
         rc = 0 if not hold.ending() else -_errno.ECONNRESET
         return rc, hold.sent, total
     except OSError as exc:
@@ -265,6 +310,7 @@ async def _send_by_write(hold, file, fd, offset, count, regular):
         rc = -_errno.EIO
         raise
     finally:
+        channel.writers -= 1
         _zcsend.host_end(rc, hold.sent)
 
 
@@ -278,30 +324,56 @@ async def sendfile(transport, file, offset=0, count=None, *, fallback=True):
     fd = _source_fd(file)
     regular = False
     if fd is not None:
-        st = os.fstat(fd)
-        regular = stat.S_ISREG(st.st_mode)
-        zero_copy = regular or stat.S_ISFIFO(st.st_mode)
-        if not fallback and not zero_copy:
-            raise asyncio.SendfileNotAvailableError("not a regular file or pipe")
+        if not fallback or not hold.zero_copy:  # else the core sorts the source out itself
+            st = os.fstat(fd)
+            regular = stat.S_ISREG(st.st_mode)
+            if not fallback and not (regular or stat.S_ISFIFO(st.st_mode)):
+                raise asyncio.SendfileNotAvailableError("not a regular file or pipe")
     elif not fallback:
         raise asyncio.SendfileNotAvailableError("file has no file descriptor to send from")
     if not hold.zero_copy and not fallback:
         raise RuntimeError(f"fallback is disabled and native sendfile is not supported "
                            f"for transport {transport!r}")
-    seekable = regular or (fd is None and getattr(file, "seekable", lambda: False)())
+    if regular or fd is None:
+        seekable = regular or getattr(file, "seekable", lambda: False)()
+    else:
+        seekable = None  # the core's transfer will say
+    stepped = False
     try:
+        if hold.zero_copy and fd is not None and INLINE_BUDGET > 0 and hold.idle():
+            # The inline step before taking the hold: most small files end in it,
+            # and then swapping protocols and pausing reading would be wasted.
+            # Nothing else runs on the loop until it returns, so nothing can
+            # interleave with it; if it doesn't end, the hold takes over.
+            transfer = _new_transfer(hold, fd, offset, count, fallback)
+            seekable = transfer.seekable
+            total = transfer.remaining
+            rc = transfer.step(INLINE_BUDGET)
+            if rc <= 0:
+                hold.sent = transfer.sent
+                _finish(hold, rc, hold.sent, total)
+                return hold.sent
+            stepped = True
         async with hold:
             if not hold.zero_copy:
                 rc, sent, total = await _send_by_write(hold, file, fd, offset, count, regular)
             elif fd is not None:
-                rc, sent, total = await _send_fd(hold, fd, offset, count, fallback)
+                if not stepped:
+                    transfer = _new_transfer(hold, fd, offset, count, fallback)
+                    seekable = transfer.seekable
+                    total = transfer.remaining
+                rc = await _run(hold, transfer, stepped)
+                sent = hold.sent
             else:
                 rc, sent, total = await _send_chunked(hold, file, offset, count)
             _finish(hold, rc, sent, total)
             return sent
     finally:
-        if seekable and not getattr(file, "closed", False):  # closed under us: nothing to place
-            file.seek(offset + hold.sent)
+        if not getattr(file, "closed", False):  # closed under us: nothing to place
+            if seekable is None:  # ended before a transfer was made
+                seekable = getattr(file, "seekable", lambda: False)()
+            if seekable:
+                file.seek(offset + hold.sent)
 
 
 async def _sendfile_zc(self, file, offset=0, count=None, *, fallback=True):

@@ -41,39 +41,35 @@ def resolve(transport):
     return transport
 
 
-def _stream_socket(transport):
-    sock = transport.get_extra_info("socket")
-    if sock is None or sock.type != socket.SOCK_STREAM:
-        return None
-    return sock
+def _unsupported(transport):
+    return RuntimeError(f"sendfile is not supported for transport {transport!r}")
 
 
 def hold_for(loop, transport):
     """The hold for this transport; RuntimeError when zcsend can't send on it now."""
     if transport.is_closing():
         raise RuntimeError("Transport is closing")
-    unsupported = RuntimeError(f"sendfile is not supported for transport {transport!r}")
     if isinstance(transport, asyncio.DatagramTransport) or not hasattr(transport, "write"):
-        raise unsupported
+        raise _unsupported(transport)
     sock = transport.get_extra_info("socket")
-    if sock is not None and sock.type != socket.SOCK_STREAM:
-        raise unsupported  # UDP (asyncio 3.11's datagram transport isn't a DatagramTransport)
+    stream = sock is not None and sock.type == socket.SOCK_STREAM
+    if sock is not None and not stream:
+        raise _unsupported(transport)  # UDP (asyncio 3.11's datagram transport isn't a DatagramTransport)
     if id(transport) in _held:
         raise RuntimeError("sendfile is already in progress on this transport")
-    name = type(transport).__name__
-    if _is_uvloop(transport) and name in _UVLOOP_SOCKET_STREAMS:
-        if _stream_socket(transport) is None:
-            raise unsupported
-        return FlushHold(loop, transport)
+    if _is_uvloop(transport) and type(transport).__name__ in _UVLOOP_SOCKET_STREAMS:
+        if not stream:
+            raise _unsupported(transport)
+        return FlushHold(loop, transport, sock.fileno())
     if hasattr(transport, "_make_empty_waiter") and transport.get_extra_info("sslcontext") is None:
-        if _stream_socket(transport) is None:
-            raise unsupported
+        if not stream:
+            raise _unsupported(transport)
         if transport._empty_waiter is not None:
             raise RuntimeError("sendfile is already in progress on this transport")
-        return SelectorHold(loop, transport)
+        return SelectorHold(loop, transport, sock.fileno())
     for needed in ("set_protocol", "get_protocol", "get_write_buffer_size"):
         if not hasattr(transport, needed):
-            raise unsupported
+            raise _unsupported(transport)
     return WriteHold(loop, transport)
 
 
@@ -112,19 +108,22 @@ class _Hold:
     """What every hold shares: protocol swap, reading paused, flow-control state."""
 
     zero_copy = False  # True when the transfer may send on the socket itself
+    # per-hold state, with its starting values here (one sendfile of a small file
+    # ends before a hold is taken: it pays for two attributes, not eleven)
+    transfer = None  # the running core transfer, stopped on connection loss
+    sent = 0  # bytes delivered by the transfers that have ended
+    closed = False
+    lost_exc = None  # what connection_lost() said
+    peer_eof = False
+    closed_locally = False  # close() or abort() was called during the hold
+    _watching_close = False
+    paused = False  # the transport asked us to stop writing
+    _wake = None
+    _timer = None
 
     def __init__(self, loop, transport):
         self.loop = loop
         self.transport = transport
-        self.transfer = None  # the running core transfer, stopped on connection loss
-        self.sent = 0  # bytes delivered by the transfers that have ended
-        self.closed = False
-        self.lost_exc = None  # what connection_lost() said
-        self.peer_eof = False
-        self.closed_locally = False  # close() or abort() was called during the hold
-        self._watching_close = False
-        self.paused = False  # the transport asked us to stop writing
-        self._wake = None
 
     # -- called by the guard
     def lost(self, exc):
@@ -148,13 +147,19 @@ class _Hold:
         nothing to the protocol until then, so closing is checked for too)."""
         while self.paused and not self.ending():
             self._wake = self.loop.create_future()
-            timer = self.loop.call_later(0.05, self._notify)
+            if self._timer is None:  # one check every 50 ms at most, not a timer per pause
+                self._timer = self.loop.call_later(0.05, self._tick)
             try:
                 await self._wake
             finally:
-                timer.cancel()
                 self._wake = None
         return not self.ending()
+
+    def _tick(self):
+        self._timer = None
+        if self._wake is not None:  # still waiting: look at is_closing() again, and again later
+            self._notify()
+            self._timer = self.loop.call_later(0.05, self._tick)
 
     def ending(self):
         if not self.closed and self.transport.is_closing():
@@ -188,7 +193,7 @@ class _Hold:
                 t.resume_reading()
             self._unwatch()
             _held.discard(id(t))
-            raise RuntimeError(f"sendfile is not supported for transport {t!r}") from None
+            raise _unsupported(t) from None
 
     def _unwatch(self):
         if self._watching_close:
@@ -199,6 +204,9 @@ class _Hold:
     def _restore(self):
         t = self.transport
         _held.discard(id(t))
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self._unwatch()
         if not self.closed:
             t.set_protocol(self._inner)
@@ -236,10 +244,14 @@ class SelectorHold(_Hold):
 
     zero_copy = True
 
-    def __init__(self, loop, transport):
+    def __init__(self, loop, transport, sock_fd):
         super().__init__(loop, transport)
         self._waiter = None
-        self.sock_fd = transport.get_extra_info("socket").fileno()
+        self.sock_fd = sock_fd
+
+    def idle(self):
+        """Nothing queued in the transport: the socket may be written now."""
+        return not self.transport.get_write_buffer_size()
 
     async def __aenter__(self):
         self._take()
@@ -275,9 +287,11 @@ class FlushHold(_Hold):
 
     zero_copy = True
 
-    def __init__(self, loop, transport):
+    def __init__(self, loop, transport, sock_fd):
         super().__init__(loop, transport)
-        self.sock_fd = transport.get_extra_info("socket").fileno()
+        self.sock_fd = sock_fd
+
+    idle = SelectorHold.idle
 
     async def __aenter__(self):
         self._take()
@@ -317,8 +331,8 @@ class WriteHold(_Hold):
             t.write = t.writelines = _refuse_write
         try:  # already over the high-water mark: wait for resume_writing like the user would
             self.paused = t.get_write_buffer_size() > t.get_write_buffer_limits()[1]
-        except (AttributeError, TypeError, IndexError):
-            self.paused = False
+        except (AttributeError, TypeError, IndexError, NotImplementedError):
+            self.paused = False  # a transport that can't say: resume_writing will
         return self
 
     def write(self, data):

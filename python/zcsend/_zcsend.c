@@ -282,6 +282,10 @@ static PyObject *transfer_get_backend(TransferObject *self, void *c) {
   (void)c;
   return PyUnicode_FromString(zcs_backend_kind_name(zcs_job_transfer(self->job)->backend));
 }
+static PyObject *transfer_get_seekable(TransferObject *self, void *c) {
+  (void)c;
+  return PyBool_FromLong(zcs_job_transfer(self->job)->offset >= 0);
+}
 static PyObject *transfer_get_remaining(TransferObject *self, void *c) {
   (void)c;
   return PyLong_FromLongLong(zcs_job_transfer(self->job)->remaining);
@@ -294,6 +298,7 @@ static PyGetSetDef transfer_getset[] = {
     {"id", (getter)transfer_get_id, NULL, "id that Channel.drain() reports", NULL},
     {"backend", (getter)transfer_get_backend, NULL, "sendfile, splice, emulated or memory", NULL},
     {"remaining", (getter)transfer_get_remaining, NULL, "bytes left to send, -1 if unknown", NULL},
+    {"seekable", (getter)transfer_get_seekable, NULL, "the source has offsets (a pipe has not)", NULL},
     {NULL}};
 
 static PyMethodDef transfer_methods[] = {
@@ -340,6 +345,29 @@ static PyObject *mod_backend(PyObject *m, PyObject *unused) {
   return PyUnicode_FromString(zcs_backend_name());
 }
 
+static PyObject *mod_read_cached(PyObject *m, PyObject *args) {
+  (void)m;
+  int fd;
+  long long offset;
+  Py_ssize_t n;
+  if (!PyArg_ParseTuple(args, "iLn:read_cached", &fd, &offset, &n))
+    return NULL;
+  if (n <= 0) {
+    PyErr_SetString(PyExc_ValueError, "read_cached: n must be positive");
+    return NULL;
+  }
+  PyObject *b = PyBytes_FromStringAndSize(NULL, n); /* not zeroed: every byte is read or dropped */
+  if (!b)
+    return NULL;
+  int rc = zcs_read_cached(fd, PyBytes_AS_STRING(b), (size_t)n, offset);
+  if (rc == 1)
+    return b;
+  Py_DECREF(b);
+  if (rc < 0)
+    return raise_code(rc);
+  Py_RETURN_NONE;
+}
+
 static PyObject *mod_strerror(PyObject *m, PyObject *arg) {
   (void)m;
   int code = (int)PyLong_AsLong(arg);
@@ -379,6 +407,8 @@ static PyMethodDef module_methods[] = {
     {"stats", mod_stats, METH_NOARGS, "process-wide transfer counters"},
     {"backend", mod_backend, METH_NOARGS, "name of the active backend"},
     {"strerror", mod_strerror, METH_O, "message for a negative error code"},
+    {"read_cached", mod_read_cached, METH_VARARGS,
+     "read_cached(fd, offset, n) -> n bytes if all are in the page cache, else None; never waits for the disk"},
     {"errname", mod_errname, METH_O, "name (EPIPE, ETRUNCATED, ...) of a negative error code"},
     {NULL}};
 

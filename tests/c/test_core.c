@@ -886,6 +886,36 @@ START_TEST(engine_read_jobs) {
 }
 END_TEST
 
+START_TEST(read_cached_never_waits) {
+  size_t len = (256 << 10) + 7;
+  unsigned char *data = pattern(len, 27);
+  int fd = make_file("c", data, len); /* just written: in the page cache */
+  unsigned char *buf = malloc(len);
+  ck_assert_int_eq(zcs_read_cached(fd, buf, 65536, 1000), 1);
+  ck_assert(memcmp(buf, data + 1000, 65536) == 0);
+  ck_assert_int_eq(zcs_read_cached(fd, buf, len, 0), 1);
+  ck_assert(memcmp(buf, data, len) == 0);
+  ck_assert_int_eq(zcs_read_cached(fd, buf, 100, len - 7), 0); /* the file ends sooner */
+  ck_assert_int_eq(zcs_read_cached(fd, buf, 100, len + 1), 0); /* past the end */
+  ck_assert_int_eq(zcs_read_cached(fd, buf, 100, -1), -EINVAL);
+  int p[2];
+  ck_assert_int_eq(pipe(p), 0);
+  ck_assert_int_eq(zcs_read_cached(p[0], buf, 10, 0), -ESPIPE); /* never blocks on a pipe */
+  close(p[1]);
+  ck_assert_int_eq(zcs_read_cached(p[1], buf, 10, 0), -EBADF);
+  /* evicted pages are not read, they would wait for the disk: 0, and no error
+   * (tmpfs keeps its pages, and then all of them are read) */
+  ck_assert_int_eq(fdatasync(fd), 0);
+  ck_assert_int_eq(posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED), 0);
+  memset(buf, 0, len);
+  int r = zcs_read_cached(fd, buf, len, 0);
+  ck_assert(r == 0 || r == 1);
+  if (r == 1)
+    ck_assert(memcmp(buf, data, len) == 0);
+  close(p[0]); close(fd); free(buf); free(data);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("zcsend-core");
   TCase *tc = tcase_create("core");
@@ -928,6 +958,7 @@ int main(void) {
   tcase_add_test(tls, tls_bad_inputs);
   tcase_add_test(tls, ev_driver_tls_concurrent);
   tcase_add_test(tc, engine_read_jobs);
+  tcase_add_test(tc, read_cached_never_waits);
   suite_add_tcase(s, tls);
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);

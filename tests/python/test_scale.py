@@ -242,3 +242,81 @@ def test_tls_slow_reader_memory_bounded(tmp_path):
         if "libasan" not in os.environ.get("LD_PRELOAD", ""):
             assert peak - rss0 < 16 * 1024, (rss0, peak)
     run(main(), timeout=300)
+
+
+class _Sink(asyncio.Transport):
+    """A stream transport that takes every write at once and never pauses: the
+    write path's worst case, transfers that are always ready to write."""
+
+    def __init__(self):
+        super().__init__()
+        self.n = 0
+        self._protocol = asyncio.Protocol()
+        self._closing = False
+
+    def write(self, data):
+        self.n += len(data)
+
+    def get_write_buffer_size(self):
+        return 0
+
+    def set_protocol(self, protocol):
+        self._protocol = protocol
+
+    def get_protocol(self):
+        return self._protocol
+
+    def is_closing(self):
+        return self._closing
+
+    def close(self):
+        self._closing = True
+
+
+def test_write_path_budget_per_loop_turn(tmp_path):
+    """Transfers on the write path (TLS) share a budget of bytes per turn of the
+    loop, so everything else on the loop waits about as long however many run;
+    and one that arrives while the budget is spent still writes in its first
+    turn: a small response is never stuck behind big ones."""
+    big, small = tmp_path / "big", tmp_path / "small"
+    with open(big, "wb") as f:
+        f.truncate(256 << 20)  # sparse: page-cache reads, no disk
+    make_file(small, 100, seed=5)
+
+    async def main():
+        sinks = [_Sink() for _ in range(8)]
+        files = [open(big, "rb") for _ in sinks]
+        per_turn = []
+        turn = 0
+
+        async def ticker():  # one sleep(0) is one turn of the loop
+            nonlocal turn
+            last = 0
+            while True:
+                await asyncio.sleep(0)
+                now = sum(s.n for s in sinks)
+                per_turn.append(now - last)
+                last = now
+                turn += 1
+
+        tick = asyncio.ensure_future(ticker())
+        bigs = [asyncio.ensure_future(zcsend.sendfile(s, f)) for s, f in zip(sinks, files)]
+        while turn < 20:
+            await asyncio.sleep(0)
+        sink = _Sink()
+        started = turn
+        with open(small, "rb") as f:
+            assert await zcsend.sendfile(sink, f) == 100
+        assert turn - started <= 2, turn - started
+        assert not any(b.done() for b in bigs)  # they were all still writing
+        budget, chunk = zcsend._core.WRITE_BUDGET, zcsend._core.WRITE_CHUNK
+        # the budget, plus at most one chunk from each that hadn't written yet that turn
+        assert max(per_turn) <= budget + len(sinks) * chunk, max(per_turn)
+        assert sum(per_turn) > 8 * budget  # and they did get on
+        for b in bigs:
+            b.cancel()
+        await asyncio.gather(*bigs, return_exceptions=True)
+        tick.cancel()
+        for f in files:
+            f.close()
+    run(main())

@@ -1,5 +1,6 @@
 """zcsend.sendfile on asyncio's TCP and Unix transports: data, contract, sources."""
 import asyncio
+import errno
 import hashlib
 import io
 import os
@@ -9,7 +10,7 @@ import threading
 import pytest
 
 import zcsend
-from conftest import LOOP, Pair, file_sha1, run, zero_copy_expected
+from conftest import LOOP, Pair, file_sha1, make_file, run, zero_copy_expected
 
 
 
@@ -311,3 +312,29 @@ def test_write_pipe_transport(tmp_path, datafile):
         os.close(r)
         assert (got.hexdigest(), n) == (digest, size)
     run(main())
+
+
+def test_read_cached_binding(tmp_path):
+    """The core's page-cache read, as the TLS path uses it: all the bytes or None,
+    never a wait; errors as OSError with the errno."""
+    from zcsend import _zcsend
+    path = tmp_path / "f"
+    make_file(path, 70000, seed=9)
+    data = open(path, "rb").read()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert _zcsend.read_cached(fd, 0, 70000) == data
+        assert _zcsend.read_cached(fd, 1234, 4096) == data[1234:1234 + 4096]
+        assert _zcsend.read_cached(fd, 69990, 100) is None  # the file ends sooner
+        with pytest.raises(ValueError):
+            _zcsend.read_cached(fd, 0, 0)
+        r, w = os.pipe()
+        try:
+            with pytest.raises(OSError) as ei:
+                _zcsend.read_cached(r, 0, 10)
+            assert ei.value.errno == errno.ESPIPE
+        finally:
+            os.close(r)
+            os.close(w)
+    finally:
+        os.close(fd)

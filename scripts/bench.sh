@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Sets everything up, then runs the whole benchmark (about 12 minutes):
+#   bash scripts/bench.sh [benchmarks/run.py options, e.g. --runs 5 or --quick]
+# Writes benchmarks/results/results.md, results.json and chart.png.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+make -s -C lua
+exec "${PYTHON:-python3}" benchmarks/run.py "$@"
