@@ -8,6 +8,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -222,8 +223,51 @@ static ssize_t call_backend(zcs_transfer_t *t, size_t len) {
   }
 }
 
+#ifndef MSG_MORE
+#define MSG_MORE 0
+#endif
+
+/* The head goes first; MSG_MORE holds it for the file's first bytes only when
+ * some are known to follow (else it would wait for a write that never comes). */
+static int send_head(zcs_transfer_t *t) {
+  int more = t->remaining > 0 ? MSG_MORE : 0;
+  while (t->head_pos < t->head_len) {
+    ssize_t n = send(t->sock_fd, t->head + t->head_pos, t->head_len - t->head_pos,
+                     MSG_NOSIGNAL | MSG_DONTWAIT | more);
+    if (n < 0) {
+      if (errno == EINTR)
+        continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK)
+        return ZCS_WANT_WRITE;
+      return finish(t, -errno);
+    }
+    t->head_pos += (size_t)n;
+  }
+  return 0;
+}
+
+int zcs_transfer_set_head(zcs_transfer_t *t, const void *data, size_t len) {
+  if (!data || len == 0 || t->head || t->result != RUNNING || t->sent)
+    return -EINVAL;
+  if (t->ssl)
+    return -EOPNOTSUPP;
+  if (!(t->head = malloc(len)))
+    return -ENOMEM;
+  memcpy(t->head, data, len);
+  t->head_len = len;
+  t->head_pos = 0;
+  return 0;
+}
+
+size_t zcs_transfer_head_sent(const zcs_transfer_t *t) { return t->head_pos; }
+
 static int run(zcs_transfer_t *t) {
   size_t budget = t->budget ? t->budget : ZCS_DEFAULT_BUDGET;
+  if (t->head_pos < t->head_len) {
+    int rc = send_head(t);
+    if (rc)
+      return rc;
+  }
   for (;;) {
     if (t->remaining == 0)
       return finish(t, ZCS_DONE);
@@ -302,6 +346,9 @@ void zcs_transfer_cancel(zcs_transfer_t *t) { t->cancelled = 1; }
 void zcs_transfer_release(zcs_transfer_t *t) {
   free(t->buf);
   t->buf = NULL;
+  free(t->head);
+  t->head = NULL;
+  t->head_len = t->head_pos = 0;
   t->buf_len = t->buf_pos = 0;
   zcs__splice_close(t);
   zcs__tls_release(t);

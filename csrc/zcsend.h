@@ -90,6 +90,9 @@ typedef struct zcs_transfer {
   int pipe_fds[2];
   size_t pipe_len;
   int counted;          /* private: counted as active; its outcome not yet recorded */
+  /* private: bytes sent before the source's (zcs_transfer_set_head) */
+  char *head;
+  size_t head_len, head_pos;
   /* private: TLS sink (zcs_transfer_set_ssl) */
   struct ssl_st *ssl;
   int ssl_modes_added;
@@ -109,6 +112,15 @@ int zcs_transfer_init(zcs_transfer_t *t, int sock_fd, int file_fd, int64_t offse
 int zcs_transfer_init_memory(zcs_transfer_t *t, int sock_fd, const void *data, size_t len,
                              int flags);
 
+/* Bytes to send before the source's, an HTTP response head say: copied now,
+ * sent first, with MSG_MORE while file bytes follow so the two leave in the same
+ * packets (nginx corks for this). sent counts the source's bytes only; the
+ * head's are zcs_transfer_head_sent(). Call before the first step. Returns 0,
+ * -EINVAL (set twice, after a step, or len 0), -EOPNOTSUPP on a TLS transfer
+ * (write the head through the SSL), or -ENOMEM. */
+int zcs_transfer_set_head(zcs_transfer_t *t, const void *data, size_t len);
+size_t zcs_transfer_head_sent(const zcs_transfer_t *t);
+
 /* Sends through ssl (an established or still-handshaking OpenSSL connection on
  * sock_fd) instead of writing plaintext to the socket: the file is read in
  * bounded chunks and SSL_written, or, where OpenSSL runs kernel TLS on the write
@@ -116,8 +128,8 @@ int zcs_transfer_init_memory(zcs_transfer_t *t, int sock_fd, const void *data, s
  * first step. The SSL is borrowed: it must outlive the transfer, and nothing
  * else may write to it meanwhile. Its SSL_MODE_ENABLE_PARTIAL_WRITE and
  * SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER are set for the transfer and restored on
- * release. Returns 0, -EINVAL (set twice, after a step, or ssl writes another
- * fd), or ZCS_EUNSUPPORTED with ZCS_F_NO_FALLBACK and no kernel TLS. */
+ * release. Returns 0, -EINVAL (set twice, after a step, ssl writes another fd,
+ * or a head is set), or ZCS_EUNSUPPORTED with ZCS_F_NO_FALLBACK and no kernel TLS. */
 int zcs_transfer_set_ssl(zcs_transfer_t *t, struct ssl_st *ssl);
 /* OpenSSL's error code (ERR_get_error) behind the last ZCS_ETLS, or 0. */
 unsigned long zcs_transfer_tls_error(const zcs_transfer_t *t);

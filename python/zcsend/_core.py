@@ -145,15 +145,19 @@ def _finish(hold, rc, sent, total):
     raise error_for(rc, _zcsend.strerror(rc), sent, total)
 
 
-def _new_transfer(hold, fd, offset, count, fallback):
+def _new_transfer(hold, fd, offset, count, fallback, head):
     try:
-        return _zcsend.Transfer(hold.sock_fd, fd, offset, -1 if count is None else count, fallback)
+        transfer = _zcsend.Transfer(hold.sock_fd, fd, offset, -1 if count is None else count, fallback)
     except OSError as exc:
         _raise_core(exc, 0, count)
+    if head is not None:
+        transfer.set_head(head)
+    return transfer
 
 
-async def _send_chunked(hold, file, offset, count):
-    """Sources with no fd: read bounded chunks, each sent by the core."""
+async def _send_chunked(hold, file, offset, count, head):
+    """Sources with no fd: read bounded chunks, each sent by the core (the head
+    with the first, or alone when there is nothing to read)."""
     if offset:
         file.seek(offset)
     while count is None or hold.sent < count:
@@ -162,10 +166,14 @@ async def _send_chunked(hold, file, offset, count):
             data = file.read(want)
         else:  # may block on disk: off the loop thread
             data = await hold.loop.run_in_executor(None, file.read, want)
-        if not data:
+        if not data and head is None:
             break
-        rc = await _run(hold, _zcsend.Transfer.from_bytes(hold.sock_fd, data))
-        if rc != 0:
+        transfer = _zcsend.Transfer.from_bytes(hold.sock_fd, data)
+        if head is not None:
+            transfer.set_head(head)
+            head = None
+        rc = await _run(hold, transfer)
+        if rc != 0 or not data:
             return rc, hold.sent, count
     return 0, hold.sent, count
 
@@ -243,9 +251,10 @@ async def _read_other(hold, file, fd, want):
     return await hold.loop.run_in_executor(None, file.read, want)
 
 
-async def _send_by_write(hold, file, fd, offset, count, regular):
-    """Writes the file through the transport in bounded chunks. Bytes count as
-    sent once the transport has taken them; flow control is honoured."""
+async def _send_by_write(hold, file, fd, offset, count, regular, head):
+    """Writes the file through the transport in bounded chunks, after the head.
+    Bytes count as sent once the transport has taken them; flow control is
+    honoured."""
     channel = _channel(hold.loop)
     if regular:
         size = os.fstat(fd).st_size
@@ -260,6 +269,11 @@ async def _send_by_write(hold, file, fd, offset, count, regular):
     my_turn = -1
     channel.writers += 1
     try:
+        if head is not None:
+            if hold.ending():
+                rc = -_errno.ECONNRESET
+                return rc, hold.sent, total
+            hold.write(head)  # the transport keeps the order
         while total is None or hold.sent < total:
             # the turn's budget is spent and this transfer had its share: next turn
             while channel.turn_bytes >= WRITE_BUDGET and my_turn == channel.turn:
@@ -314,11 +328,19 @@ async def _send_by_write(hold, file, fd, offset, count, regular):
         _zcsend.host_end(rc, hold.sent)
 
 
-async def sendfile(transport, file, offset=0, count=None, *, fallback=True):
+async def sendfile(transport, file, offset=0, count=None, *, fallback=True, head=None):
     """Send ``count`` bytes of ``file`` from ``offset`` (all to EOF when None) on
-    ``transport``; return the bytes sent. See the README for the contract."""
+    ``transport``, after the bytes ``head`` (an HTTP response head, say: on a
+    socket they leave in the same packets as the file's first bytes); return the
+    file bytes sent. See the README for the contract."""
     transport = resolve(transport)
     _check_params(file, offset, count)
+    if head is not None:
+        try:
+            head = head if isinstance(head, bytes) else bytes(memoryview(head))
+        except TypeError:
+            raise TypeError(f"head must be a bytes-like object (got {type(head).__name__})") from None
+        head = head or None
     loop = asyncio.get_running_loop()
     hold = hold_for(loop, transport)
     fd = _source_fd(file)
@@ -345,7 +367,7 @@ async def sendfile(transport, file, offset=0, count=None, *, fallback=True):
             # and then swapping protocols and pausing reading would be wasted.
             # Nothing else runs on the loop until it returns, so nothing can
             # interleave with it; if it doesn't end, the hold takes over.
-            transfer = _new_transfer(hold, fd, offset, count, fallback)
+            transfer = _new_transfer(hold, fd, offset, count, fallback, head)
             seekable = transfer.seekable
             total = transfer.remaining
             rc = transfer.step(INLINE_BUDGET)
@@ -356,16 +378,16 @@ async def sendfile(transport, file, offset=0, count=None, *, fallback=True):
             stepped = True
         async with hold:
             if not hold.zero_copy:
-                rc, sent, total = await _send_by_write(hold, file, fd, offset, count, regular)
+                rc, sent, total = await _send_by_write(hold, file, fd, offset, count, regular, head)
             elif fd is not None:
                 if not stepped:
-                    transfer = _new_transfer(hold, fd, offset, count, fallback)
+                    transfer = _new_transfer(hold, fd, offset, count, fallback, head)
                     seekable = transfer.seekable
                     total = transfer.remaining
                 rc = await _run(hold, transfer, stepped)
                 sent = hold.sent
             else:
-                rc, sent, total = await _send_chunked(hold, file, offset, count)
+                rc, sent, total = await _send_chunked(hold, file, offset, count, head)
             _finish(hold, rc, sent, total)
             return sent
     finally:
@@ -376,9 +398,9 @@ async def sendfile(transport, file, offset=0, count=None, *, fallback=True):
                 file.seek(offset + hold.sent)
 
 
-async def _sendfile_zc(self, file, offset=0, count=None, *, fallback=True):
+async def _sendfile_zc(self, file, offset=0, count=None, *, fallback=True, head=None):
     """``await transport.sendfile_zc(file, offset, count)``: zcsend.sendfile on this transport."""
-    return await sendfile(self, file, offset, count, fallback=fallback)
+    return await sendfile(self, file, offset, count, fallback=fallback, head=head)
 
 
 def stats():

@@ -165,6 +165,21 @@ static PyObject *transfer_from_bytes(PyTypeObject *type, PyObject *args) {
   return (PyObject *)self;
 }
 
+static PyObject *transfer_set_head(TransferObject *self, PyObject *arg) {
+  if (self->submitted) {
+    PyErr_SetString(PyExc_RuntimeError, "transfer belongs to the engine now");
+    return NULL;
+  }
+  Py_buffer head;
+  if (PyObject_GetBuffer(arg, &head, PyBUF_SIMPLE) < 0)
+    return NULL;
+  int rc = zcs_transfer_set_head(zcs_job_transfer(self->job), head.buf, (size_t)head.len);
+  PyBuffer_Release(&head);
+  if (rc < 0)
+    return raise_code(rc);
+  Py_RETURN_NONE;
+}
+
 /* Transfer.read(fd, offset, nbytes): a read job — the engine reads, the host writes */
 static PyObject *transfer_read(PyTypeObject *type, PyObject *args) {
   int fd;
@@ -282,6 +297,10 @@ static PyObject *transfer_get_backend(TransferObject *self, void *c) {
   (void)c;
   return PyUnicode_FromString(zcs_backend_kind_name(zcs_job_transfer(self->job)->backend));
 }
+static PyObject *transfer_get_head_sent(TransferObject *self, void *c) {
+  (void)c;
+  return PyLong_FromSize_t(zcs_transfer_head_sent(zcs_job_transfer(self->job)));
+}
 static PyObject *transfer_get_seekable(TransferObject *self, void *c) {
   (void)c;
   return PyBool_FromLong(zcs_job_transfer(self->job)->offset >= 0);
@@ -299,6 +318,7 @@ static PyGetSetDef transfer_getset[] = {
     {"backend", (getter)transfer_get_backend, NULL, "sendfile, splice, emulated or memory", NULL},
     {"remaining", (getter)transfer_get_remaining, NULL, "bytes left to send, -1 if unknown", NULL},
     {"seekable", (getter)transfer_get_seekable, NULL, "the source has offsets (a pipe has not)", NULL},
+    {"head_sent", (getter)transfer_get_head_sent, NULL, "bytes of the head sent (not in sent)", NULL},
     {NULL}};
 
 static PyMethodDef transfer_methods[] = {
@@ -307,6 +327,8 @@ static PyMethodDef transfer_methods[] = {
     {"read", (PyCFunction)transfer_read, METH_VARARGS | METH_CLASS,
      "read(fd, offset, nbytes): a job that reads a regular file in the engine; "
      "when done, the Transfer is a buffer of the bytes read (sent of them)"},
+    {"set_head", (PyCFunction)transfer_set_head, METH_O,
+     "set_head(data): bytes sent before the source's, in the same packets; before the first step"},
     {"step", (PyCFunction)transfer_step, METH_VARARGS,
      "step([budget]) -> DONE, WANT_* or -error; non-blocking, in this thread"},
     {"submit", (PyCFunction)transfer_submit, METH_O, "hand the transfer to the engine thread"},

@@ -916,6 +916,60 @@ START_TEST(read_cached_never_waits) {
 }
 END_TEST
 
+/* A head (bigger than the 4 KiB send buffer, so it goes out in pieces) then the
+ * file, in order, on every backend; sent counts the file's bytes only. */
+static void check_head(int tcp, int emulate, size_t len) {
+  size_t hlen = 100000;
+  unsigned char *head = pattern(hlen, 28), *data = pattern(len ? len : 1, 29);
+  int fd = make_file("h", data, len);
+  int sv[2];
+  make_pair(tcp, sv);
+  zcs_transfer_t t;
+  ck_assert_int_eq(zcs_transfer_init(&t, sv[0], fd, 0, -1, 0), 0);
+  if (emulate)
+    t.backend = ZCS_BACKEND_EMULATED;
+  ck_assert_int_eq(zcs_transfer_set_head(&t, head, hlen), 0);
+  ck_assert_int_eq(zcs_transfer_set_head(&t, head, hlen), -EINVAL); /* twice */
+  memset(head, 0, hlen); /* it was copied */
+  struct reader r;
+  reader_start(&r, sv[1]);
+  int steps;
+  ck_assert_int_eq(drive(&t, &steps), ZCS_DONE);
+  close(sv[0]);
+  reader_join(&r);
+  ck_assert_uint_eq(zcs_transfer_head_sent(&t), hlen);
+  ck_assert_uint_eq(t.sent, len);
+  ck_assert_uint_eq(r.len, hlen + len);
+  unsigned char *want = pattern(hlen, 28);
+  ck_assert(memcmp(r.buf, want, hlen) == 0);
+  ck_assert(len == 0 || memcmp(r.buf + hlen, data, len) == 0);
+  zcs_transfer_release(&t);
+  free(want); free(r.buf); free(head); free(data); close(sv[1]); close(fd);
+}
+
+START_TEST(head_then_file) {
+  check_head(1, 0, 3 << 20);
+  check_head(0, 0, 3 << 20);
+  check_head(0, 1, 1 << 20);
+  check_head(1, 0, 0); /* an empty file: the head alone, not held back for it */
+}
+END_TEST
+
+START_TEST(head_bad_calls) {
+  int fd = make_file("b", (const unsigned char *)"abc", 3);
+  int sv[2];
+  make_pair(0, sv);
+  zcs_transfer_t t;
+  ck_assert_int_eq(zcs_transfer_init(&t, sv[0], fd, 0, -1, 0), 0);
+  ck_assert_int_eq(zcs_transfer_set_head(&t, "x", 0), -EINVAL);
+  ck_assert_int_eq(zcs_transfer_set_head(&t, NULL, 1), -EINVAL);
+  ck_assert_int_eq(zcs_transfer_step(&t), ZCS_DONE);
+  ck_assert_int_eq(zcs_transfer_set_head(&t, "x", 1), -EINVAL); /* after a step */
+  zcs_transfer_release(&t);
+  close(sv[0]); close(sv[1]); close(fd);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("zcsend-core");
   TCase *tc = tcase_create("core");
@@ -959,6 +1013,8 @@ int main(void) {
   tcase_add_test(tls, ev_driver_tls_concurrent);
   tcase_add_test(tc, engine_read_jobs);
   tcase_add_test(tc, read_cached_never_waits);
+  tcase_add_test(tc, head_then_file);
+  tcase_add_test(tc, head_bad_calls);
   suite_add_tcase(s, tls);
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);

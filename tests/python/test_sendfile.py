@@ -338,3 +338,53 @@ def test_read_cached_binding(tmp_path):
             os.close(w)
     finally:
         os.close(fd)
+
+
+def test_head_goes_first(kind, datafile):
+    """head= leaves before the file's bytes (in their packets on a socket; through
+    write() on TLS), on every path; the result and the position count the file's
+    bytes only."""
+    path, size, _ = datafile
+    content = open(path, "rb").read()
+    head = b"HTTP/1.1 200 OK\r\n" + b"h" * 70000 + b"\r\n\r\n"  # more than a send buffer
+
+    async def main():
+        async with Pair(kind) as p:
+            with open(path, "rb") as f:
+                n, got = await asyncio.gather(
+                    zcsend.sendfile(p.server, f, 10, 3 << 20, head=head),
+                    p.reader.readexactly(len(head) + (3 << 20)))
+                assert n == 3 << 20 and f.tell() == 10 + (3 << 20)
+            assert got[:len(head)] == head and got[len(head):] == content[10:10 + (3 << 20)]
+            # after bytes the transport still holds: those, the head, the file
+            p.server.write(b"before")
+            with open(path, "rb") as f:
+                n, got = await asyncio.gather(
+                    zcsend.sendfile(p.server, f, size - 5, head=bytearray(b"HEAD")),
+                    p.reader.readexactly(6 + 4 + 5))
+            assert n == 5 and got == b"beforeHEAD" + content[-5:]
+            # nothing to send from the file (offset at its end): the head alone
+            with open(path, "rb") as f:
+                assert await zcsend.sendfile(p.server, f, size, head=b"only") == 0
+            assert await p.reader.readexactly(4) == b"only"
+            # a source with no fd: chunks through the core, the head with the first
+            src = io.BytesIO(b"abc" * 100000)
+            n, got = await asyncio.gather(zcsend.sendfile(p.server, src, 1, head=memoryview(b"M")),
+                                          p.reader.readexactly(1 + 299999))
+            assert n == 299999 and got == b"M" + (b"abc" * 100000)[1:]
+            src = io.BytesIO(b"")
+            assert await zcsend.sendfile(p.server, src, head=b"empty") == 0
+            assert await p.reader.readexactly(5) == b"empty"
+    run(main())
+
+
+def test_head_must_be_bytes(datafile):
+    async def main():
+        async with Pair() as p:
+            with open(datafile[0], "rb") as f:
+                with pytest.raises(TypeError, match="head must be a bytes-like object \\(got str\\)"):
+                    await zcsend.sendfile(p.server, f, head="text")
+                with pytest.raises(TypeError, match="head must be a bytes-like object \\(got int\\)"):
+                    await zcsend.sendfile(p.server, f, head=5)
+                assert f.tell() == 0
+    run(main())
