@@ -468,7 +468,7 @@ def chart(s, path):
               ("cpu_per_gib", "server CPU s per GiB (lower is better)"),
               ("rps_1m", "1 MiB files, req/s at 100 conns"),
               ("rps_16k", "16 KiB files, req/s at 100 conns"),
-              ("lat_p99_ms", "loop latency p99 ms, 50 downloads (lower)"),
+              ("lat_p99_ms", "loop latency p99 ms, 50 downloads (lower; log scale)"),
               ("slow_peak_mib", "RSS MiB at 1,000 slow downloads (lower)")]
     names = list(s)
     fig, axes = plt.subplots(2, 3, figsize=(20, 11))
@@ -484,6 +484,8 @@ def chart(s, path):
                 colors.append("tab:orange" if n.startswith("zcsend") or "zcsend" in n or "Lua" in n
                               else "tab:gray" if "nginx" in n or n.startswith("C ") else "tab:blue")
         ax.barh(range(len(ys)), meds, xerr=errs, color=colors, capsize=2)
+        if key == "lat_p99_ms":
+            ax.set_xscale("log")  # 5 ms next to a starved 7 s
         ax.set_yticks(range(len(ys)))
         ax.set_yticklabels(ys, fontsize=8)
         ax.invert_yaxis()
@@ -505,11 +507,19 @@ def main(argv=None):
     p.add_argument("--slow-secs", type=float, default=2.0)
     p.add_argument("--only", help="comma-separated substrings of server names to run")
     p.add_argument("--out", default=os.path.join(HERE, "results"))
+    p.add_argument("--replot", metavar="RESULTS_JSON",
+                   help="only draw the chart again from a run's results.json (into --out)")
     p.add_argument("--pin", action="store_true",
                    help="servers on core 0, load generators on the other cores")
     p.add_argument("--quick", action="store_true",
                    help="a smoke run: 1 round, 1 s phases, a 64 MiB file, 100 slow downloads")
     opts = p.parse_args(argv)
+    if opts.replot:
+        with open(opts.replot) as f:
+            runs = json.load(f)["runs"]
+        chart({name: summary(rounds) for name, rounds in runs.items()},
+              os.path.join(opts.out, "chart.png"))
+        return
     if opts.pin:
         pin()
     if opts.quick:
