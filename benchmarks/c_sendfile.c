@@ -35,19 +35,24 @@ static void serve(int c, const char *root) {
     snprintf(file, sizeof file, "%s/%s", root, name);
     int fd = open(file, O_RDONLY);
     struct stat st;
-    if (fd < 0 || fstat(fd, &st) < 0)
+    if (fd < 0)
       return;
+    if (fstat(fd, &st) < 0) {
+      close(fd);
+      return;
+    }
     char reply[256];
     int n = snprintf(reply, sizeof reply,
                      "HTTP/1.1 200 OK\r\nContent-Length: %lld\r\nContent-Type: application/octet-stream\r\n\r\n",
                      (long long)st.st_size);
-    if (send(c, reply, (size_t)n, MSG_NOSIGNAL | MSG_MORE) != n)
-      break;
     off_t off = 0;
-    while (off < st.st_size)
-      if (sendfile(c, fd, &off, (size_t)(st.st_size - off)) <= 0)
-        break;
+    if (send(c, reply, (size_t)n, MSG_NOSIGNAL | (st.st_size ? MSG_MORE : 0)) == n)
+      while (off < st.st_size)
+        if (sendfile(c, fd, &off, (size_t)(st.st_size - off)) <= 0)
+          break;
     close(fd);
+    if (off < st.st_size)
+      return; /* the client went away */
     size_t used = (size_t)(end + 4 - head);
     memmove(head, end + 4, len - used);
     len -= used;

@@ -75,8 +75,8 @@ local function answer(c, head)
   end
   local ok = send_all(c, ("HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: %s\r\n\r\n")
     :format(size, keep and "keep-alive" or "close"))
-  local sent, err
-  if ok then
+  local sent, err = 0, nil
+  if ok and size > 0 then -- an empty file has no bytes to send (and count must be positive)
     sent, err = zcsend.sendfile(c, f, 0, size)
   end
   f:close()
