@@ -98,7 +98,7 @@ def test_10000_transfers_leave_nothing_behind(tmp_path, tls):
     """fds, threads and memory come back after 10,000 transfers, half of them
     handed to the engine (small socket buffers), some cancelled or failed."""
     path = tmp_path / "src"
-    make_file(path, 256 << 10, seed=5)
+    make_file(path, 1 << 20, seed=5)
 
     async def batch(n, port):
         r, w = await asyncio.open_connection("127.0.0.1", port)
@@ -148,7 +148,10 @@ def test_10000_transfers_leave_nothing_behind(tmp_path, tls):
             for i in range(n):
                 count = rnd.choice([100, 4096, 65536, 200_000])
                 if i % 50 == 49:  # a cancellation now and then
-                    task = asyncio.ensure_future(zcsend.sendfile(w, f, 0, count))
+                    # of 1 MiB: more than the socket buffer and than one TLS chunk, so
+                    # it is still going when the cancel comes (smaller ones can end
+                    # within their first turn: the TLS path reads cached pages inline)
+                    task = asyncio.ensure_future(zcsend.sendfile(w, f, 0, 1 << 20))
                     await asyncio.sleep(0)
                     task.cancel()
                     try:
