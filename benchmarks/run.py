@@ -275,7 +275,9 @@ def one_round(tmp, running, opts, big, slow):
             rps, bad = wrk(running, path, opts.secs)
             r[label] = rps
             # server CPU per request: who was the bottleneck, the server or wrk
-            r[label.replace("rps", "cpu_us")] = (running.cpu() - c0) / (rps * round(opts.secs)) * 1e6
+            # (none when no request ended in the phase: a --quick second of a slow server)
+            if rps > 0:
+                r[label.replace("rps", "cpu_us")] = (running.cpu() - c0) / (rps * max(1, round(opts.secs))) * 1e6
             if bad:
                 r.setdefault("errors", []).extend(f"{path}: {b}" for b in bad)
         # the downloads' readers at a lower priority than the probe: with few cores
