@@ -3,10 +3,34 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <sys/sendfile.h>
+#include <sys/stat.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 #include "zcs_internal.h"
 
 const char zcs__platform_name[] = "linux-sendfile";
+
+/* procfs reports st_size 0 and sysfs 4096 whatever a file holds; neither has
+   blocks. Only a blockless file pays for the statfs. */
+int zcs__size_unreliable(int fd, const struct stat *st) {
+  if (st->st_blocks != 0)
+    return 0;
+  struct statfs fs;
+  if (fstatfs(fd, &fs) < 0)
+    return 0;
+  switch ((unsigned long)fs.f_type) {
+  case 0x9fa0:     /* PROC_SUPER_MAGIC */
+  case 0x62656572: /* SYSFS_MAGIC */
+  case 0x64626720: /* DEBUGFS_MAGIC */
+  case 0x74726163: /* TRACEFS_MAGIC */
+  case 0x27e0eb:   /* CGROUP_SUPER_MAGIC */
+  case 0x63677270: /* CGROUP2_SUPER_MAGIC */
+  case 0x73636673: /* SECURITYFS_MAGIC */
+    return 1;
+  default:
+    return 0;
+  }
+}
 
 /* Linux sendfile moves at most 0x7ffff000 bytes a call, whatever is asked. */
 #define LINUX_SENDFILE_MAX 0x7ffff000

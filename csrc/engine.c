@@ -13,7 +13,7 @@
 #include <sys/stat.h>
 #include <sys/uio.h>
 #include <unistd.h>
-#include "zcsend.h"
+#include "zcs_internal.h"
 
 struct zcs_channel {
   int fd;                 /* eventfd, readable while done is not empty */
@@ -21,6 +21,7 @@ struct zcs_channel {
   uint64_t *done;         /* finished job ids (guarded by lock) */
   size_t ndone, cap;
   int refs;               /* the host's + one per job in flight (guarded by lock) */
+  pid_t pid;              /* the process whose engine posts here */
 };
 
 enum { JOB_NEW, JOB_QUEUED, JOB_RUNNING, JOB_FINISHED };
@@ -34,6 +35,7 @@ struct zcs_job {
   int kick;               /* queued for a cancel step (engine lock) */
   uint64_t id;
   zcs_channel_t *ch;
+  pid_t pid;              /* set by zcs_job_submit in the host's thread: whose engine runs it */
   char *rbuf;             /* a read job's destination (zcs_job_init_read), else NULL */
   size_t rlen;
   zcs_job_t *next;        /* engine queue link */
@@ -64,8 +66,13 @@ zcs_channel_t *zcs_channel_new(void) {
   }
   pthread_mutex_init(&ch->lock, NULL);
   ch->refs = 1;
+  ch->pid = getpid();
   return ch;
 }
+
+/* A channel or job inherited through fork(): the parent's engine serves it. */
+static int channel_foreign(const zcs_channel_t *ch) { return ch->pid != getpid(); }
+static int job_foreign(const zcs_job_t *j) { return j->pid && j->pid != getpid(); }
 
 int zcs_channel_fd(const zcs_channel_t *ch) { return ch->fd; }
 
@@ -81,8 +88,19 @@ static void channel_unref(zcs_channel_t *ch) {
   free(ch);
 }
 
+int zcs_channel_after_fork(zcs_channel_t *ch) {
+  if (!channel_foreign(ch))
+    return 0;
+  int fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (fd < 0)
+    return -errno;
+  int rc = dup3(fd, ch->fd, O_CLOEXEC) < 0 ? -errno : 0;
+  close(fd);
+  return rc;
+}
+
 void zcs_channel_release(zcs_channel_t *ch) {
-  if (ch)
+  if (ch && !channel_foreign(ch)) /* in a child: the parent's; its lock may be held for ever */
     channel_unref(ch);
 }
 
@@ -106,6 +124,8 @@ static void channel_post(zcs_channel_t *ch, uint64_t id) {
 }
 
 size_t zcs_channel_drain(zcs_channel_t *ch, uint64_t *ids, size_t n) {
+  if (channel_foreign(ch))
+    return 0; /* the eventfd is the parent's too: reading it would steal its wake-up */
   pthread_mutex_lock(&ch->lock);
   size_t k = ch->ndone < n ? ch->ndone : n;
   memcpy(ids, ch->done, k * sizeof *ids);
@@ -146,11 +166,13 @@ static void job_unref(zcs_job_t *j) {
 }
 
 void zcs_job_release(zcs_job_t *j) {
-  if (j)
+  if (j && !job_foreign(j))
     job_unref(j);
 }
 
 uint64_t zcs_job_sent(zcs_job_t *j) {
+  if (job_foreign(j))
+    return j->t.sent;
   pthread_mutex_lock(&j->lock);
   uint64_t s = j->t.sent;
   pthread_mutex_unlock(&j->lock);
@@ -158,6 +180,8 @@ uint64_t zcs_job_sent(zcs_job_t *j) {
 }
 
 uint64_t zcs_job_sent_zero_copy(zcs_job_t *j) {
+  if (job_foreign(j))
+    return j->t.sent_zero_copy;
   pthread_mutex_lock(&j->lock);
   uint64_t s = j->t.sent_zero_copy;
   pthread_mutex_unlock(&j->lock);
@@ -165,6 +189,8 @@ uint64_t zcs_job_sent_zero_copy(zcs_job_t *j) {
 }
 
 int zcs_job_result(zcs_job_t *j) {
+  if (job_foreign(j))
+    return j->t.result;
   pthread_mutex_lock(&j->lock);
   int r = j->t.result;
   pthread_mutex_unlock(&j->lock);
@@ -356,28 +382,34 @@ int zcs_read_cached(int fd, void *buf, size_t len, int64_t offset) {
 #endif
 }
 
+/* a send job that can't be handed over has ended, with that error */
+static int submit_failed(zcs_job_t *j, int s, int f, int err) {
+  if (s >= 0)
+    close(s);
+  if (f >= 0)
+    close(f);
+  if (!j->rbuf)
+    zcs__transfer_end(&j->t, err);
+  return err;
+}
+
 int zcs_job_submit(zcs_job_t *j, zcs_channel_t *ch) {
-  if (j->state != JOB_NEW || j->t.result != 1)
+  pthread_mutex_lock(&engine.lock); /* the engine moves a submitted job's state */
+  int fresh = j->state == JOB_NEW;
+  pthread_mutex_unlock(&engine.lock);
+  if (!fresh || j->t.result != 1 || channel_foreign(ch))
     return -EINVAL;
   int s = -1;
   if (!j->rbuf && (s = fcntl(j->t.sock_fd, F_DUPFD_CLOEXEC, 0)) < 0)
-    return -errno;
+    return submit_failed(j, -1, -1, -errno);
   int f = -1;
-  if (j->t.file_fd >= 0 && (f = fcntl(j->t.file_fd, F_DUPFD_CLOEXEC, 0)) < 0) {
-    int e = -errno;
-    if (s >= 0)
-      close(s);
-    return e;
-  }
+  if (j->t.file_fd >= 0 && (f = fcntl(j->t.file_fd, F_DUPFD_CLOEXEC, 0)) < 0)
+    return submit_failed(j, s, -1, -errno);
   pthread_mutex_lock(&engine.lock);
   int rc = engine_start();
   if (rc < 0) {
     pthread_mutex_unlock(&engine.lock);
-    if (s >= 0)
-      close(s);
-    if (f >= 0)
-      close(f);
-    return rc;
+    return submit_failed(j, s, f, rc);
   }
   j->t.sock_fd = s;
   j->t.file_fd = f;
@@ -387,6 +419,7 @@ int zcs_job_submit(zcs_job_t *j, zcs_channel_t *ch) {
   ch->refs++;
   pthread_mutex_unlock(&ch->lock);
   j->ch = ch;
+  j->pid = ch->pid;
   __atomic_add_fetch(&j->refs, 1, __ATOMIC_RELAXED);
   j->state = JOB_QUEUED;
   engine_enqueue(j);
@@ -395,9 +428,15 @@ int zcs_job_submit(zcs_job_t *j, zcs_channel_t *ch) {
   return 0;
 }
 
-void zcs_job_cancel(zcs_job_t *j) {
+void zcs_job_cancel(zcs_job_t *j) { zcs_job_abort(j, -ECANCELED); }
+
+void zcs_job_abort(zcs_job_t *j, int err) {
+  if (job_foreign(j)) { /* the parent's engine runs it; here it only stops counting */
+    zcs_transfer_abort(&j->t, err);
+    return;
+  }
   pthread_mutex_lock(&j->lock);
-  zcs_transfer_cancel(&j->t);
+  zcs_transfer_abort(&j->t, err);
   pthread_mutex_unlock(&j->lock);
   /* a job that is waiting on a socket that never turns writable must still end */
   pthread_mutex_lock(&engine.lock);

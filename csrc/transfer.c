@@ -110,6 +110,26 @@ static void count_start(zcs_transfer_t *t) {
   STAT_ADD(active, 1);
 }
 
+/* A regular file's count is fixed from its size, so a file that shrinks later
+   is an error, not EOF; where the size is not the length, the count stands. */
+static int64_t fixed_count(int fd, const struct stat *st, int64_t offset, int64_t count,
+                           int *sized) {
+  *sized = S_ISREG(st->st_mode) && !zcs__size_unreliable(fd, st);
+  if (!*sized)
+    return count;
+  int64_t avail = offset >= st->st_size ? 0 : st->st_size - offset;
+  return count == ZCS_COUNT_TO_EOF || count > avail ? avail : count;
+}
+
+int64_t zcs_source_count(int fd, int64_t offset, int64_t count, int *sized) {
+  struct stat st;
+  if (offset < 0 || (count < 0 && count != ZCS_COUNT_TO_EOF))
+    return -EINVAL;
+  if (fstat(fd, &st) < 0)
+    return -errno;
+  return fixed_count(fd, &st, offset, count, sized);
+}
+
 int zcs_transfer_init(zcs_transfer_t *t, int sock_fd, int file_fd, int64_t offset,
                       int64_t count, int flags) {
   int rc = init_common(t, sock_fd, flags);
@@ -131,10 +151,7 @@ int zcs_transfer_init(zcs_transfer_t *t, int sock_fd, int file_fd, int64_t offse
   t->start = t->offset = offset;
   t->remaining = count;
   if (S_ISREG(st.st_mode)) {
-    /* the count is fixed now: a file that shrinks later is an error, not EOF */
-    int64_t avail = offset >= st.st_size ? 0 : st.st_size - offset;
-    if (count == ZCS_COUNT_TO_EOF || count > avail)
-      t->remaining = avail;
+    t->remaining = fixed_count(file_fd, &st, offset, count, &t->sized);
     t->backend = backend_forced_emulated ? ZCS_BACKEND_EMULATED : ZCS_BACKEND_SENDFILE;
   } else {
     if (lseek(file_fd, 0, SEEK_CUR) < 0)
@@ -292,8 +309,8 @@ static int run(zcs_transfer_t *t) {
       budget = (size_t)n >= budget ? 0 : budget - (size_t)n;
       continue;
     }
-    if (n == 0) /* the source ended: fine only when we were told to send to EOF */
-      return finish(t, t->remaining > 0 ? ZCS_ETRUNCATED : ZCS_DONE);
+    if (n == 0) /* the source ended: short of a count fixed from its size, it shrank */
+      return finish(t, t->remaining > 0 && t->sized ? ZCS_ETRUNCATED : ZCS_DONE);
     if (n == -EAGAIN)
       return ZCS_WANT_WRITE;
     if (n == ZCS__SOURCE_EMPTY)
@@ -319,7 +336,7 @@ int zcs_transfer_step(zcs_transfer_t *t) {
   if (t->result != RUNNING)
     return t->result;
   if (t->cancelled)
-    return finish(t, -ECANCELED);
+    return finish(t, t->cancelled);
   sigset_t old;
   int masked = !(t->flags & ZCS_F_SIGPIPE_BLOCKED) && sigpipe_block(&old);
   int rc = run(t);
@@ -341,7 +358,17 @@ int zcs_transfer_wait_fd(const zcs_transfer_t *t, int step_result, int *events) 
 
 unsigned long zcs_transfer_tls_error(const zcs_transfer_t *t) { return t->tls_error; }
 
-void zcs_transfer_cancel(zcs_transfer_t *t) { t->cancelled = 1; }
+void zcs_transfer_cancel(zcs_transfer_t *t) { zcs_transfer_abort(t, -ECANCELED); }
+
+void zcs_transfer_abort(zcs_transfer_t *t, int err) {
+  if (!t->cancelled)
+    t->cancelled = err < 0 ? err : -ECANCELED;
+}
+
+void zcs__transfer_end(zcs_transfer_t *t, int err) {
+  if (t->result == RUNNING)
+    finish(t, err);
+}
 
 void zcs_transfer_release(zcs_transfer_t *t) {
   free(t->buf);
@@ -352,6 +379,8 @@ void zcs_transfer_release(zcs_transfer_t *t) {
   t->buf_len = t->buf_pos = 0;
   zcs__splice_close(t);
   zcs__tls_release(t);
+  if (t->result == RUNNING && t->cancelled)
+    t->result = t->cancelled; /* stopped, never stepped again: ended as it was told */
   record_outcome(t);
 }
 

@@ -35,6 +35,13 @@ void zcs__tls_release(zcs_transfer_t *t);
 
 extern const char zcs__platform_name[];
 
+struct stat;
+/* True when a regular file's st_size is not its length (procfs, sysfs...):
+   its count can't be fixed from it. */
+int zcs__size_unreliable(int fd, const struct stat *st);
+/* Ends a running transfer with err now (its outcome is counted). */
+void zcs__transfer_end(zcs_transfer_t *t, int err);
+
 /* True when errno from a zero-copy call means "not for this pair of fds". */
 static inline int zcs__is_fallback_errno(int err) {
   switch (err) {

@@ -82,7 +82,8 @@ typedef struct zcs_transfer {
   uint64_t sent_zero_copy; /* ro: the part of sent that never entered user space */
   int backend;          /* ro: enum zcs_backend now in use */
   int result;           /* ro: 1 while running, then ZCS_DONE or a negative error */
-  volatile int cancelled; /* private: set by zcs_transfer_cancel() */
+  volatile int cancelled; /* private: the error zcs_transfer_abort() ends it with, or 0 */
+  int sized;            /* private: the count came from a size to trust: an early EOF is ZCS_ETRUNCATED */
   /* private: emulation buffer */
   char *buf;
   size_t buf_cap, buf_len, buf_pos;
@@ -102,11 +103,21 @@ typedef struct zcs_transfer {
 /* Prepares a transfer of count bytes (ZCS_COUNT_TO_EOF: to the source's end)
  * from file_fd at offset to sock_fd. A regular file's count is fixed now from
  * its size, so a file that later grows sends what it had and one that shrinks
- * fails with ZCS_ETRUNCATED. A source that can't seek ignores offset.
+ * fails with ZCS_ETRUNCATED. Other sources (pipes, devices, and files of
+ * pseudo filesystems such as procfs and sysfs, whose st_size is not their
+ * length) send until count or their end, whichever comes first, as asyncio's
+ * loop.sendfile does. A source that can't seek ignores offset.
  * Returns 0, or -EBADF / -EISDIR / -EINVAL / ZCS_EBLOCKING / -ENOMEM.
  * Every initialised transfer must be released with zcs_transfer_release(). */
 int zcs_transfer_init(zcs_transfer_t *t, int sock_fd, int file_fd, int64_t offset,
                       int64_t count, int flags);
+
+/* The count zcs_transfer_init() would fix now for fd from offset: with *sized
+ * set, a regular file's min(count, bytes left) (an early EOF later means the
+ * file shrank); else count itself (ZCS_COUNT_TO_EOF: up to the source's end).
+ * For hosts that read the file themselves (a TLS layer zcsend can't reach), so
+ * they size it by the same rule. Returns it, or -EINVAL / -EBADF. */
+int64_t zcs_source_count(int fd, int64_t offset, int64_t count, int *sized);
 
 /* Prepares a transfer of len bytes copied from data (no source fd). */
 int zcs_transfer_init_memory(zcs_transfer_t *t, int sock_fd, const void *data, size_t len,
@@ -147,6 +158,10 @@ int zcs_transfer_wait_fd(const zcs_transfer_t *t, int step_result, int *events);
  * Safe from another thread only when the caller excludes a concurrent step
  * (zcs_ev_transfer does, with its lock). */
 void zcs_transfer_cancel(zcs_transfer_t *t);
+/* Like zcs_transfer_cancel(), but the transfer ends with err, a negative error
+ * the host saw (-ECONNRESET: its connection went; -ETIMEDOUT: no progress), and
+ * counts as failed; -ECANCELED is zcs_transfer_cancel(). The first call wins. */
+void zcs_transfer_abort(zcs_transfer_t *t, int err);
 
 /* Frees buffers and the splice pipe. (The outcome is in zcs_stats() from the
  * moment the transfer ends; one released unfinished counts as cancelled.) */
@@ -216,6 +231,12 @@ int zcs_channel_fd(const zcs_channel_t *ch);   /* readable while finished jobs w
 /* Takes up to n finished jobs' ids; each id was returned by zcs_job_id(). */
 size_t zcs_channel_drain(zcs_channel_t *ch, uint64_t *ids, size_t n);
 void zcs_channel_release(zcs_channel_t *ch);   /* freed when no job still holds it */
+/* In a child just forked, before its event loop runs: the channel's fd number
+ * now names a quiet eventfd of the child's own. Epoll registrations belong to
+ * the open file description, which fork shares: without this, a child loop that
+ * stops watching the fd (closing, say) takes the parent's watch away too.
+ * Returns 0 (nothing to do in the process that made the channel) or -errno. */
+int zcs_channel_after_fork(zcs_channel_t *ch);
 
 /* A job owns its transfer; set it up with zcs_transfer_init*(zcs_job_transfer(j)),
  * step it inline if you like, then submit. One reference is the caller's. */
@@ -240,11 +261,22 @@ const void *zcs_job_data(const zcs_job_t *j);
  * or a negative errno (EBADF, ESPIPE, EIO...). */
 int zcs_read_cached(int fd, void *buf, size_t len, int64_t offset);
 /* Hands the job to the engine thread (started on first use). Returns 0, or a
- * negative errno (nothing is submitted then). */
+ * negative errno (-EMFILE: no fd left for the dups): nothing is submitted then,
+ * and a send job's transfer has ended with that error.
+ *
+ * fork(): the engine thread does not exist in a child. A job or channel the
+ * child inherited belongs to the parent's engine: in the child, cancel only
+ * marks the job, sent/result read the inherited copy without its lock (the
+ * engine may have held it at the fork), drain returns 0 without touching the
+ * eventfd the parent still uses, and release frees nothing and closes no fd
+ * (the child may have reused those numbers already; they are CLOEXEC). New
+ * jobs and channels in the child start a new engine. */
 int zcs_job_submit(zcs_job_t *j, zcs_channel_t *ch);
 /* Stops the job: when this returns, no further byte of it will be written, and
  * zcs_job_sent() is final. The job still comes back through its channel. */
 void zcs_job_cancel(zcs_job_t *j);
+/* zcs_job_cancel() that ends the job with err (see zcs_transfer_abort). */
+void zcs_job_abort(zcs_job_t *j, int err);
 uint64_t zcs_job_sent(zcs_job_t *j);
 uint64_t zcs_job_sent_zero_copy(zcs_job_t *j);
 int zcs_job_result(zcs_job_t *j);               /* 1 while running */

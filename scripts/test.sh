@@ -14,6 +14,8 @@ step "C core tests"
 make -s -C csrc test
 step "C core tests under AddressSanitizer + UndefinedBehaviorSanitizer"
 make -s -C csrc SAN=1 BUILD=build-san test
+step "C core tests under ThreadSanitizer"
+make -s -C csrc TSAN=1 BUILD=build-tsan test
 
 step "Python tests (backend: $($PY -c 'import zcsend; print(zcsend.backend())'))"
 $PY -m pytest -q tests/python

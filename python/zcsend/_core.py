@@ -8,7 +8,7 @@ import stat
 import weakref
 
 from . import _zcsend
-from ._errors import error_for
+from ._errors import SendfileError, error_for
 from ._transports import hold_for, resolve
 
 import errno as _errno
@@ -23,21 +23,56 @@ CHUNK = 256 << 10
 
 class _Channel:
     """Completions for one event loop: the engine marks an fd readable and the
-    loop's reader resolves the futures of the transfers that ended."""
+    loop's reader resolves the futures of the transfers that ended.
+
+    It holds no reference to its loop (futures are held weakly: their tasks
+    hold them), so a loop nobody uses is freed. The loop's close(), or its
+    collection, cancels every transfer still in the engine for it."""
 
     def __init__(self, loop):
         self.channel = _zcsend.Channel()
-        self.waiters = {}
-        self.loop = loop
+        self.jobs = {}  # id -> (weakref to the future, the Transfer)
         self.writers = 0  # transfers on the write path (TLS) now: they share WRITE_BUDGET
         self.turn_bytes = 0  # written through transports in this turn of the loop
         self.turn = 0  # which turn that is
         loop.add_reader(self.channel.fileno(), self._ready)
-        weakref.finalize(loop, self.channel.close)
+        weakref.finalize(loop, _Channel._end, self.channel, self.jobs)
+        _watch_close(loop, self)
 
-    def wrote(self, n):
+    @staticmethod
+    def _end(channel, jobs):
+        for _, job in jobs.values():
+            job.cancel()  # the engine writes no more for a loop that is gone
+        jobs.clear()
+        channel.close()
+
+    def shutdown(self):
+        """The loop closed: stop every transfer and let the channel go."""
+        _Channel._end(self.channel, self.jobs)
+
+    def forked(self):
+        """In a child just forked: the engine and the eventfd are the parent's.
+        Each transfer waiting here fails (the parent's goes on); the loop's
+        reader is left alone (the selector is shared too), but its fd number
+        now names an eventfd of the child's own."""
+        try:  # the child's loop watches a quiet fd of its own from now on
+            self.channel.after_fork()
+        except OSError:
+            pass
+        jobs = list(self.jobs.values())
+        self.jobs.clear()
+        self._ready = _nothing
+        for ref, job in jobs:
+            fut = ref()
+            if fut is not None and not fut.done():
+                sent = job.sent
+                fut.set_exception(SendfileError(
+                    _errno.ECANCELED, f"the process forked: the transfer goes on in the parent "
+                    f"only (after {sent} bytes)", sent))
+
+    def wrote(self, n, loop):
         if not self.turn_bytes:  # the turn's first write: the count starts over next turn
-            self.loop.call_soon(self._next_turn)
+            loop.call_soon(self._next_turn)
         self.turn_bytes += n
 
     def _next_turn(self):
@@ -45,20 +80,47 @@ class _Channel:
         self.turn += 1
 
     def _ready(self):
+        jobs = self.jobs
         for tid in self.channel.drain():
-            fut = self.waiters.pop(tid, None)
-            if fut is not None and not fut.done():
-                fut.set_result(None)
+            entry = jobs.pop(tid, None)
+            if entry is not None:
+                fut = entry[0]()
+                if fut is not None and not fut.done():
+                    fut.set_result(None)
 
-    def submit(self, transfer):
-        fut = self.loop.create_future()
-        self.waiters[transfer.id] = fut
+    def submit(self, transfer, loop):
+        fut = loop.create_future()
+        self.jobs[transfer.id] = (weakref.ref(fut), transfer)
         try:
             transfer.submit(self.channel)
         except BaseException:
-            del self.waiters[transfer.id]
+            del self.jobs[transfer.id]
             raise
         return fut
+
+
+def _nothing():
+    pass
+
+
+def _watch_close(loop, channel):
+    """loop.close() then shuts the channel down (where the loop takes attributes).
+    The wrapper holds the loop weakly: a closed loop is still freed."""
+    ref = weakref.ref(loop)
+    try:
+        prev = vars(loop).get("close")  # someone's wrapper already: chain it
+    except TypeError:
+        return  # no instance attributes: the loop's collection still cancels
+
+    def close():
+        lp = ref()
+        if prev is not None:
+            prev()
+        else:
+            type(lp).close(lp)
+        if lp.is_closed():
+            channel.shutdown()
+    loop.close = close
 
 
 _channels = weakref.WeakKeyDictionary()
@@ -69,6 +131,16 @@ def _channel(loop):
     if ch is None:
         ch = _channels[loop] = _Channel(loop)
     return ch
+
+
+def _after_fork_in_child():
+    for ch in list(_channels.values()):
+        ch.forked()
+    _channels.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _check_params(file, offset, count):
@@ -99,6 +171,15 @@ def _source_fd(file):
         return None
 
 
+def _own(fd, hold):
+    """A dup of fd, taken while fd is provably the caller's (no await since it
+    was seen open): a close and reuse of the number can't change what is read."""
+    try:
+        return os.dup(fd)
+    except OSError as exc:
+        raise SendfileError(exc.errno, f"{exc.strerror} (after {hold.sent} bytes)", hold.sent) from None
+
+
 def _raise_core(exc, sent, total):
     """The OSError a core Transfer() raised, in zcsend's terms."""
     code = -exc.errno
@@ -114,45 +195,65 @@ async def _run(hold, transfer, stepped=False):
     cancellation the transfer is stopped before CancelledError goes on.
     stepped: its inline step was taken already."""
     hold.transfer = transfer
+    base = transfer.sent  # the inline step's, in hold.sent already
     try:
+        if hold.ending():  # closed while we waited: this transfer ends before a byte
+            transfer.cancel(hold.loss_code())
+            return transfer.step()
         if INLINE_BUDGET > 0 and not stepped:
             rc = transfer.step(INLINE_BUDGET)
             if rc <= 0:
                 return rc
-        fut = _channel(hold.loop).submit(transfer)
         try:
-            await fut
+            fut = _channel(hold.loop).submit(transfer, hold.loop)
+        except OSError:  # no fd left for the engine's dups: the core ended the transfer
+            return transfer.result
+        try:
+            if not await hold.wait(fut, lambda: transfer.sent):
+                transfer.cancel(-_errno.ETIMEDOUT)
+                await asyncio.shield(fut)
         except asyncio.CancelledError:
             transfer.cancel()  # no byte goes out once this returns
-            try:
-                await asyncio.shield(fut)  # the engine lets go of its fds
-            except asyncio.CancelledError:
-                pass
+            if not fut.done():
+                try:
+                    await asyncio.shield(fut)  # the engine lets go of its fds
+                except (asyncio.CancelledError, Exception):
+                    pass
             raise
         return transfer.result
     finally:
         hold.transfer = None
-        hold.sent += transfer.sent  # final: the transfer has ended or was stopped
+        hold.sent += transfer.sent - base  # final: the transfer has ended or was stopped
 
 
 def _finish(hold, rc, sent, total):
+    """Raises what the call ends with, if not success. A transport closed or
+    lost during the call is never a success, even where every byte went out
+    before: the caller learns the connection is gone."""
+    if hold.ending():
+        raise hold.closed_error()
     if rc == 0:
         return
-    if hold.closed:
-        raise hold.closed_error()
+    if rc == -_errno.ETIMEDOUT and hold.timed_out:
+        raise hold.timeout_error(sent)
     if rc == _zcsend.EUNSUPPORTED and sent == 0:
         raise asyncio.SendfileNotAvailableError("this pair of file and socket cannot go zero-copy")
     raise error_for(rc, _zcsend.strerror(rc), sent, total)
 
 
-def _new_transfer(hold, fd, offset, count, fallback, head):
+def _new_transfer(sock_fd, fd, offset, count, fallback, head):
     try:
-        transfer = _zcsend.Transfer(hold.sock_fd, fd, offset, -1 if count is None else count, fallback)
+        transfer = _zcsend.Transfer(sock_fd, fd, offset, -1 if count is None else count, fallback)
     except OSError as exc:
         _raise_core(exc, 0, count)
     if head is not None:
         transfer.set_head(head)
     return transfer
+
+
+def _clamp(data, want):
+    """A read() that returned more than it was asked for gives only that much."""
+    return data[:want] if len(data) > want else data
 
 
 async def _send_chunked(hold, file, offset, count, head):
@@ -166,6 +267,7 @@ async def _send_chunked(hold, file, offset, count, head):
             data = file.read(want)
         else:  # may block on disk: off the loop thread
             data = await hold.loop.run_in_executor(None, file.read, want)
+        data = _clamp(data, want)
         if not data and head is None:
             break
         transfer = _zcsend.Transfer.from_bytes(hold.sock_fd, data)
@@ -208,8 +310,8 @@ class _ReadAhead:
     on the loop thread when it is all there, else in the engine thread, with
     READ_AHEAD chunks in flight."""
 
-    def __init__(self, channel, fd, offset, total):
-        self.channel, self.fd = channel, fd
+    def __init__(self, channel, loop, fd, offset, total):
+        self.channel, self.loop, self.fd = channel, loop, fd
         self.next = offset
         self.end = offset + total
         self.pending = collections.deque()
@@ -219,7 +321,7 @@ class _ReadAhead:
         while len(self.pending) < READ_AHEAD and self.next < self.end:
             n = min(_write_chunk(channel), self.end - self.next)
             job = _zcsend.Transfer.read(self.fd, self.next, n)
-            self.pending.append((job, n, channel.submit(job)))
+            self.pending.append((job, n, channel.submit(job, self.loop)))
             self.next += n
 
     async def chunk(self):
@@ -242,28 +344,43 @@ class _ReadAhead:
         return memoryview(job), n  # the view keeps the job's buffer alive
 
 
-async def _read_other(hold, file, fd, want):
-    """A chunk from a pipe or a read()-only object, read off the loop thread."""
+async def _read_other(hold, file, fd, pos, want):
+    """A chunk from a source that is not a sized regular file, off the loop
+    thread: at pos where it has offsets, else where it stands."""
     if fd is not None:
+        if pos is not None:
+            return await hold.loop.run_in_executor(None, os.pread, fd, want, pos)
         return await hold.loop.run_in_executor(None, os.read, fd, want)
     if isinstance(file, io.BytesIO):
         return file.read(want)
-    return await hold.loop.run_in_executor(None, file.read, want)
+    return _clamp(await hold.loop.run_in_executor(None, file.read, want), want)
 
 
-async def _send_by_write(hold, file, fd, offset, count, regular, head):
+def _seekable_fd(fd):
+    try:
+        os.lseek(fd, 0, os.SEEK_CUR)
+        return True
+    except OSError:
+        return False
+
+
+async def _send_by_write(hold, file, fd, offset, count, head):
     """Writes the file through the transport in bounded chunks, after the head.
     Bytes count as sent once the transport has taken them; flow control is
-    honoured."""
+    honoured; success waits until the transport has passed them all on. The
+    source is sized by the core's rule (zcs_source_count), so a source gives
+    the same result here as on a socket."""
     channel = _channel(hold.loop)
-    if regular:
-        size = os.fstat(fd).st_size
-        total = max(0, size - offset) if count is None else min(count, max(0, size - offset))
-        reader = _ReadAhead(channel, fd, offset, total)
-    else:
-        total = count
-        if fd is None and offset:
-            file.seek(offset)
+    reader, pos, total = None, None, count
+    if fd is not None:
+        total, sized = _zcsend.source_count(fd, offset, -1 if count is None else count)
+        total = None if total < 0 else total
+        if sized:
+            reader = _ReadAhead(channel, hold.loop, fd, offset, total)
+        elif _seekable_fd(fd):
+            pos = offset
+    elif offset:
+        file.seek(offset)
     _zcsend.host_begin()
     rc = -_errno.ECANCELED
     my_turn = -1
@@ -271,7 +388,7 @@ async def _send_by_write(hold, file, fd, offset, count, regular, head):
     try:
         if head is not None:
             if hold.ending():
-                rc = -_errno.ECONNRESET
+                rc = hold.loss_code()
                 return rc, hold.sent, total
             hold.write(head)  # the transport keeps the order
         while total is None or hold.sent < total:
@@ -279,9 +396,9 @@ async def _send_by_write(hold, file, fd, offset, count, regular, head):
             while channel.turn_bytes >= WRITE_BUDGET and my_turn == channel.turn:
                 await asyncio.sleep(0)
             if not await hold.writable():
-                rc = -_errno.ECONNRESET
+                rc = -_errno.ETIMEDOUT if hold.timed_out else hold.loss_code()
                 return rc, hold.sent, total
-            if regular:
+            if reader is not None:
                 data, asked = await reader.chunk()
                 if data is None:
                     break
@@ -290,7 +407,7 @@ async def _send_by_write(hold, file, fd, offset, count, regular, head):
                     return rc, hold.sent, total
                 got = data.nbytes
                 if got < asked:  # the file ended early: it shrank
-                    if got:
+                    if got and not hold.ending():
                         hold.write(data)
                         hold.sent += got
                     rc = _zcsend.ETRUNCATED
@@ -299,7 +416,7 @@ async def _send_by_write(hold, file, fd, offset, count, regular, head):
                 want = _write_chunk(channel)
                 want = want if total is None else min(want, total - hold.sent)
                 try:
-                    data = await _read_other(hold, file, fd, want)
+                    data = await _read_other(hold, file, fd, pos, want)
                 except OSError as exc:
                     if hold.sent:  # after bytes went out: say how many
                         rc = -(exc.errno or _errno.EIO)
@@ -308,14 +425,19 @@ async def _send_by_write(hold, file, fd, offset, count, regular, head):
                 got = len(data)
                 if not got:
                     break
+                if pos is not None:
+                    pos += got
             if hold.ending():
-                rc = -_errno.ECONNRESET
+                rc = hold.loss_code()
                 return rc, hold.sent, total
             hold.write(data)
             hold.sent += got
-            channel.wrote(got)
+            channel.wrote(got, hold.loop)
             my_turn = channel.turn
-        rc = 0 if not hold.ending() else -_errno.ECONNRESET
+        if not await hold.flushed():
+            rc = -_errno.ETIMEDOUT if hold.timed_out else hold.loss_code()
+        else:
+            rc = 0
         return rc, hold.sent, total
     except OSError as exc:
         rc = -(exc.errno or _errno.EIO)
@@ -328,13 +450,31 @@ async def _send_by_write(hold, file, fd, offset, count, regular, head):
         _zcsend.host_end(rc, hold.sent)
 
 
-async def sendfile(transport, file, offset=0, count=None, *, fallback=True, head=None):
+_MAX_COUNT = (1 << 63) - 1
+
+
+def _check_timeout(timeout):
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a positive number of seconds or None (got {timeout!r})")
+    if not timeout > 0:
+        raise ValueError(f"timeout must be a positive number of seconds or None (got {timeout!r})")
+    return timeout
+
+
+async def sendfile(transport, file, offset=0, count=None, *, fallback=True, head=None, timeout=None):
     """Send ``count`` bytes of ``file`` from ``offset`` (all to EOF when None) on
     ``transport``, after the bytes ``head`` (an HTTP response head, say: on a
     socket they leave in the same packets as the file's first bytes); return the
-    file bytes sent. See the README for the contract."""
+    file bytes sent. ``timeout``: seconds in which no byte goes out before the
+    call ends with SendfileConnectionError(ETIMEDOUT). See the README for the
+    contract."""
     transport = resolve(transport)
     _check_params(file, offset, count)
+    timeout = _check_timeout(timeout)
+    if count is not None and count > _MAX_COUNT:
+        count = _MAX_COUNT  # more than any file holds: asyncio takes it too
     if head is not None:
         try:
             head = head if isinstance(head, bytes) else bytes(memoryview(head))
@@ -343,13 +483,14 @@ async def sendfile(transport, file, offset=0, count=None, *, fallback=True, head
         head = head or None
     loop = asyncio.get_running_loop()
     hold = hold_for(loop, transport)
+    hold.timeout = timeout
     fd = _source_fd(file)
     regular = False
     if fd is not None:
-        if not fallback or not hold.zero_copy:  # else the core sorts the source out itself
+        if not fallback:
             st = os.fstat(fd)
             regular = stat.S_ISREG(st.st_mode)
-            if not fallback and not (regular or stat.S_ISFIFO(st.st_mode)):
+            if not (regular or stat.S_ISFIFO(st.st_mode)):
                 raise asyncio.SendfileNotAvailableError("not a regular file or pipe")
     elif not fallback:
         raise asyncio.SendfileNotAvailableError("file has no file descriptor to send from")
@@ -359,48 +500,65 @@ async def sendfile(transport, file, offset=0, count=None, *, fallback=True, head
     if regular or fd is None:
         seekable = regular or getattr(file, "seekable", lambda: False)()
     else:
-        seekable = None  # the core's transfer will say
+        seekable = None  # the core's transfer, or the fd, will say
     stepped = False
+    src = None  # our dup of the source fd, once the call may wait
     try:
         if hold.zero_copy and fd is not None and INLINE_BUDGET > 0 and hold.idle():
             # The inline step before taking the hold: most small files end in it,
             # and then swapping protocols and pausing reading would be wasted.
             # Nothing else runs on the loop until it returns, so nothing can
-            # interleave with it; if it doesn't end, the hold takes over.
-            transfer = _new_transfer(hold, fd, offset, count, fallback, head)
+            # interleave with it and both fds are still the caller's; if it
+            # doesn't end, the transfer goes on over dups.
+            transfer = _new_transfer(hold.raw_fd, fd, offset, count, fallback, head)
             seekable = transfer.seekable
             total = transfer.remaining
             rc = transfer.step(INLINE_BUDGET)
+            hold.sent = transfer.sent
             if rc <= 0:
-                hold.sent = transfer.sent
                 _finish(hold, rc, hold.sent, total)
                 return hold.sent
             stepped = True
-        async with hold:
-            if not hold.zero_copy:
-                rc, sent, total = await _send_by_write(hold, file, fd, offset, count, regular, head)
-            elif fd is not None:
-                if not stepped:
-                    transfer = _new_transfer(hold, fd, offset, count, fallback, head)
-                    seekable = transfer.seekable
-                    total = transfer.remaining
-                rc = await _run(hold, transfer, stepped)
-                sent = hold.sent
-            else:
-                rc, sent, total = await _send_chunked(hold, file, offset, count, head)
-            _finish(hold, rc, sent, total)
-            return sent
+        try:
+            if fd is not None:
+                src = _own(fd, hold)
+                if seekable is None:
+                    seekable = _seekable_fd(src)
+            async with hold:
+                if not hold.zero_copy:
+                    rc, sent, total = await _send_by_write(hold, file, src, offset, count, head)
+                elif src is not None:
+                    if stepped:
+                        transfer.use_fds(hold.sock_fd, src)
+                    else:
+                        transfer = _new_transfer(hold.sock_fd, src, offset, count, fallback, head)
+                        total = transfer.remaining
+                    rc = await _run(hold, transfer, stepped)
+                    sent = hold.sent
+                else:
+                    rc, sent, total = await _send_chunked(hold, file, offset, count, head)
+                _finish(hold, rc, sent, total)
+                return sent
+        except SendfileError as exc:
+            if stepped and transfer.result == 1:  # it never went on (no fd for a dup, a
+                transfer.cancel(-exc.errno)  # timeout in the drain): it failed with that,
+                transfer.step()  # now (a cancelled step ends it and touches no fd)
+            raise
     finally:
-        if not getattr(file, "closed", False):  # closed under us: nothing to place
+        if src is not None and not hold.forked():  # a child may have reused the number
+            os.close(src)
+        # the position is offset + bytes sent; not where the file was closed
+        # under us, nor from a forked child (it shares the parent's position)
+        if not getattr(file, "closed", False) and not hold.forked():
             if seekable is None:  # ended before a transfer was made
                 seekable = getattr(file, "seekable", lambda: False)()
             if seekable:
                 file.seek(offset + hold.sent)
 
 
-async def _sendfile_zc(self, file, offset=0, count=None, *, fallback=True, head=None):
+async def _sendfile_zc(self, file, offset=0, count=None, *, fallback=True, head=None, timeout=None):
     """``await transport.sendfile_zc(file, offset, count)``: zcsend.sendfile on this transport."""
-    return await sendfile(self, file, offset, count, fallback=fallback, head=head)
+    return await sendfile(self, file, offset, count, fallback=fallback, head=head, timeout=timeout)
 
 
 def stats():

@@ -12,11 +12,19 @@ Three kinds of transport, three holds:
 
 While held, reading is paused and the protocol is wrapped so a close or a lost
 connection stops the transfer at once; everything is restored afterwards, on
-success, error and cancellation alike."""
+success, error and cancellation alike.
+
+Ownership: a zero-copy hold sends on a dup() of the socket taken when the hold
+is taken, with no await since the transport was seen open, so the number was
+the transport's. A close() or abort() meanwhile frees the transport's number
+for reuse by anything; the dup still names this connection, and the hold sees
+the close and stops. A forked child touches nothing of the parent's (the
+transport, the loop's selector and the dups are shared with the parent)."""
 import asyncio
+import os
 import socket
 
-from ._errors import SendfileConnectionError
+from ._errors import SendfileConnectionError, SendfileError
 
 import errno as _errno
 
@@ -41,8 +49,13 @@ def resolve(transport):
     return transport
 
 
+class _NotForZcsend(RuntimeError):
+    """A transport zcsend can't send on (UDP, one that can't swap protocols):
+    loop.sendfile, after install(), hands it to the loop's own."""
+
+
 def _unsupported(transport):
-    return RuntimeError(f"sendfile is not supported for transport {transport!r}")
+    return _NotForZcsend(f"sendfile is not supported for transport {transport!r}")
 
 
 def hold_for(loop, transport):
@@ -97,7 +110,10 @@ class _GuardProtocol(asyncio.Protocol):
         self._inner.data_received(data)
 
     def eof_received(self):
-        self._hold.peer_eof = True
+        # an EOF after our own close() began is the peer's answer to it (TLS
+        # close_notify), not the peer closing first
+        if not self._hold.transport.is_closing():
+            self._hold.peer_eof = True
         return self._inner.eof_received()
 
     def buffer_updated(self, nbytes):  # never called: get_buffer isn't offered
@@ -120,18 +136,39 @@ class _Hold:
     paused = False  # the transport asked us to stop writing
     _wake = None
     _timer = None
+    sock_fd = -1  # the hold's own dup of the socket, while taken (zero-copy holds)
+    timeout = None  # seconds without progress that end the transfer (sendfile's timeout=)
+    timed_out = False
+    _progress_at = 0.0  # loop time of the last sign of progress
+    _buffered = 0  # the transport's write-buffer size when last looked at
 
     def __init__(self, loop, transport):
         self.loop = loop
         self.transport = transport
+        self.pid = os.getpid()
 
     # -- called by the guard
     def lost(self, exc):
         self.closed = True
         self.lost_exc = exc
         if self.transfer is not None:
-            self.transfer.cancel()  # synchronous: nothing more is written after this
+            self.transfer.cancel(self.loss_code())  # synchronous: nothing more is written after this
         self._notify()
+
+    def local_close(self):
+        """Whether the connection's end (so far) is this process's close()/abort()."""
+        if self._watching_close:
+            return self.closed_locally
+        return self.lost_exc is None and not self.peer_eof
+
+    def loss_code(self):
+        """The negative errno a transfer the connection's end stopped ends with:
+        -ECANCELED for a local close (counted as cancelled, on every path), else
+        what the connection said (counted as failed)."""
+        exc = self.lost_exc
+        if isinstance(exc, OSError) and exc.errno:
+            return -exc.errno
+        return -_errno.ECANCELED if self.local_close() else -_errno.EPIPE
 
     def writing_paused(self, paused):
         self.paused = paused
@@ -141,11 +178,21 @@ class _Hold:
         if self._wake is not None and not self._wake.done():
             self._wake.set_result(None)
 
-    async def writable(self):
-        """Waits while flow control says stop; False once the connection went or
-        the transport started closing (a TLS close() drains first and reports
-        nothing to the protocol until then, so closing is checked for too)."""
-        while self.paused and not self.ending():
+    async def writable(self, flushed=False):
+        """Waits while flow control says stop (flushed: until the transport's
+        buffer is empty); False once the connection went, the transport started
+        closing (a TLS close() drains first and reports nothing to the protocol
+        until then, so closing is checked for too), or timeout seconds passed
+        with the buffer never shrinking."""
+        self._progress_at = self.loop.time()
+        self._buffered = None
+        # flushed: the buffer's size alone says (a TLS transport pauses at once
+        # on a high-water mark of zero, even empty, and says resume only when
+        # it next writes)
+        while (self.transport.get_write_buffer_size() if flushed else self.paused) and not self.ending():
+            if self._stalled():
+                self.timed_out = True
+                return False
             self._wake = self.loop.create_future()
             if self._timer is None:  # one check every 50 ms at most, not a timer per pause
                 self._timer = self.loop.call_later(0.05, self._tick)
@@ -155,11 +202,49 @@ class _Hold:
                 self._wake = None
         return not self.ending()
 
+    def _stalled(self):
+        """True once timeout seconds went by with the write buffer never shrinking."""
+        if self.timeout is None:
+            return False
+        size = self.transport.get_write_buffer_size()
+        now = self.loop.time()
+        if self._buffered is None or size < self._buffered:
+            self._progress_at = now
+        self._buffered = size
+        return now - self._progress_at >= self.timeout
+
     def _tick(self):
         self._timer = None
         if self._wake is not None:  # still waiting: look at is_closing() again, and again later
             self._notify()
             self._timer = self.loop.call_later(0.05, self._tick)
+
+    async def wait(self, fut, progress):
+        """Awaits fut; False if timeout seconds go by in which progress() (a
+        number that grows while bytes go out) stays the same."""
+        if self.timeout is None:
+            await fut
+            return True
+        period = max(0.01, self.timeout / 4)
+        last, since = progress(), self.loop.time()
+        while not fut.done():
+            await asyncio.wait((fut,), timeout=period)
+            now = progress()
+            if now != last:
+                last, since = now, self.loop.time()
+            elif not fut.done() and self.loop.time() - since >= self.timeout:
+                self.timed_out = True
+                return False
+        fut.result()
+        return True
+
+    def timeout_error(self, sent):
+        return SendfileConnectionError(
+            _errno.ETIMEDOUT, f"no progress for {self.timeout:g} s (after {sent} bytes)", sent)
+
+    def forked(self):
+        """True in a child forked during the hold: nothing here is its own."""
+        return self.pid != os.getpid()
 
     def ending(self):
         if not self.closed and self.transport.is_closing():
@@ -169,6 +254,12 @@ class _Hold:
     # -- taking and giving back
     def _take(self):
         t = self.transport
+        if self.zero_copy:  # before any await: the number is still the transport's
+            try:
+                self.sock_fd = os.dup(self.raw_fd)
+            except OSError as exc:
+                raise SendfileError(exc.errno, f"{exc.strerror} (after {self.sent} bytes)",
+                                    self.sent) from None
         _held.add(id(t))
         self._inner = t.get_protocol()
         # a write-only transport (a pipe) has no reading to pause
@@ -192,8 +283,15 @@ class _Hold:
             if self._reading:
                 t.resume_reading()
             self._unwatch()
+            self._drop_fd()
             _held.discard(id(t))
             raise _unsupported(t) from None
+
+    def _drop_fd(self):
+        if self.sock_fd >= 0:
+            if not self.forked():  # a child may have reused the number: leave it (CLOEXEC)
+                os.close(self.sock_fd)
+            self.sock_fd = -1
 
     def _unwatch(self):
         if self._watching_close:
@@ -204,10 +302,13 @@ class _Hold:
     def _restore(self):
         t = self.transport
         _held.discard(id(t))
+        self._drop_fd()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         self._unwatch()
+        if self.forked() or self.loop.is_closed():
+            return  # the transport and its selector are the parent's, or gone
         if not self.closed:
             t.set_protocol(self._inner)
             if self._reading and not t.is_closing():
@@ -218,7 +319,7 @@ class _Hold:
         exc, sent = self.lost_exc, self.sent
         # who closed: seen directly where close() could be wrapped (asyncio's
         # transports); else a clean connection_lost(None) means a local close
-        local = self.closed_locally if self._watching_close else (exc is None and not self.peer_eof)
+        local = self.local_close()
         if isinstance(exc, OSError) and exc.errno:
             code, why = exc.errno, f"connection lost: {exc.strerror or exc}"
         elif local:
@@ -244,10 +345,10 @@ class SelectorHold(_Hold):
 
     zero_copy = True
 
-    def __init__(self, loop, transport, sock_fd):
+    def __init__(self, loop, transport, raw_fd):
         super().__init__(loop, transport)
         self._waiter = None
-        self.sock_fd = sock_fd
+        self.raw_fd = raw_fd  # the transport's own: used only before the first await
 
     def idle(self):
         """Nothing queued in the transport: the socket may be written now."""
@@ -256,12 +357,13 @@ class SelectorHold(_Hold):
     async def __aenter__(self):
         self._take()
         t = self.transport
-        try:
-            await t._make_empty_waiter()  # earlier writes go first
+        try:  # earlier writes go first
+            if not await self.wait(t._make_empty_waiter(), lambda: -t.get_write_buffer_size()):
+                raise self.timeout_error(0)
         except BaseException as exc:
             t._reset_empty_waiter()
             self._restore()
-            if isinstance(exc, ConnectionError):
+            if isinstance(exc, ConnectionError) and not isinstance(exc, SendfileError):
                 raise self.lost_error("before sendfile began") from exc
             raise
         # keep write() refusing, and give a close a pending future to fail
@@ -287,9 +389,9 @@ class FlushHold(_Hold):
 
     zero_copy = True
 
-    def __init__(self, loop, transport, sock_fd):
+    def __init__(self, loop, transport, raw_fd):
         super().__init__(loop, transport)
-        self.sock_fd = sock_fd
+        self.raw_fd = raw_fd  # the transport's own: used only before the first await
 
     idle = SelectorHold.idle
 
@@ -302,12 +404,14 @@ class FlushHold(_Hold):
             # already paused for the user's protocol, uvloop won't say it again
             self.paused = t.get_write_buffer_size() > 0
             if not await self.writable():
+                if self.timed_out:
+                    raise self.timeout_error(0)
                 raise self.lost_error("before sendfile began")
         except BaseException:
             self._restore()
             raise
         finally:
-            if not t.is_closing():
+            if not t.is_closing() and not self.forked():
                 t.set_write_buffer_limits(high=high, low=low)
         return self
 
@@ -337,6 +441,24 @@ class WriteHold(_Hold):
 
     def write(self, data):
         self._write(self.transport, data)
+
+    async def flushed(self):
+        """Waits until the transport's buffer is empty (the bytes it took went on
+        to the socket): False if the connection went first, or timed out. Its
+        limits drop to zero meanwhile, so resume_writing says when."""
+        t = self.transport
+        if not t.get_write_buffer_size() or self.ending():
+            return not self.ending()
+        try:
+            limits = t.get_write_buffer_limits()
+            t.set_write_buffer_limits(high=0, low=0)
+        except (AttributeError, TypeError, NotImplementedError):
+            limits = None  # the 50 ms check sees the buffer empty
+        try:
+            return await self.writable(flushed=True)
+        finally:
+            if limits is not None and not t.is_closing() and not self.forked():
+                t.set_write_buffer_limits(high=limits[1], low=limits[0])
 
     async def __aexit__(self, *exc_info):
         if self._refusing:

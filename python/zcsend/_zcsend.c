@@ -93,10 +93,20 @@ static PyObject *channel_close(ChannelObject *self, PyObject *unused) {
   Py_RETURN_NONE;
 }
 
+static PyObject *channel_after_fork(ChannelObject *self, PyObject *unused) {
+  (void)unused;
+  int rc = self->ch ? zcs_channel_after_fork(self->ch) : 0;
+  if (rc < 0)
+    return raise_code(rc);
+  Py_RETURN_NONE;
+}
+
 static PyMethodDef channel_methods[] = {
     {"fileno", (PyCFunction)channel_fileno, METH_NOARGS, "fd that is readable while finished transfers wait"},
     {"drain", (PyCFunction)channel_drain, METH_NOARGS, "ids of finished transfers; clears readiness"},
     {"close", (PyCFunction)channel_close, METH_NOARGS, "release the channel"},
+    {"after_fork", (PyCFunction)channel_after_fork, METH_NOARGS,
+     "in a forked child: the fd number now names the child's own quiet eventfd"},
     {NULL}};
 
 static PyType_Slot channel_slots[] = {
@@ -269,11 +279,38 @@ static PyObject *transfer_submit(TransferObject *self, PyObject *arg) {
   Py_RETURN_NONE;
 }
 
-static PyObject *transfer_cancel(TransferObject *self, PyObject *unused) {
-  (void)unused;
+static PyObject *transfer_cancel(TransferObject *self, PyObject *args) {
+  int code = -ECANCELED;
+  if (!PyArg_ParseTuple(args, "|i:cancel", &code))
+    return NULL;
+  if (code >= 0) {
+    PyErr_SetString(PyExc_ValueError, "cancel: code must be a negative error");
+    return NULL;
+  }
   Py_BEGIN_ALLOW_THREADS
-  zcs_job_cancel(self->job);
+  zcs_job_abort(self->job, code);
   Py_END_ALLOW_THREADS
+  Py_RETURN_NONE;
+}
+
+/* use_fds(sock_fd, file_fd=-1): the same transfer, from here on over these fds
+   (dups the caller owns, taken while the originals were provably its own). */
+static PyObject *transfer_use_fds(TransferObject *self, PyObject *args) {
+  int sock_fd, file_fd = -1;
+  if (!PyArg_ParseTuple(args, "i|i:use_fds", &sock_fd, &file_fd))
+    return NULL;
+  zcs_transfer_t *t = zcs_job_transfer(self->job);
+  if (self->submitted || zcs_job_data(self->job)) {
+    PyErr_SetString(PyExc_RuntimeError, "transfer belongs to the engine now");
+    return NULL;
+  }
+  if (sock_fd < 0 || (file_fd >= 0) != (t->file_fd >= 0)) {
+    PyErr_SetString(PyExc_ValueError, "use_fds: a socket, and a file exactly where the transfer has one");
+    return NULL;
+  }
+  t->sock_fd = sock_fd;
+  if (file_fd >= 0)
+    t->file_fd = file_fd;
   Py_RETURN_NONE;
 }
 
@@ -332,8 +369,11 @@ static PyMethodDef transfer_methods[] = {
     {"step", (PyCFunction)transfer_step, METH_VARARGS,
      "step([budget]) -> DONE, WANT_* or -error; non-blocking, in this thread"},
     {"submit", (PyCFunction)transfer_submit, METH_O, "hand the transfer to the engine thread"},
-    {"cancel", (PyCFunction)transfer_cancel, METH_NOARGS,
-     "stop: once this returns no further byte is written and sent is final"},
+    {"cancel", (PyCFunction)transfer_cancel, METH_VARARGS,
+     "cancel([code]): stop; once this returns no further byte is written and sent is final; "
+     "the transfer ends with code (default -ECANCELED; another error counts as failed)"},
+    {"use_fds", (PyCFunction)transfer_use_fds, METH_VARARGS,
+     "use_fds(sock_fd, file_fd=-1): go on over these fds (before submit)"},
     {NULL}};
 
 static PyType_Slot transfer_slots[] = {
@@ -390,6 +430,18 @@ static PyObject *mod_read_cached(PyObject *m, PyObject *args) {
   Py_RETURN_NONE;
 }
 
+static PyObject *mod_source_count(PyObject *m, PyObject *args) {
+  (void)m;
+  int fd, sized = 0;
+  long long offset, count;
+  if (!PyArg_ParseTuple(args, "iLL:source_count", &fd, &offset, &count))
+    return NULL;
+  int64_t n = zcs_source_count(fd, offset, count, &sized);
+  if (n < 0 && !(n == ZCS_COUNT_TO_EOF && !sized))
+    return raise_code((int)n);
+  return Py_BuildValue("(LO)", (long long)n, sized ? Py_True : Py_False);
+}
+
 static PyObject *mod_strerror(PyObject *m, PyObject *arg) {
   (void)m;
   int code = (int)PyLong_AsLong(arg);
@@ -431,6 +483,9 @@ static PyMethodDef module_methods[] = {
     {"strerror", mod_strerror, METH_O, "message for a negative error code"},
     {"read_cached", mod_read_cached, METH_VARARGS,
      "read_cached(fd, offset, n) -> n bytes if all are in the page cache, else None; never waits for the disk"},
+    {"source_count", mod_source_count, METH_VARARGS,
+     "source_count(fd, offset, count) -> (count, sized): the count a transfer would fix now "
+     "(-1: to the end); sized: an early end means the file shrank"},
     {"errname", mod_errname, METH_O, "name (EPIPE, ETRUNCATED, ...) of a negative error code"},
     {NULL}};
 
@@ -454,6 +509,7 @@ static int module_exec(PyObject *m) {
   CONST("WANT_READ", ZCS_WANT_READ)
   CONST("WANT_SOURCE", ZCS_WANT_SOURCE)
   CONST("ECANCELED", -ECANCELED)
+  CONST("ETIMEDOUT", -ETIMEDOUT)
 #define XX(name, value, msg) CONST(#name, value)
   ZCS_ERRNO_MAP(XX)
 #undef XX

@@ -7,6 +7,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -869,6 +870,696 @@ START_TEST(ev_driver_tls_concurrent) {
 }
 END_TEST
 
+/* ---- engine: jobs run by the engine thread, watched from other threads ------
+ * Every wait here ends on an event (a job coming back on its channel, a reader
+ * passing a byte count, a child exiting); HANG_MS only turns a hang into a
+ * failure instead of the test case's timeout. */
+#include <sys/wait.h>
+#define HANG_MS 60000
+
+/* waits until n jobs came back on ch; their ids go to ids[0..n) */
+static void channel_wait(zcs_channel_t *ch, uint64_t *ids, size_t n) {
+  size_t got = 0;
+  while (got < n) {
+    struct pollfd pf = {.fd = zcs_channel_fd(ch), .events = POLLIN};
+    ck_assert_msg(poll(&pf, 1, HANG_MS) == 1, "only %zu of %zu jobs came back", got, n);
+    got += zcs_channel_drain(ch, ids + got, n - got);
+  }
+}
+
+/* nothing more waits on ch, and its fd is no longer readable */
+static void channel_empty(zcs_channel_t *ch) {
+  uint64_t id;
+  ck_assert_uint_eq(zcs_channel_drain(ch, &id, 1), 0);
+  struct pollfd pf = {.fd = zcs_channel_fd(ch), .events = POLLIN};
+  ck_assert_int_eq(poll(&pf, 1, 0), 0);
+}
+
+/* The engine runs one callback at a time, and a job's last act (dropping the
+   engine's reference) follows its completion in the same callback: once a job
+   submitted now has come back, every job that came back before it has been
+   let go by the engine too, so a leak checker at exit sees what stays. */
+static void engine_barrier(void) {
+  unsigned char b = 1;
+  int fd = make_file("barrier", &b, 1);
+  zcs_channel_t *ch = zcs_channel_new();
+  ck_assert_ptr_nonnull(ch);
+  zcs_job_t *j = zcs_job_new();
+  ck_assert_int_eq(zcs_job_init_read(j, fd, 0, 1), 0);
+  ck_assert_int_eq(zcs_job_submit(j, ch), 0);
+  uint64_t id;
+  channel_wait(ch, &id, 1);
+  ck_assert_uint_eq(id, zcs_job_id(j));
+  zcs_job_release(j);
+  zcs_channel_release(ch);
+  close(fd);
+}
+
+static zcs_job_t *file_job(int sock, int fd, int64_t off, int64_t count) {
+  zcs_job_t *j = zcs_job_new();
+  ck_assert_ptr_nonnull(j);
+  ck_assert_int_eq(zcs_transfer_init(zcs_job_transfer(j), sock, fd, off, count, 0), 0);
+  return j;
+}
+
+/* A reader thread that says how far it got and, if asked, stops reading once
+   past stop_at until resumed: the test then acts while a job is surely mid-way
+   (with a stopped reader the engine waits on a full socket; with a running one
+   it is busy stepping). buf is the reader's until gate_join. */
+struct gate_reader {
+  int fd;
+  unsigned char *buf;
+  size_t cap;
+  size_t len;     /* guarded by m */
+  size_t stop_at; /* 0: never stop */
+  int go, eof;    /* guarded by m */
+  pthread_mutex_t m;
+  pthread_cond_t c;
+  pthread_t th;
+};
+
+static void *gate_read(void *arg) {
+  struct gate_reader *r = arg;
+  for (;;) {
+    if (r->len == r->cap) {
+      r->cap = r->cap ? r->cap * 2 : 65536;
+      r->buf = realloc(r->buf, r->cap);
+    }
+    ssize_t n = read(r->fd, r->buf + r->len, r->cap - r->len > 8192 ? 8192 : r->cap - r->len);
+    pthread_mutex_lock(&r->m);
+    if (n <= 0) {
+      r->eof = 1;
+      pthread_cond_broadcast(&r->c);
+      pthread_mutex_unlock(&r->m);
+      return NULL;
+    }
+    r->len += (size_t)n;
+    pthread_cond_broadcast(&r->c);
+    while (r->stop_at && r->len >= r->stop_at && !r->go)
+      pthread_cond_wait(&r->c, &r->m);
+    pthread_mutex_unlock(&r->m);
+  }
+}
+
+static void gate_start(struct gate_reader *r, int fd, size_t stop_at) {
+  memset(r, 0, sizeof *r);
+  r->fd = fd;
+  r->stop_at = stop_at;
+  pthread_mutex_init(&r->m, NULL);
+  pthread_cond_init(&r->c, NULL);
+  ck_assert_int_eq(pthread_create(&r->th, NULL, gate_read, r), 0);
+}
+
+/* waits until the reader has at least n bytes (it must not meet EOF first) */
+static void gate_wait(struct gate_reader *r, size_t n) {
+  pthread_mutex_lock(&r->m);
+  while (r->len < n && !r->eof)
+    pthread_cond_wait(&r->c, &r->m);
+  size_t len = r->len;
+  pthread_mutex_unlock(&r->m);
+  ck_assert_msg(len >= n, "the reader met EOF after %zu bytes, before %zu", len, n);
+}
+
+static void gate_resume(struct gate_reader *r) {
+  pthread_mutex_lock(&r->m);
+  r->go = 1;
+  pthread_cond_broadcast(&r->c);
+  pthread_mutex_unlock(&r->m);
+}
+
+/* resumes the reader and waits for its EOF: every copy of the peer socket is
+   closed, the engine's dup included */
+static void gate_join(struct gate_reader *r) {
+  gate_resume(r);
+  pthread_join(r->th, NULL);
+  pthread_mutex_destroy(&r->m);
+  pthread_cond_destroy(&r->c);
+}
+
+/* A thread that reads running jobs' progress, as a host reporting it would:
+   sent never goes back, the zero-copy part never exceeds it, and the result is
+   "running" or done; until the test sets stop. */
+struct watcher {
+  zcs_job_t **jobs;
+  int n;
+  int stop; /* atomic */
+  long reads;
+  char err[200];
+  pthread_t th;
+};
+
+static void *watch_jobs(void *arg) {
+  struct watcher *w = arg;
+  uint64_t last[16] = {0};
+  while (!__atomic_load_n(&w->stop, __ATOMIC_ACQUIRE)) {
+    for (int i = 0; i < w->n; i++, w->reads++) {
+      uint64_t z = zcs_job_sent_zero_copy(w->jobs[i]); /* first: z <= sent then <= sent now */
+      uint64_t s = zcs_job_sent(w->jobs[i]);
+      int rc = zcs_job_result(w->jobs[i]);
+      if (s < last[i] || z > s || (rc != 1 && rc != ZCS_DONE)) {
+        snprintf(w->err, sizeof w->err, "job %d: sent %llu after %llu, zero-copy %llu, result %d",
+                 i, (unsigned long long)s, (unsigned long long)last[i], (unsigned long long)z, rc);
+        return NULL;
+      }
+      last[i] = s;
+    }
+    sched_yield();
+  }
+  return NULL;
+}
+
+/* Send jobs of every kind through one channel, their peers read by other
+   threads and their progress by another: each comes back once, with every byte
+   delivered, in order. */
+START_TEST(engine_send_jobs) {
+  enum { N = 6 };
+  size_t len = 8 << 20, mlen = 1 << 20, plen = 3 << 20, hlen = 100000;
+  unsigned char *data = pattern(len, 30), *mem = pattern(mlen, 31), *pdata = pattern(plen, 32);
+  unsigned char *head = pattern(hlen, 33);
+  int fd = make_file("f", data, len);
+  int p[2];
+  ck_assert_int_eq(pipe(p), 0);
+  zcs_channel_t *ch = zcs_channel_new();
+  ck_assert_ptr_nonnull(ch);
+  struct {
+    int sv[2];
+    zcs_job_t *j;
+    struct reader r;
+    const unsigned char *want;
+    size_t want_len, head_len;
+    uint64_t zero_copy;
+  } js[N];
+  memset(js, 0, sizeof js);
+  for (int i = 0; i < N; i++) {
+    make_pair(i == 1 || i == 3, js[i].sv);
+    reader_start(&js[i].r, js[i].sv[1]);
+  }
+  /* 0: sendfile to a Unix socket; 1: part of the file over TCP */
+  js[0].j = file_job(js[0].sv[0], fd, 0, -1);
+  js[0].want = data, js[0].want_len = js[0].zero_copy = len;
+  js[1].j = file_job(js[1].sv[0], fd, 12345, 1000001);
+  js[1].want = data + 12345, js[1].want_len = js[1].zero_copy = 1000001;
+  /* 2: copied through the emulation buffer */
+  js[2].j = file_job(js[2].sv[0], fd, 0, -1);
+  zcs_job_transfer(js[2].j)->backend = ZCS_BACKEND_EMULATED;
+  js[2].want = data, js[2].want_len = len;
+  /* 3: a head, then part of the file, over TCP (kept short: loopback TCP with a
+     4 KiB send buffer crawls) */
+  js[3].j = file_job(js[3].sv[0], fd, 777, 2 << 20);
+  ck_assert_int_eq(zcs_transfer_set_head(zcs_job_transfer(js[3].j), head, hlen), 0);
+  js[3].want = data + 777, js[3].want_len = js[3].zero_copy = 2 << 20, js[3].head_len = hlen;
+  /* 4: bytes from memory */
+  js[4].j = zcs_job_new();
+  zcs_transfer_t *mt = zcs_job_transfer(js[4].j);
+  ck_assert_int_eq(zcs_transfer_init_memory(mt, js[4].sv[0], mem, mlen, 0), 0);
+  js[4].want = mem, js[4].want_len = mlen;
+  /* 5: spliced from a pipe that runs dry now and then: the engine waits on the source */
+  js[5].j = file_job(js[5].sv[0], p[0], 0, -1);
+  js[5].want = pdata, js[5].want_len = js[5].zero_copy = plen;
+  zcs_job_t *jobs[N];
+  for (int i = 0; i < N; i++) {
+    ck_assert_int_eq(zcs_job_submit(js[i].j, ch), 0);
+    jobs[i] = js[i].j;
+    if (i == 0) /* twice, at once, while the engine takes the job on: refused */
+      ck_assert_int_eq(zcs_job_submit(js[0].j, ch), -EINVAL);
+  }
+  struct watcher watch = {.jobs = jobs, .n = N};
+  pthread_create(&watch.th, NULL, watch_jobs, &watch);
+  struct pipe_writer w = {p[1], pdata, plen, 0};
+  pthread_create(&w.th, NULL, write_pipe, &w);
+  uint64_t ids[N];
+  channel_wait(ch, ids, N);
+  __atomic_store_n(&watch.stop, 1, __ATOMIC_RELEASE);
+  pthread_join(watch.th, NULL);
+  ck_assert_msg(!watch.err[0], "%s", watch.err);
+  for (int i = 0; i < N; i++) {
+    int seen = 0;
+    for (int k = 0; k < N; k++)
+      seen += ids[k] == zcs_job_id(js[i].j);
+    ck_assert_msg(seen == 1, "job %d came back %d times", i, seen);
+  }
+  channel_empty(ch);
+  pthread_join(w.th, NULL);
+  for (int i = 0; i < N; i++) {
+    ck_assert_msg(zcs_job_result(js[i].j) == ZCS_DONE, "job %d: %s", i,
+                  zcs_strerror(zcs_job_result(js[i].j)));
+    ck_assert_uint_eq(zcs_job_sent(js[i].j), js[i].want_len);
+    ck_assert_uint_eq(zcs_job_sent_zero_copy(js[i].j), js[i].zero_copy);
+    close(js[i].sv[0]); /* the engine closed its dup before the job came back */
+    reader_join(&js[i].r);
+    ck_assert_uint_eq(js[i].r.len, js[i].head_len + js[i].want_len);
+    if (js[i].head_len) {
+      unsigned char *want_head = pattern(hlen, 33);
+      ck_assert(memcmp(js[i].r.buf, want_head, hlen) == 0);
+      free(want_head);
+    }
+    ck_assert_msg(memcmp(js[i].r.buf + js[i].head_len, js[i].want, js[i].want_len) == 0,
+                  "job %d: bytes differ", i);
+    zcs_job_release(js[i].j);
+    free(js[i].r.buf);
+    close(js[i].sv[1]);
+  }
+  zcs_channel_release(ch);
+  close(p[0]); close(fd);
+  free(data); free(mem); free(pdata); free(head);
+}
+END_TEST
+
+/* Cancels a send job of the whole file once the peer has mark bytes, the
+   reader stopped there (stop) or still reading. When zcs_job_cancel() returns,
+   zcs_job_sent() is final, and the peer, reading what is in the socket until
+   EOF, gets exactly that many bytes. Returns 1 when the job ended cancelled,
+   0 when it had completed before the cancel came (only a running reader allows). */
+static int cancel_mid_send(int tcp, int fd, const unsigned char *data, size_t len, size_t mark,
+                           int stop) {
+  zcs_channel_t *ch = zcs_channel_new();
+  ck_assert_ptr_nonnull(ch);
+  int sv[2];
+  make_pair(tcp, sv);
+  struct gate_reader r;
+  gate_start(&r, sv[1], stop ? mark : 0);
+  zcs_job_t *j = file_job(sv[0], fd, 0, -1);
+  ck_assert_int_eq(zcs_job_submit(j, ch), 0);
+  gate_wait(&r, mark / 2);
+  uint64_t early = zcs_job_sent(j); /* read while the engine steps (or waits) */
+  int early_rc = zcs_job_result(j);
+  ck_assert(early_rc == 1 || early_rc == ZCS_DONE);
+  gate_wait(&r, mark);
+  zcs_job_cancel(j);
+  uint64_t sent = zcs_job_sent(j);
+  ck_assert_uint_ge(sent, early);
+  uint64_t id;
+  channel_wait(ch, &id, 1);
+  ck_assert_uint_eq(id, zcs_job_id(j));
+  int rc = zcs_job_result(j);
+  ck_assert_uint_eq(zcs_job_sent(j), sent);
+  zcs_job_cancel(j); /* after the end: harmless */
+  ck_assert_uint_eq(zcs_job_sent(j), sent);
+  ck_assert_int_eq(zcs_job_result(j), rc);
+  close(sv[0]);
+  gate_join(&r);
+  ck_assert_msg(r.len == sent, "cancel returned at %llu bytes sent, the peer got %zu",
+                (unsigned long long)sent, r.len);
+  ck_assert(memcmp(r.buf, data, r.len) == 0);
+  if (stop || rc != ZCS_DONE)
+    ck_assert_msg(rc == -ECANCELED, "rc=%d (%s)", rc, zcs_strerror(rc));
+  else
+    ck_assert_uint_eq(sent, len);
+  channel_empty(ch);
+  zcs_job_release(j);
+  zcs_channel_release(ch);
+  free(r.buf);
+  close(sv[1]);
+  return rc == -ECANCELED;
+}
+
+START_TEST(engine_cancel_mid_send) {
+  size_t len = 32 << 20;
+  unsigned char *data = pattern(len, 34);
+  int fd = make_file("f", data, len);
+  for (int tcp = 0; tcp < 2; tcp++) {
+    /* the engine waiting on a socket that stays full: the cancel must end it */
+    ck_assert(cancel_mid_send(tcp, fd, data, len, 1 << 20, 1));
+    /* the engine stepping as fast as the reader reads: the cancel races steps */
+    int cancelled = 0;
+    for (int i = 0; i < 6; i++)
+      cancelled += cancel_mid_send(tcp, fd, data, len, (size_t)(i + 1) << 19, 0);
+    ck_assert_msg(cancelled > 0, "every transfer ended before its cancel (tcp=%d)", tcp);
+  }
+  close(fd); free(data);
+}
+END_TEST
+
+/* The caller drops its reference while the engine still runs the job: the job
+   runs to its end, comes back on its channel, and is freed by the engine. */
+START_TEST(engine_release_while_running) {
+  size_t len = 16 << 20;
+  unsigned char *data = pattern(len, 35);
+  int fd = make_file("f", data, len);
+  zcs_channel_t *ch = zcs_channel_new();
+  ck_assert_ptr_nonnull(ch);
+  int a[2], b[2], c[2];
+  make_pair(0, a);
+  make_pair(0, b);
+  make_pair(1, c);
+  struct gate_reader ra, rb, rc;
+  gate_start(&ra, a[1], 1 << 20);
+  gate_start(&rb, b[1], 0);
+  gate_start(&rc, c[1], 1 << 20);
+  /* a: released mid-way, the engine waiting on a full socket */
+  zcs_job_t *ja = file_job(a[0], fd, 0, -1);
+  uint64_t ida = zcs_job_id(ja);
+  ck_assert_int_eq(zcs_job_submit(ja, ch), 0);
+  gate_wait(&ra, 1 << 20);
+  ck_assert_int_eq(zcs_job_submit(ja, ch), -EINVAL); /* running: refused */
+  zcs_job_release(ja);
+  /* b: released at once, most likely before the engine has even started it */
+  zcs_job_t *jb = file_job(b[0], fd, 4096, -1);
+  uint64_t idb = zcs_job_id(jb);
+  ck_assert_int_eq(zcs_job_submit(jb, ch), 0);
+  zcs_job_release(jb);
+  /* c: cancelled, then released before the engine has stepped it again */
+  zcs_job_t *jc = file_job(c[0], fd, 0, -1);
+  uint64_t idc = zcs_job_id(jc);
+  ck_assert_int_eq(zcs_job_submit(jc, ch), 0);
+  gate_wait(&rc, 1 << 20);
+  zcs_job_cancel(jc);
+  uint64_t sent_c = zcs_job_sent(jc);
+  zcs_job_release(jc);
+  close(a[0]); close(b[0]); close(c[0]); /* the engine's dups keep them going */
+  gate_resume(&ra);
+  uint64_t ids[3];
+  channel_wait(ch, ids, 3);
+  int seen_a = 0, seen_b = 0, seen_c = 0;
+  for (int i = 0; i < 3; i++) {
+    seen_a += ids[i] == ida;
+    seen_b += ids[i] == idb;
+    seen_c += ids[i] == idc;
+  }
+  ck_assert(seen_a == 1 && seen_b == 1 && seen_c == 1);
+  gate_join(&ra); gate_join(&rb); gate_join(&rc);
+  ck_assert_uint_eq(ra.len, len);
+  ck_assert(memcmp(ra.buf, data, len) == 0);
+  ck_assert_uint_eq(rb.len, len - 4096);
+  ck_assert(memcmp(rb.buf, data + 4096, len - 4096) == 0);
+  ck_assert_uint_eq(rc.len, sent_c);
+  ck_assert(memcmp(rc.buf, data, sent_c) == 0);
+  channel_empty(ch);
+  zcs_channel_release(ch); /* the host's reference; the engine's are gone with the jobs */
+  engine_barrier(); /* leaks of a, b, c would show at exit (ASan/LSan) */
+  free(ra.buf); free(rb.buf); free(rc.buf);
+  close(a[1]); close(b[1]); close(c[1]); close(fd); free(data);
+}
+END_TEST
+
+/* 32 channels, 4 jobs each, submitted and drained by 4 host threads at once:
+   every job comes back exactly once, on its own channel. Each thread polls its
+   channels and its jobs' peers together and reads whatever is ready. */
+enum { MC_HOSTS = 4, MC_CHANNELS = 8 /* per host */, MC_SENDS = 3 /* + 1 read job */ };
+struct mc_sock {
+  int sv[2];
+  unsigned char *buf;
+  size_t len, cap;
+  int eof;
+  const unsigned char *want;
+  size_t want_len;
+};
+struct mc_host {
+  int idx, fd;
+  const unsigned char *data, *mem;
+  zcs_channel_t *ch[MC_CHANNELS];
+  zcs_job_t *jobs[MC_CHANNELS][MC_SENDS + 1];
+  int seen[MC_CHANNELS][MC_SENDS + 1];
+  struct mc_sock socks[MC_CHANNELS][MC_SENDS];
+  char err[200];
+  pthread_t th;
+};
+#define MC_FAIL(...) do { snprintf(h->err, sizeof h->err, __VA_ARGS__); return NULL; } while (0)
+
+static void *mc_host_run(void *arg) {
+  struct mc_host *h = arg;
+  for (int c = 0; c < MC_CHANNELS; c++) {
+    int k = h->idx * MC_CHANNELS + c; /* this channel's number, 0..31 */
+    if (!(h->ch[c] = zcs_channel_new()))
+      MC_FAIL("zcs_channel_new: %s", strerror(errno));
+    for (int s = 0; s < MC_SENDS; s++) {
+      struct mc_sock *so = &h->socks[c][s];
+      if (socketpair(AF_UNIX, SOCK_STREAM, 0, so->sv) < 0)
+        MC_FAIL("socketpair: %s", strerror(errno));
+      small_sndbuf(so->sv[0]);
+      set_nonblock(so->sv[0]);
+      zcs_job_t *j = h->jobs[c][s] = zcs_job_new();
+      zcs_transfer_t *t = zcs_job_transfer(j);
+      int rc;
+      if (s == 0) { /* sendfile */
+        rc = zcs_transfer_init(t, so->sv[0], h->fd, k * 1000, 65536 + k, 0);
+        so->want = h->data + k * 1000, so->want_len = 65536 + k;
+      } else if (s == 1) { /* copied */
+        rc = zcs_transfer_init(t, so->sv[0], h->fd, k * 333, 100000, 0);
+        t->backend = ZCS_BACKEND_EMULATED;
+        so->want = h->data + k * 333, so->want_len = 100000;
+      } else { /* from memory */
+        rc = zcs_transfer_init_memory(t, so->sv[0], h->mem + k, 3000 + k, 0);
+        so->want = h->mem + k, so->want_len = 3000 + k;
+      }
+      if (rc < 0)
+        MC_FAIL("init %d/%d: %s", k, s, zcs_strerror(rc));
+      if ((rc = zcs_job_submit(j, h->ch[c])) < 0)
+        MC_FAIL("submit %d/%d: %s", k, s, zcs_strerror(rc));
+      close(so->sv[0]); /* the engine has its dup */
+      so->sv[0] = -1;
+    }
+    zcs_job_t *rj = h->jobs[c][MC_SENDS] = zcs_job_new();
+    int rc = zcs_job_init_read(rj, h->fd, k * 4096, 4096);
+    if (rc < 0 || (rc = zcs_job_submit(rj, h->ch[c])) < 0)
+      MC_FAIL("read job %d: %s", k, zcs_strerror(rc));
+  }
+  int ids_left = MC_CHANNELS * (MC_SENDS + 1), open_socks = MC_CHANNELS * MC_SENDS;
+  for (unsigned round = 0; ids_left || open_socks; round++) {
+    struct pollfd pf[MC_CHANNELS * (1 + MC_SENDS)];
+    for (int c = 0; c < MC_CHANNELS; c++) {
+      pf[c] = (struct pollfd){.fd = zcs_channel_fd(h->ch[c]), .events = POLLIN};
+      for (int s = 0; s < MC_SENDS; s++) {
+        struct mc_sock *so = &h->socks[c][s];
+        pf[MC_CHANNELS + c * MC_SENDS + s] =
+            (struct pollfd){.fd = so->eof ? -1 : so->sv[1], .events = POLLIN};
+      }
+    }
+    int n = poll(pf, MC_CHANNELS * (1 + MC_SENDS), HANG_MS);
+    if (n <= 0)
+      MC_FAIL("host %d: stuck with %d jobs and %d peers left", h->idx, ids_left, open_socks);
+    for (int c = 0; c < MC_CHANNELS; c++) {
+      if (!pf[c].revents)
+        continue;
+      uint64_t ids[3];
+      size_t got = zcs_channel_drain(h->ch[c], ids, 1 + round % 3); /* partial drains too */
+      for (size_t i = 0; i < got; i++) {
+        int which = -1;
+        for (int s = 0; s <= MC_SENDS; s++)
+          if (zcs_job_id(h->jobs[c][s]) == ids[i])
+            which = s;
+        if (which < 0)
+          MC_FAIL("job %llu came back on channel %d, not its own",
+                  (unsigned long long)ids[i], h->idx * MC_CHANNELS + c);
+        if (h->seen[c][which]++)
+          MC_FAIL("job %d/%d came back twice", h->idx * MC_CHANNELS + c, which);
+        ids_left--;
+      }
+    }
+    for (int c = 0; c < MC_CHANNELS; c++)
+      for (int s = 0; s < MC_SENDS; s++) {
+        struct mc_sock *so = &h->socks[c][s];
+        if (!pf[MC_CHANNELS + c * MC_SENDS + s].revents)
+          continue;
+        if (so->len == so->cap) {
+          so->cap = so->cap ? so->cap * 2 : 65536;
+          so->buf = realloc(so->buf, so->cap);
+        }
+        ssize_t k = read(so->sv[1], so->buf + so->len, so->cap - so->len);
+        if (k < 0)
+          MC_FAIL("read: %s", strerror(errno));
+        if (k == 0) {
+          so->eof = 1;
+          open_socks--;
+        }
+        so->len += (size_t)k;
+      }
+  }
+  return NULL;
+}
+
+START_TEST(engine_many_channels) {
+  size_t len = 256 << 10, mlen = 4096;
+  unsigned char *data = pattern(len, 36), *mem = pattern(mlen, 37);
+  int fd = make_file("f", data, len);
+  static struct mc_host hosts[MC_HOSTS];
+  memset(hosts, 0, sizeof hosts);
+  for (int i = 0; i < MC_HOSTS; i++) {
+    hosts[i] = (struct mc_host){.idx = i, .fd = fd, .data = data, .mem = mem};
+    ck_assert_int_eq(pthread_create(&hosts[i].th, NULL, mc_host_run, &hosts[i]), 0);
+  }
+  for (int i = 0; i < MC_HOSTS; i++)
+    pthread_join(hosts[i].th, NULL);
+  for (int i = 0; i < MC_HOSTS; i++) {
+    struct mc_host *h = &hosts[i];
+    ck_assert_msg(!h->err[0], "%s", h->err);
+    for (int c = 0; c < MC_CHANNELS; c++) {
+      int k = i * MC_CHANNELS + c;
+      channel_empty(h->ch[c]);
+      for (int s = 0; s < MC_SENDS; s++) {
+        struct mc_sock *so = &h->socks[c][s];
+        ck_assert_int_eq(zcs_job_result(h->jobs[c][s]), ZCS_DONE);
+        ck_assert_uint_eq(zcs_job_sent(h->jobs[c][s]), so->want_len);
+        ck_assert_uint_eq(so->len, so->want_len);
+        ck_assert_msg(memcmp(so->buf, so->want, so->len) == 0, "job %d/%d: bytes differ", k, s);
+        zcs_job_release(h->jobs[c][s]);
+        free(so->buf);
+        close(so->sv[1]);
+      }
+      zcs_job_t *rj = h->jobs[c][MC_SENDS];
+      ck_assert_int_eq(zcs_job_result(rj), 0);
+      ck_assert_uint_eq(zcs_job_sent(rj), 4096);
+      ck_assert(memcmp(zcs_job_data(rj), data + k * 4096, 4096) == 0);
+      zcs_job_release(rj);
+      zcs_channel_release(h->ch[c]);
+    }
+  }
+  engine_barrier();
+  close(fd); free(data); free(mem);
+}
+END_TEST
+
+/* The host closes its fds right after zcs_job_submit (or once the job is
+   mid-way) and the numbers are reused at once, by another connection and
+   another file. The engine works on its dups: the job's bytes still come from
+   the first file and go to the first peer; the new socket receives nothing,
+   and is still open (the host's) after the job ended. */
+static void check_fd_reuse(int tcp, int midway) {
+  size_t len = tcp ? 1 << 20 : 4 << 20;
+  unsigned char *data = pattern(len, 38), *decoy = pattern(len, 39);
+  int fd = make_file("f", data, len);
+  int dfd = make_file("decoy", decoy, len);
+  zcs_channel_t *ch = zcs_channel_new();
+  ck_assert_ptr_nonnull(ch);
+  int sv[2], nv[2];
+  make_pair(tcp, sv);
+  make_pair(tcp, nv); /* the connection that will take the number over */
+  struct gate_reader r;
+  gate_start(&r, sv[1], midway ? 256 << 10 : 0);
+  zcs_job_t *j = file_job(sv[0], fd, 0, -1);
+  ck_assert_int_eq(zcs_job_submit(j, ch), 0);
+  if (midway)
+    gate_wait(&r, 256 << 10);
+  int sock_no = sv[0], file_no = fd;
+  close(sock_no);
+  close(file_no);
+  ck_assert_int_eq(dup2(nv[0], sock_no), sock_no);
+  ck_assert_int_eq(dup2(dfd, file_no), file_no);
+  close(nv[0]);
+  close(dfd);
+  gate_resume(&r);
+  uint64_t id;
+  channel_wait(ch, &id, 1);
+  ck_assert_uint_eq(id, zcs_job_id(j));
+  ck_assert_int_eq(zcs_job_result(j), ZCS_DONE);
+  ck_assert_uint_eq(zcs_job_sent(j), len);
+  gate_join(&r); /* EOF: the engine closed its dup of the first socket */
+  ck_assert_uint_eq(r.len, len);
+  ck_assert(memcmp(r.buf, data, len) == 0);
+  /* the number is still the new socket's: one byte through it, then its EOF;
+     the peer must get that byte alone */
+  ck_assert_int_eq(write(sock_no, "x", 1), 1);
+  close(sock_no);
+  char got[256];
+  size_t n = 0;
+  for (ssize_t k; (k = read(nv[1], got + n, sizeof got - n)) > 0;)
+    n += (size_t)k;
+  ck_assert_msg(n == 1 && got[0] == 'x', "the reused number's peer got %zu bytes", n);
+  close(file_no);
+  zcs_job_release(j);
+  zcs_channel_release(ch);
+  free(r.buf); free(data); free(decoy);
+  close(sv[1]); close(nv[1]);
+}
+
+START_TEST(engine_host_closes_and_reuses_fds) {
+  for (int tcp = 0; tcp < 2; tcp++) {
+    check_fd_reuse(tcp, 0);
+    check_fd_reuse(tcp, 1);
+  }
+}
+END_TEST
+
+/* In a child forked while a job runs, the inherited job and channel belong to
+   the parent's engine (zcsend.h, at zcs_job_submit): sent/result read the copy
+   without its lock, cancel only marks it, release frees nothing and closes no
+   fd, drain returns 0 without touching the eventfd the parent still waits on,
+   and releasing the channel leaves it be. Returns the child's exit status: 0,
+   or which of those failed. */
+static int forked_child(zcs_job_t *run, zcs_job_t *done, zcs_channel_t *ch, uint64_t len) {
+  alarm(30); /* a deadlock on a lock the engine held at the fork ends here */
+  uint64_t sent = zcs_job_sent(run);
+  if (sent > len || zcs_job_sent_zero_copy(run) > sent)
+    return 2;
+  int rc = zcs_job_result(run);
+  if (rc != 1 && rc != ZCS_DONE)
+    return 3;
+  zcs_job_cancel(run);
+  if (zcs_job_sent(run) != sent)
+    return 4;
+  if (zcs_job_result(done) != 0 || zcs_job_sent(done) != 1)
+    return 5;
+  uint64_t ids[4];
+  if (zcs_channel_drain(ch, ids, 4) != 0)
+    return 6;
+  int sock = zcs_job_transfer(run)->sock_fd; /* the copy's: the engine's dup, or -1 */
+  zcs_job_release(run);
+  zcs_job_release(done);
+  if (sock >= 0 && fcntl(sock, F_GETFD) < 0)
+    return 7;
+  zcs_channel_release(ch); /* the parent's too: a no-op here, its lock untouched */
+  return 0;
+}
+
+START_TEST(engine_fork_while_running) {
+  static const char *what[] = {"", "", "sent > len or zero-copy > sent",
+                               "result neither running nor done", "cancel changed sent",
+                               "a finished job's sent/result",
+                               "drain took the parent's completions",
+                               "release closed the engine's fd"};
+  size_t len = 32 << 20;
+  unsigned char *data = pattern(len, 40);
+  int fd = make_file("f", data, len);
+  zcs_channel_t *ch = zcs_channel_new();
+  ck_assert_ptr_nonnull(ch);
+  struct pollfd pf = {.fd = zcs_channel_fd(ch), .events = POLLIN};
+  /* a job that came back and waits on the channel: its eventfd is readable */
+  zcs_job_t *done = zcs_job_new();
+  ck_assert_int_eq(zcs_job_init_read(done, fd, 0, 1), 0);
+  ck_assert_int_eq(zcs_job_submit(done, ch), 0);
+  ck_assert_int_eq(poll(&pf, 1, HANG_MS), 1);
+  int sv[2];
+  make_pair(0, sv);
+  struct gate_reader r;
+  gate_start(&r, sv[1], 1 << 20);
+  zcs_job_t *run = file_job(sv[0], fd, 0, -1);
+  ck_assert_int_eq(zcs_job_submit(run, ch), 0);
+  /* the first child while the engine waits on a full socket, then six while it
+     steps as fast as the reader reads (it holds the job's lock then) */
+  for (int i = 0; i < 7; i++) {
+    gate_wait(&r, (size_t)(i + 1) << 20);
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0)
+      _exit(forked_child(run, done, ch, len));
+    int status;
+    ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+    ck_assert_msg(!WIFSIGNALED(status), "child %d died of signal %d%s", i, WTERMSIG(status),
+                  WTERMSIG(status) == SIGALRM ? " (hung)" : "");
+    ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child %d: exit %d %s", i,
+                  WEXITSTATUS(status), WEXITSTATUS(status) < 8 ? what[WEXITSTATUS(status)] : "");
+    /* the parent's completion is still there, and the eventfd still says so */
+    ck_assert_int_eq(poll(&pf, 1, 0), 1);
+    if (i == 0)
+      gate_resume(&r);
+  }
+  uint64_t ids[2];
+  channel_wait(ch, ids, 2);
+  ck_assert((ids[0] == zcs_job_id(done) && ids[1] == zcs_job_id(run)) ||
+            (ids[1] == zcs_job_id(done) && ids[0] == zcs_job_id(run)));
+  ck_assert_int_eq(zcs_job_result(run), ZCS_DONE);
+  ck_assert_uint_eq(zcs_job_sent(run), len);
+  close(sv[0]);
+  gate_join(&r);
+  ck_assert_uint_eq(r.len, len);
+  ck_assert(memcmp(r.buf, data, len) == 0);
+  channel_empty(ch);
+  zcs_job_release(run); zcs_job_release(done);
+  zcs_channel_release(ch);
+  free(r.buf); close(sv[1]); close(fd); free(data);
+}
+END_TEST
+
 /* read jobs: the engine reads a regular file for a host that writes itself */
 START_TEST(engine_read_jobs) {
   size_t len = (1 << 20) + 5;
@@ -887,13 +1578,11 @@ START_TEST(engine_read_jobs) {
   ck_assert_int_eq(zcs_job_submit(a, ch), 0);
   ck_assert_int_eq(zcs_job_submit(b, ch), 0);
   zcs_job_cancel(b); /* harmless: a read has nothing to stop */
-  uint64_t ids[4];
-  size_t got = 0;
-  while (got < 2) {
-    struct pollfd pf = {.fd = zcs_channel_fd(ch), .events = POLLIN};
-    ck_assert_int_eq(poll(&pf, 1, 5000), 1);
-    got += zcs_channel_drain(ch, ids + got, 4 - got);
-  }
+  uint64_t ids[2];
+  channel_wait(ch, ids, 2);
+  ck_assert((ids[0] == zcs_job_id(a) && ids[1] == zcs_job_id(b)) ||
+            (ids[1] == zcs_job_id(a) && ids[0] == zcs_job_id(b)));
+  channel_empty(ch);
   ck_assert_int_eq(zcs_job_result(a), 0);
   ck_assert_uint_eq(zcs_job_sent(a), 65536);
   ck_assert(memcmp(zcs_job_data(a), data + 100, 65536) == 0);
@@ -1001,11 +1690,21 @@ int main(void) {
   tcase_add_test(tls, tls_garbage_from_peer);
   tcase_add_test(tls, tls_bad_inputs);
   tcase_add_test(tls, ev_driver_tls_concurrent);
-  tcase_add_test(tc, engine_read_jobs);
   tcase_add_test(tc, read_cached_never_waits);
   tcase_add_test(tc, head_then_file);
   tcase_add_test(tc, head_bad_calls);
   suite_add_tcase(s, tls);
+  TCase *eng = tcase_create("engine");
+  tcase_set_timeout(eng, 120);
+  tcase_add_checked_fixture(eng, setup, teardown);
+  tcase_add_test(eng, engine_read_jobs);
+  tcase_add_test(eng, engine_send_jobs);
+  tcase_add_test(eng, engine_cancel_mid_send);
+  tcase_add_test(eng, engine_release_while_running);
+  tcase_add_test(eng, engine_many_channels);
+  tcase_add_test(eng, engine_host_closes_and_reuses_fds);
+  tcase_add_test(eng, engine_fork_while_running);
+  suite_add_tcase(s, eng);
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);
   int failed = srunner_ntests_failed(sr);

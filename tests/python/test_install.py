@@ -113,3 +113,82 @@ def test_aiohttp_file_response(tmp_path, tls):
             await runner.cleanup()
             zcsend.uninstall(loop)
     run(main())
+
+
+def test_loop_sendfile_gives_the_loops_own_answers_for_what_zcsend_doesnt_take(loop_kind, tmp_path):
+    """Not a transport (a Mock), or a transport zcsend can't send on (UDP):
+    the loop's own sendfile answers, asyncio's RuntimeError and uvloop's
+    NotImplementedError (which aiohttp expects) alike; zcsend starts nothing."""
+    from unittest import mock
+    path = tmp_path / "f"
+    make_file(path, 1000)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        zcsend.install(loop)
+        udp, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0))
+        try:
+            before = zcsend.stats()["started"]
+            not_a_transport = mock.Mock()
+            not_a_transport.is_closing.side_effect = lambda: False
+            from asyncio import constants
+            not_a_transport._sendfile_compatible = constants._SendfileMode.FALLBACK
+            with open(path, "rb") as f:
+                if loop_kind == "uvloop":
+                    for transport in (not_a_transport, udp):
+                        with pytest.raises(NotImplementedError):
+                            await loop.sendfile(transport, f)
+                else:
+                    with pytest.raises(RuntimeError, match="^fallback is disabled and native sendfile is not supported"):
+                        await loop.sendfile(not_a_transport, f, fallback=False)
+                    with pytest.raises(RuntimeError, match="^sendfile is not supported for transport <_SelectorDatagramTransport"):
+                        await loop.sendfile(udp, f)
+                assert f.tell() == 0
+            assert zcsend.stats()["started"] == before
+        finally:
+            udp.close()
+            zcsend.uninstall(loop)
+    run(main())
+
+
+@pytest.mark.asyncio_only("_sendfile_native is stock asyncio's hook")
+def test_a_loops_own_sendfile_native_is_honoured(tmp_path):
+    """install() for every loop class: a loop subclass with its own
+    _sendfile_native, or a loop given one, sends through it (asyncio's
+    sendfile, which calls it), while a stock loop's transfer is zcsend's."""
+    path = tmp_path / "f"
+    size = 300_000
+    digest = make_file(path, size)
+    calls = []
+
+    class OwnNativeLoop(asyncio.SelectorEventLoop):
+        async def _sendfile_native(self, transp, file, offset, count):
+            calls.append("class")
+            return await super()._sendfile_native(transp, file, offset, count)
+
+    async def send(own=None):
+        loop = asyncio.get_running_loop()
+        if own:
+            async def native(transp, file, offset, count):
+                calls.append("instance")
+                raise asyncio.SendfileNotAvailableError("not supported, use the fallback")
+            loop._sendfile_native = native
+        async with Pair("tcp") as p:
+            with open(path, "rb") as f:
+                reading = asyncio.ensure_future(p.read_all(size))
+                before = zcsend.stats()["started"]
+                assert await loop.sendfile(p.server.transport, f) == size
+                assert f.tell() == size
+                assert await reading == (digest, size)
+                return zcsend.stats()["started"] - before
+
+    zcsend.install()
+    try:
+        with asyncio.Runner(loop_factory=OwnNativeLoop) as runner:
+            assert runner.run(send()) == 0 and calls == ["class"]
+        with asyncio.Runner() as runner:
+            assert runner.run(send(own=True)) == 0 and calls == ["class", "instance"]
+        with asyncio.Runner() as runner:
+            assert runner.run(send()) == 1 and calls == ["class", "instance"]
+    finally:
+        zcsend.uninstall()
