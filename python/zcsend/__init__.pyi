@@ -18,6 +18,20 @@ async def sendfile(
     *,
     fallback: bool = ...,
     head: Optional[bytes] = ...,
+    timeout: Optional[float] = ...,
+) -> int: ...
+
+# Importing zcsend adds this method to asyncio.Transport and asyncio.StreamWriter
+# (uvloop's transports are extension types: use zcsend.sendfile or a StreamWriter).
+async def _sendfile_zc(
+    self: Union[asyncio.BaseTransport, asyncio.StreamWriter],
+    file: BinaryIO,
+    offset: int = ...,
+    count: Optional[int] = ...,
+    *,
+    fallback: bool = ...,
+    head: Optional[bytes] = ...,
+    timeout: Optional[float] = ...,
 ) -> int: ...
 def install(loop: Optional[asyncio.AbstractEventLoop] = ...) -> None: ...
 def uninstall(loop: Optional[asyncio.AbstractEventLoop] = ...) -> None: ...

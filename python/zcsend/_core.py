@@ -25,13 +25,15 @@ class _Channel:
     """Completions for one event loop: the engine marks an fd readable and the
     loop's reader resolves the futures of the transfers that ended.
 
-    It holds no reference to its loop (futures are held weakly: their tasks
-    hold them), so a loop nobody uses is freed. The loop's close(), or its
-    collection, cancels every transfer still in the engine for it."""
+    It holds its loop only through the futures of transfers in flight (they
+    anchor the waiting tasks too: a task whose transport paused reading is
+    referenced by nothing else), so a loop with none is freed, and its
+    collection closes the channel. The loop's close() cancels every transfer
+    still in the engine for it."""
 
     def __init__(self, loop):
         self.channel = _zcsend.Channel()
-        self.jobs = {}  # id -> (weakref to the future, the Transfer)
+        self.jobs = {}  # id -> (the future, the Transfer), while in the engine
         self.writers = 0  # transfers on the write path (TLS) now: they share WRITE_BUDGET
         self.turn_bytes = 0  # written through transports in this turn of the loop
         self.turn = 0  # which turn that is
@@ -62,9 +64,8 @@ class _Channel:
         jobs = list(self.jobs.values())
         self.jobs.clear()
         self._ready = _nothing
-        for ref, job in jobs:
-            fut = ref()
-            if fut is not None and not fut.done():
+        for fut, job in jobs:
+            if not fut.done():
                 sent = job.sent
                 fut.set_exception(SendfileError(
                     _errno.ECANCELED, f"the process forked: the transfer goes on in the parent "
@@ -83,14 +84,12 @@ class _Channel:
         jobs = self.jobs
         for tid in self.channel.drain():
             entry = jobs.pop(tid, None)
-            if entry is not None:
-                fut = entry[0]()
-                if fut is not None and not fut.done():
-                    fut.set_result(None)
+            if entry is not None and not entry[0].done():
+                entry[0].set_result(None)
 
     def submit(self, transfer, loop):
         fut = loop.create_future()
-        self.jobs[transfer.id] = (weakref.ref(fut), transfer)
+        self.jobs[transfer.id] = (fut, transfer)
         try:
             transfer.submit(self.channel)
         except BaseException:

@@ -406,7 +406,7 @@ class FlushHold(_Hold):
             if not await self.writable():
                 if self.timed_out:
                     raise self.timeout_error(0)
-                raise self.lost_error("before sendfile began")
+                raise self.closed_error()
         except BaseException:
             self._restore()
             raise

@@ -1,20 +1,50 @@
 """A small static HTTP/1.1 file server on zcsend.sendfile: GET and HEAD,
-keep-alive, one byte range, Last-Modified/If-Modified-Since, and no way out of
-the served directory."""
+keep-alive and pipelining, one byte range, ETag and Last-Modified validators,
+and no way out of the served directory.
+
+It faces hostile clients the way nginx does: every wait has a deadline (header,
+keep-alive and send timeouts), every buffer a bound (request heads, discarded
+bodies, queued responses), the number of connections a cap, and no request can
+block the loop (a FIFO's open) or leave the root (a symlink, an index file's
+included)."""
 import asyncio
+import contextlib
 import email.utils
+import errno
+import inspect
 import mimetypes
 import os
+import re
+import socket
 import stat
+import sys
 import time
 import urllib.parse
 
 from . import sendfile
 
-MAX_HEAD = 64 << 10
+# Fixed limits (the settable ones are FileServer's keywords, defaults nginx's).
+MAX_HEAD = 64 << 10      # request line and headers, bytes: more gets 400
+MAX_HEADERS = 100        # header lines: more gets 400
+LINGER = 5.0             # seconds an error answer waits for the client to stop sending
+FDS_PER_CONNECTION = 6   # sending: its socket and file, and their dups for the engine (measured)
+RESERVED_FDS = 32        # the listener, the loop's and the engine's own, stdio
+
 REASONS = {200: "OK", 206: "Partial Content", 304: "Not Modified", 400: "Bad Request",
            403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
-           416: "Range Not Satisfiable", 500: "Internal Server Error"}
+           413: "Content Too Large", 416: "Range Not Satisfiable",
+           500: "Internal Server Error", 503: "Service Unavailable"}
+
+# zcsend.sendfile(timeout=...) ends a transfer that makes no progress for that
+# long (SendfileConnectionError, errno ETIMEDOUT); without it the server bounds
+# the whole transfer instead.
+_SENDFILE_TIMEOUT = "timeout" in inspect.signature(sendfile).parameters
+
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_FIELD = re.compile(r"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*(.*?)[ \t]*")
+_LENGTH = re.compile(r"[0-9]{1,18}")  # ASCII digits only ('²'.isdigit() is True), int64-sized
+_RANGE = re.compile(r"[ \t]*([0-9]{0,18})-([0-9]{0,18})[ \t]*")
+_NO_REPEAT = ("content-length", "host", "transfer-encoding")  # request smuggling material
 
 
 class Request:
@@ -30,23 +60,37 @@ class Request:
 
 
 def parse_head(raw):
-    """Request from the bytes up to the blank line; None if malformed."""
+    """Request from the head's bytes (its lines, each ending in LF, without the
+    blank line); None if malformed. A bare LF ends a line as CRLF does (RFC 9112
+    §2.2 lets a recipient accept it; nginx does); any other CR is refused."""
+    text = raw.decode("latin-1").replace("\r\n", "\n")
+    if "\r" in text:
+        return None
+    lines = text.split("\n")[:-1]
     try:
-        lines = raw.decode("latin-1").split("\r\n")
         method, target, version = lines[0].split(" ")
     except ValueError:
         return None
-    if version not in ("HTTP/1.0", "HTTP/1.1") or not method.isalpha():
+    if version not in ("HTTP/1.0", "HTTP/1.1") or not _TOKEN.fullmatch(method):
         return None
     headers = {}
     for line in lines[1:]:
-        if not line:
-            continue
-        name, sep, value = line.partition(":")
-        if not sep or not name or name != name.strip():
+        m = _FIELD.fullmatch(line)
+        if m is None:
             return None
-        headers[name.lower()] = value.strip()
+        name, value = m.group(1).lower(), m.group(2)
+        if name in headers:
+            if name in _NO_REPEAT:
+                return None
+            value = headers[name] + ", " + value
+        headers[name] = value
+    if version == "HTTP/1.1" and "host" not in headers:
+        return None  # RFC 9112 §3.2
     return Request(method, target, version, headers)
+
+
+def inside(root, path):
+    return path == root or path.startswith(root + os.sep)
 
 
 def resolve_path(root, target):
@@ -62,35 +106,82 @@ def resolve_path(root, target):
     if ".." in parts:
         return 403, None
     full = os.path.realpath(os.path.join(root, *parts))
-    if full != root and not full.startswith(root + os.sep):
+    if not inside(root, full):
         return 403, None
     return 200, full
 
 
-def parse_range(value, size):
-    """(start, end) inclusive for one 'bytes=' range; None to ignore the header;
-    'unsatisfiable' for a range past the end."""
-    unit, _, spec = value.partition("=")
-    if unit.strip().lower() != "bytes" or "," in spec:
-        return None  # other units and multiple ranges: send the whole file
-    first, dash, last = spec.strip().partition("-")
-    if not dash:
-        return None
+# O_NONBLOCK: opening a FIFO must not wait for a writer (it would block the loop);
+# it changes nothing for a regular file. O_NOFOLLOW: the path is a realpath, so a
+# symlink at its end was swapped in since; refuse it (ELOOP).
+_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+_OPEN_STATUS = {errno.ENOENT: 404, errno.ENOTDIR: 404, errno.ENAMETOOLONG: 404, errno.EISDIR: 404,
+                errno.EACCES: 403, errno.EPERM: 403, errno.ELOOP: 403,
+                errno.EMFILE: 503, errno.ENFILE: 503}
+
+
+def _opener(path, flags):
+    return os.open(path, _OPEN_FLAGS)
+
+
+def open_inside(root, path):
+    """(status, file, stat) for path, a realpath inside root. A directory stands
+    for its index.html, which must resolve inside root too. Anything but a regular
+    file is 404, as in nginx. Raises OSError (see _OPEN_STATUS)."""
     try:
-        if first == "":
-            n = int(last)
-            if n <= 0:
-                return "unsatisfiable"
-            return max(0, size - n), size - 1
-        start = int(first)
-        end = int(last) if last else size - 1
-    except ValueError:
+        f = open(path, "rb", opener=_opener)
+    except IsADirectoryError:  # open() refuses directories (after opening them)
+        path = os.path.realpath(os.path.join(path, "index.html"))
+        if not inside(root, path):
+            return 403, None, None
+        f = open(path, "rb", opener=_opener)
+    st = os.fstat(f.fileno())
+    if not stat.S_ISREG(st.st_mode):
+        f.close()
+        return 404, None, None
+    return 200, f, st
+
+
+def parse_range(value, size):
+    """(start, end) inclusive for one 'bytes=' range; None to ignore the header
+    (send it all); 'unsatisfiable' for 416. RFC 9110 §14.1-14.2, with nginx
+    where the RFC leaves a choice: other units and range lists are ignored; a
+    malformed range (digits only), a first-pos at or past the end, a last-pos
+    before the first and a zero suffix are unsatisfiable; a last-pos past the end
+    is clipped; a suffix on an empty file is ignored (it is satisfiable, but no
+    206 can say so)."""
+    unit, _, spec = value.partition("=")
+    if unit.lower() != "bytes" or "," in spec:
         return None
-    if start < 0 or end < start:
-        return None
-    if start >= size:
+    m = _RANGE.fullmatch(spec)
+    if m is None or m.group(0).strip() == "-":
+        return "unsatisfiable"
+    first, last = m.groups()
+    if first == "":
+        n = int(last)
+        if n == 0:
+            return "unsatisfiable"
+        return (max(0, size - n), size - 1) if size else None
+    start = int(first)
+    end = int(last) if last else size - 1
+    if start >= size or end < start:
         return "unsatisfiable"
     return start, min(end, size - 1)
+
+
+def not_modified(headers, etag, mtime):
+    """RFC 9110 §13.2.2 for GET and HEAD: If-None-Match (weak comparison), and
+    only without it If-Modified-Since."""
+    inm = headers.get("if-none-match")
+    if inm is not None:
+        return inm.strip() == "*" or etag in (t.strip().removeprefix("W/") for t in inm.split(","))
+    ims = headers.get("if-modified-since")
+    if ims:
+        try:
+            return mtime <= email.utils.parsedate_to_datetime(ims).timestamp()
+        except (TypeError, ValueError, OverflowError):
+            pass
+    return False
 
 
 class _Dates:
@@ -125,9 +216,25 @@ def content_type(path, _cache={}):
 
 
 class FileServer:
-    def __init__(self, root):
+    """Serves root. Limits (seconds, bytes; defaults nginx's): header_timeout for
+    a request's head and body (from the accept, or from the first byte on a
+    kept-alive connection), keepalive_timeout for an idle connection's next
+    request, send_timeout for a response that makes no progress, max_body for a
+    request body (discarded; a longer one gets 413), max_connections open at once."""
+
+    def __init__(self, root, *, header_timeout=60.0, keepalive_timeout=75.0, send_timeout=60.0,
+                 max_body=1 << 20, max_connections=1024):
         self.root = os.path.realpath(root)
         self.dates = _Dates()
+        self.header_timeout, self.keepalive_timeout = header_timeout, keepalive_timeout
+        self.send_timeout, self.max_body, self.max_connections = send_timeout, max_body, max_connections
+        # Deadlines, writer -> loop time, checked by one sweeper task (cheaper than a
+        # timer per request): `waiting` holds connections waiting for a request (idle,
+        # or its head or body coming in), oldest first, the ones closed to make room at
+        # the connection cap; `sending` those whose response is stuck in a full buffer.
+        self.waiting, self.sending = {}, {}
+        self.active = 0
+        self.room = asyncio.Event()  # at the cap: set when a connection ends or starts waiting
 
     def head(self, status, headers, keep_alive):
         lines = [f"HTTP/1.1 {status} {REASONS[status]}", f"Date: {self.dates.now()}", "Server: zcsend"]
@@ -141,91 +248,157 @@ class FileServer:
         headers.update(extra or {})
         writer.write(self.head(status, headers, keep_alive) + body)
 
+    @contextlib.contextmanager
+    def deadline(self, writer, seconds):
+        """The connection is aborted if the block lasts longer than seconds."""
+        self.sending[writer] = asyncio.get_running_loop().time() + seconds
+        try:
+            yield
+        finally:
+            self.sending.pop(writer, None)
+
+    async def flush(self, writer):
+        """Backpressure for responses written whole (heads, errors, pipelined
+        HEADs): waits while the transport holds more than its high-water mark, for
+        up to the send timeout."""
+        if writer.transport.get_write_buffer_size():
+            with self.deadline(writer, self.send_timeout):
+                await writer.drain()
+
+    async def reply(self, writer, status, keep, extra=None):
+        self.error(writer, status, keep, extra)
+        await self.flush(writer)
+        return keep
+
+    async def refuse(self, reader, writer, status):
+        """Answers a request that ends its connection (malformed, too large) and
+        returns False. The client may still be sending, and closing on unread input
+        makes the kernel send a reset that can destroy the answer before it is read:
+        so shut our side first and discard input until the client closes, for up
+        to LINGER seconds (nginx's lingering close). TLS can't half-close: no linger."""
+        self.error(writer, status, False)
+        if writer.can_write_eof():
+            writer.write_eof()
+            self.waiting[writer] = asyncio.get_running_loop().time() + LINGER
+            while await reader.read(1 << 16):
+                pass
+        return False
+
     async def send_body(self, writer, f, start, count, head):
         """Sends the response head, then count bytes of f from start; returns how
         many of f's went out. The one place a benchmark's baseline server differs
-        from this one. The head rides with the file's first bytes."""
-        return await sendfile(writer, f, start, count, head=head)
+        from this one. The head rides with the file's first bytes. A transfer
+        stalled for the send timeout raises (OSError) and the connection is aborted."""
+        if _SENDFILE_TIMEOUT:
+            return await sendfile(writer, f, start, count, head=head, timeout=self.send_timeout)
+        with self.deadline(writer, self.send_timeout):  # older zcsend: bound it all
+            return await sendfile(writer, f, start, count, head=head)
 
     async def handle(self, reader, writer):
+        """Serves one connection until it ends; the transport is closed after."""
+        clean = False
         try:
-            while await self.one(reader, writer):
-                pass
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
+            first = True
+            while await self.one(reader, writer, first):
+                first = False
+            clean = True
+        except (OSError, EOFError):
+            pass  # the peer went, or a deadline or the connection cap closed it
         finally:
-            writer.close()
+            self.waiting.pop(writer, None)
+            if clean and not writer.transport.is_closing():
+                writer.close()  # then wait until what is queued is sent, or the send timeout
+                with self.deadline(writer, self.send_timeout):
+                    with contextlib.suppress(OSError):
+                        await writer.wait_closed()
+            writer.transport.abort()  # harmless once closed
 
-    async def one(self, reader, writer):
+    async def read_head(self, reader, data):
+        """The request head's lines (after data, its first byte), without the blank
+        line that ends it; None if it is longer than MAX_HEAD or MAX_HEADERS."""
+        lines, size = [], 0
+        while True:
+            line = data if data == b"\n" else data + await reader.readuntil(b"\n")
+            data = b""
+            size += len(line)
+            if size > MAX_HEAD:
+                return None
+            if line in (b"\r\n", b"\n"):
+                if lines:
+                    return b"".join(lines)
+                continue  # empty lines before a request line are ignored (RFC 9112 §2.2)
+            lines.append(line)
+            if len(lines) > 1 + MAX_HEADERS:
+                return None
+
+    async def one(self, reader, writer, first):
         """Serves one request; True to keep the connection."""
+        loop = asyncio.get_running_loop()
+        # A new connection has the header timeout from its accept for its first
+        # request; a kept-alive one the keep-alive timeout until a first byte, then
+        # the header timeout.
+        self.waiting[writer] = loop.time() + (self.header_timeout if first else self.keepalive_timeout)
+        if self.active >= self.max_connections:
+            self.room.set()  # a new connection may take this one's place
+        data = await reader.read(1)
+        if not data:
+            return False
+        if not first:
+            self.waiting[writer] = loop.time() + self.header_timeout
         try:
-            raw = await reader.readuntil(b"\r\n\r\n")
-        except asyncio.IncompleteReadError:
-            return False
-        except asyncio.LimitOverrunError:
-            self.error(writer, 400, False)
-            return False
-        req = parse_head(raw[:-4])
+            raw = await self.read_head(reader, data)
+        except asyncio.LimitOverrunError:  # a line longer than MAX_HEAD
+            raw = None
+        req = parse_head(raw) if raw is not None else None
         if req is None:
-            self.error(writer, 400, False)
-            return False
-        keep = req.keep_alive
+            return await self.refuse(reader, writer, 400)
         length = req.headers.get("content-length", "0")
-        if not length.isdigit() or "transfer-encoding" in req.headers:
-            self.error(writer, 400, False)
-            return False
-        if int(length):
-            await reader.readexactly(int(length))  # a body we ignore
+        if "transfer-encoding" in req.headers or not _LENGTH.fullmatch(length):
+            return await self.refuse(reader, writer, 400)
+        length = int(length)
+        if length > self.max_body:
+            return await self.refuse(reader, writer, 413)
+        while length:  # a body we ignore, discarded in bounded pieces
+            data = await reader.read(min(length, 1 << 16))
+            if not data:
+                return False
+            length -= len(data)
+        if self.waiting.pop(writer, None) is None or writer.transport.is_closing():
+            return False  # timed out or evicted meanwhile, or the peer is gone: nothing to answer
+        keep = req.keep_alive
         if req.method not in ("GET", "HEAD"):
-            self.error(writer, 405, keep, {"Allow": "GET, HEAD"})
-            return keep
+            return await self.reply(writer, 405, keep, {"Allow": "GET, HEAD"})
         try:
             status, path = resolve_path(self.root, req.target)
+            if status == 200:
+                status, f, st = open_inside(self.root, path)
         except UnicodeDecodeError:
-            status, path = 400, None
+            status = 400
+        except OSError as exc:
+            status = _OPEN_STATUS.get(exc.errno, 500)
         if status != 200:
-            keep = keep and status != 400  # a malformed request ends the connection
-            self.error(writer, status, keep)
-            return keep
-        try:
-            try:
-                f = open(path, "rb")
-            except IsADirectoryError:
-                f = open(os.path.join(path, "index.html"), "rb")
-        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-            self.error(writer, 404, keep)
-            return keep
-        except PermissionError:
-            self.error(writer, 403, keep)
-            return keep
+            return await self.reply(writer, status, keep and status != 400)  # 400: malformed, close
         with f:
-            st = os.fstat(f.fileno())
-            if not stat.S_ISREG(st.st_mode):
-                self.error(writer, 404, keep)
-                return keep
             return await self.send(writer, req, f, st, keep)
 
     async def send(self, writer, req, f, st, keep):
         size = st.st_size
         mtime = int(st.st_mtime)
-        headers = {"Last-Modified": self.dates.of(mtime), "Accept-Ranges": "bytes"}
-        ims = req.headers.get("if-modified-since")
-        if ims:
-            try:
-                since = email.utils.parsedate_to_datetime(ims).timestamp()
-            except (TypeError, ValueError):
-                since = None
-            if since is not None and mtime <= since:
-                writer.write(self.head(304, headers, keep))
-                return keep
+        etag = f'"{mtime:x}-{size:x}"'  # nginx's
+        headers = {"Last-Modified": self.dates.of(mtime), "ETag": etag, "Accept-Ranges": "bytes"}
+        if not_modified(req.headers, etag, mtime):
+            writer.write(self.head(304, headers, keep))
+            await self.flush(writer)
+            return keep
         headers["Content-Type"] = content_type(f.name)
         status, start, count = 200, 0, size
         rng = req.headers.get("range")
-        if rng:
+        # If-Range: the range only if the file is still the one the client has
+        # (strong comparison: our ETag exactly, or the exact Last-Modified date).
+        if rng and req.headers.get("if-range", etag) in (etag, headers["Last-Modified"]):
             r = parse_range(rng, size)
             if r == "unsatisfiable":
-                self.error(writer, 416, keep, {"Content-Range": f"bytes */{size}"})
-                return keep
+                return await self.reply(writer, 416, keep, {"Content-Range": f"bytes */{size}"})
             if r is not None:
                 status, start, count = 206, r[0], r[1] - r[0] + 1
                 headers["Content-Range"] = f"bytes {r[0]}-{r[1]}/{size}"
@@ -237,18 +410,111 @@ class FileServer:
                 return False
         else:
             writer.write(head)
+            await self.flush(writer)
         return keep
+
+    async def sweep(self):
+        """Aborts connections past their deadline, checking a few times per
+        shortest timeout (at most once a second)."""
+        loop = asyncio.get_running_loop()
+        tick = min(1.0, max(0.05, min(self.header_timeout, self.keepalive_timeout, self.send_timeout) / 8))
+        while True:
+            await asyncio.sleep(tick)
+            now = loop.time()
+            for table in (self.waiting, self.sending):
+                for writer in [w for w, when in table.items() if when <= now]:
+                    del table[writer]
+                    writer.transport.abort()
+
+    async def connection(self, sock, ssl_context):
+        loop = asyncio.get_running_loop()
+        try:
+            reader = asyncio.StreamReader(limit=MAX_HEAD)
+            protocol = asyncio.StreamReaderProtocol(reader)
+            tls = {"ssl": ssl_context, "ssl_handshake_timeout": self.header_timeout} if ssl_context else {}
+            try:
+                transport, _ = await loop.connect_accepted_socket(lambda: protocol, sock, **tls)
+            except OSError:  # a failed TLS handshake, a peer gone
+                sock.close()
+                return
+            await self.handle(reader, asyncio.StreamWriter(transport, protocol, reader, loop))
+        except Exception as exc:
+            loop.call_exception_handler({"message": "zcsend serve: connection handler failed",
+                                         "exception": exc})
+        finally:
+            self.active -= 1
+            self.room.set()
+
+    async def accept(self, listener, ssl_context):
+        """Accepts connections, up to max_connections open at once. Past the cap
+        it closes the connection that has waited longest for a request to make
+        room: idle keep-alive ones (as nginx does) and slow heads too. With none
+        to close, the new one waits (the kernel's backlog holds the next) until a
+        connection ends or one can be closed."""
+        loop = asyncio.get_running_loop()
+        tasks = set()
+        while True:
+            try:
+                sock, _ = await loop.sock_accept(listener)
+            except OSError as exc:  # EMFILE and its kind: wait for a connection to end
+                print(f"zcsend: accept: {exc}", file=sys.stderr, flush=True)
+                self.room.clear()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self.room.wait(), 0.5)
+                continue
+            while self.active >= self.max_connections:
+                if self.waiting:
+                    writer = next(iter(self.waiting))
+                    del self.waiting[writer]
+                    writer.transport.abort()
+                self.room.clear()
+                await self.room.wait()  # set when a connection ends or starts waiting
+            self.active += 1
+            task = loop.create_task(self.connection(sock, ssl_context))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+
+def connection_cap(wanted):
+    """wanted, or fewer if the fd limit can't hold that many connections (after
+    raising the soft limit toward the hard one)."""
+    try:
+        import resource
+    except ImportError:
+        return wanted
+    need = wanted * FDS_PER_CONNECTION + RESERVED_FDS
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < need:
+        raised = need if hard == resource.RLIM_INFINITY else min(need, hard)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+            soft = raised
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return wanted
+    return max(1, (soft - RESERVED_FDS) // FDS_PER_CONNECTION)
 
 
 async def serve(root, host="127.0.0.1", port=8000, ready=None, ssl_context=None,
-                server_class=FileServer):
+                server_class=FileServer, **limits):
+    """Serves root until cancelled; limits are FileServer's keywords."""
     if not os.path.isdir(root):
         raise SystemExit(f"zcsend serve: {root}: not a directory")
-    fs = server_class(root)
-    server = await asyncio.start_server(fs.handle, host, port, limit=MAX_HEAD, backlog=1024,
-                                        ssl=ssl_context)
-    addr = server.sockets[0].getsockname()
+    fs = server_class(root, **limits)
+    cap = connection_cap(fs.max_connections)
+    if cap < fs.max_connections:
+        print(f"zcsend: the open file limit allows {cap} connections, not {fs.max_connections}",
+              file=sys.stderr, flush=True)
+        fs.max_connections = cap
+    family, _, _, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                               flags=socket.AI_PASSIVE)[0]
+    listener = socket.create_server(addr, family=family, backlog=1024)
+    listener.setblocking(False)
+    addr = listener.getsockname()
     scheme = "https" if ssl_context else "http"
     print(f"zcsend: serving {fs.root} on {scheme}://{addr[0]}:{addr[1]}/", flush=True)
-    async with server:
-        await server.serve_forever()
+    with listener:
+        sweeper = asyncio.ensure_future(fs.sweep())
+        try:
+            await fs.accept(listener, ssl_context)
+        finally:
+            sweeper.cancel()

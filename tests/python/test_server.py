@@ -29,6 +29,8 @@ def site(tmp_path_factory, request):
     digest = make_file(root / "big.bin", (5 << 20) + 3)
     (root / "hello.txt").write_text("hello world\n")
     (root / "page.html").write_text("<p>hi</p>\n")
+    (root / "ten.bin").write_bytes(b"0123456789")
+    (root / "empty.bin").write_bytes(b"")
     (root / "sub").mkdir()
     (root / "sub" / "index.html").write_text("index\n")
     (root / "empty").mkdir()
@@ -111,6 +113,55 @@ def test_unsatisfiable_range(site):
     assert h["content-range"] == "bytes */12"
 
 
+# RFC 9110 §14, and nginx where the RFC leaves a choice (test_hostile.py compares)
+@pytest.mark.parametrize("name,rng,status,crange,body", [
+    ("ten.bin", "bytes=10-", 416, "bytes */10", None),      # first-pos at the end
+    ("ten.bin", "bytes=0-1_0", 416, "bytes */10", None),    # digits only
+    ("ten.bin", "bytes=5-2", 416, "bytes */10", None),
+    ("ten.bin", "bytes=-0", 416, "bytes */10", None),
+    ("ten.bin", "bytes=+1-2", 416, "bytes */10", None),
+    ("ten.bin", "bytes=0-99999999999999999999999", 416, "bytes */10", None),  # as nginx: overflow
+    ("ten.bin", "bytes=-1", 206, "bytes 9-9/10", b"9"),
+    ("ten.bin", "bytes=-20", 206, "bytes 0-9/10", b"0123456789"),
+    ("ten.bin", "bytes=9-9", 206, "bytes 9-9/10", b"9"),
+    ("ten.bin", "BYTES=2-3", 206, "bytes 2-3/10", b"23"),   # units are case-insensitive
+    ("ten.bin", "bytes = 2-3", 200, None, b"0123456789"),  # no unit "bytes ": ignored, as nginx
+    ("ten.bin", "bytes= 2-3 ", 206, "bytes 2-3/10", b"23"),
+    ("ten.bin", "items=0-1", 200, None, b"0123456789"),
+    ("ten.bin", "bytes=0-1,3-4", 200, None, b"0123456789"),  # one range only: the whole file
+    ("empty.bin", "bytes=-1", 200, None, b""),   # satisfiable, but no 206 can say so
+    ("empty.bin", "bytes=0-", 416, "bytes */0", None),
+])
+def test_ranges_rfc9110(site, name, rng, status, crange, body):
+    got, h, data = headers_and_body("-H", f"Range: {rng}", site["url"] + "/" + name)
+    assert (got, h.get("content-range")) == (status, crange)
+    if body is not None:
+        assert data == body
+
+
+def test_etag_and_if_none_match(site):
+    st = os.stat(site["root"] / "hello.txt")
+    status, h, _ = headers_and_body(site["url"] + "/hello.txt")
+    etag = f'"{int(st.st_mtime):x}-{st.st_size:x}"'  # nginx's
+    assert h["etag"] == etag
+    for value in (etag, f"W/{etag}", '"nope", ' + etag, "*"):
+        status, h304, body = headers_and_body("-H", f"If-None-Match: {value}", site["url"] + "/hello.txt")
+        assert (status, body, h304["etag"]) == (304, b"", etag), value
+    # a tag that doesn't match wins over a date that does (RFC 9110 §13.2.2)
+    status, _, body = headers_and_body("-H", 'If-None-Match: "nope"', "-H",
+                                       f"If-Modified-Since: {h['last-modified']}", site["url"] + "/hello.txt")
+    assert (status, body) == (200, b"hello world\n")
+
+
+def test_if_range(site):
+    status, h, _ = headers_and_body(site["url"] + "/hello.txt")
+    for value, want in ((h["etag"], 206), (h["last-modified"], 206), (f"W/{h['etag']}", 200),
+                        ('"stale"', 200), ("Mon, 01 Jan 2001 00:00:00 GMT", 200)):
+        status, _, body = headers_and_body("-r", "0-4", "-H", f"If-Range: {value}",
+                                           site["url"] + "/hello.txt")
+        assert (status, body) == (want, b"hello" if want == 206 else b"hello world\n"), value
+
+
 def test_head(site):
     r = curl("-I", site["url"] + "/big.bin")
     text = r.stdout.decode()
@@ -185,6 +236,9 @@ def _raw(site, data):
     b"GET /hello.txt HTTP/9.9\r\n\r\n",
     b"GET hello.txt HTTP/1.1\r\n\r\n",
     b"GET /hello.txt HTTP/1.1\r\nBad Header\r\n\r\n",
+    b"GET /hello.txt HTTP/1.1\r\nHost: x\r\nContent-Length: \xb2\r\n\r\n",  # '\xb2'.isdigit()
+    b"GET /hello.txt HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nxx",
+    b"GET /hello.txt HTTP/1.1\r\n\r\n",  # no Host
 ])
 def test_bad_request(site, request_bytes):
     assert _raw(site, request_bytes).startswith(b"HTTP/1.1 400 Bad Request\r\n")
@@ -193,3 +247,31 @@ def test_bad_request(site, request_bytes):
 def test_http10_closes(site):
     out = _raw(site, b"GET /hello.txt HTTP/1.0\r\n\r\n")
     assert out.startswith(b"HTTP/1.1 200 OK\r\n") and out.endswith(b"\r\n\r\nhello world\n")
+
+
+def test_long_path_component_is_404(site):
+    assert headers_and_body(site["url"] + "/" + "a" * 300)[0] == 404
+
+
+@pytest.mark.parametrize("request_bytes", [
+    b"GET /hello.txt HTTP/1.1\nHost: x\nConnection: close\n\n",
+    b"GET /hello.txt HTTP/1.1\r\nHost: x\nConnection: close\r\n\n",
+    b"\r\nGET /hello.txt HTTP/1.0\n\n",  # an empty line before the request line is ignored
+])
+def test_bare_lf_line_ends_are_accepted(site, request_bytes):
+    # RFC 9112 §2.2 lets a recipient take a bare LF for CRLF (nginx does)
+    out = _raw(site, request_bytes)
+    assert out.startswith(b"HTTP/1.1 200 OK\r\n") and out.endswith(b"\r\n\r\nhello world\n")
+
+
+def test_help_documents_every_limit():
+    r = subprocess.run([sys.executable, "-m", "zcsend", "serve", "--help"], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0
+    text = " ".join(r.stdout.split())
+    for flag, default in (("--header-timeout", "default 60"), ("--keepalive-timeout", "default 75"),
+                          ("--send-timeout", "default 60"), ("--max-body", "default 1048576"),
+                          ("--max-connections", "default 1024")):
+        assert flag in text and default in text[text.index(flag):], flag
+    for fixed in ("64 KiB", "100 header lines", "RLIMIT_NOFILE"):
+        assert fixed in text, fixed
