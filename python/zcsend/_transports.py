@@ -142,10 +142,11 @@ class _Hold:
     _progress_at = 0.0  # loop time of the last sign of progress
     _buffered = 0  # the transport's write-buffer size when last looked at
 
+    pid = None  # the process that took the hold (set when taken: no await before)
+
     def __init__(self, loop, transport):
         self.loop = loop
         self.transport = transport
-        self.pid = os.getpid()
 
     # -- called by the guard
     def lost(self, exc):
@@ -244,7 +245,7 @@ class _Hold:
 
     def forked(self):
         """True in a child forked during the hold: nothing here is its own."""
-        return self.pid != os.getpid()
+        return self.pid is not None and self.pid != os.getpid()
 
     def ending(self):
         if not self.closed and self.transport.is_closing():
@@ -254,6 +255,7 @@ class _Hold:
     # -- taking and giving back
     def _take(self):
         t = self.transport
+        self.pid = os.getpid()
         if self.zero_copy:  # before any await: the number is still the transport's
             try:
                 self.sock_fd = os.dup(self.raw_fd)
