@@ -2,11 +2,22 @@
  * userdata lifetime, errors — and holds no transfer logic; lua/zcsend.lua
  * decides how to wait (its own loop, cqueues, or poll(2)).
  *
- * Runtime failures return nil, "ENAME: message", "ENAME" (luv's convention);
- * bad arguments raise. */
+ * Runtime failures return nil, "ENAME: message", "ENAME" (luv's convention),
+ * and a transfer's also the bytes it sent; bad arguments raise.
+ *
+ * fd ownership: a transfer works on dup()s of the caller's fds taken at the
+ * call, so a caller's fd closed and its number reused can never receive a byte
+ * nor have its flags touched. The only flag ever written is the O_NONBLOCK a
+ * blocking socket needs for the transfer: set and cleared through our dup,
+ * i.e. on the caller's own open file description, and cleared as soon as the
+ * transfer ends. A transfer (or loop:wait) whose caller fd stops naming the
+ * socket it was made on ends with EBADF: checked before every step, every
+ * CHECK_INTERVAL while a loop drives or waits, and when it ends. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
+#include <math.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -51,13 +62,23 @@ typedef struct luaL_Stream {
 #define STREAM_OPEN(s) ((s)->closef != NULL && (s)->f != NULL)
 #endif
 
-/* nil, "ENAME: message", "ENAME" */
-static int push_error(lua_State *L, int code) {
+/* every CHECK_INTERVAL seconds a loop checks that the fds it drives or waits on
+   are still their callers'; cqueues hosts get it as a transfer's timeout() */
+#define CHECK_INTERVAL 0.1
+
+static int push_error_msg(lua_State *L, int code, const char *msg) {
   lua_pushnil(L);
-  lua_pushfstring(L, "%s: %s", zcs_err_name(code), zcs_strerror(code));
+  lua_pushfstring(L, "%s: %s", zcs_err_name(code), msg);
   lua_pushstring(L, zcs_err_name(code));
   return 3;
 }
+
+/* nil, "ENAME: message", "ENAME" */
+static int push_error(lua_State *L, int code) {
+  return push_error_msg(L, code, zcs_strerror(code));
+}
+
+#define CLOSED_MSG "socket closed during the transfer"
 
 static int64_t opt_int64(lua_State *L, int i, int64_t def, const char *what) {
   if (lua_isnoneornil(L, i))
@@ -75,6 +96,51 @@ static int64_t opt_int64(lua_State *L, int i, int64_t def, const char *what) {
   return (int64_t)v;
 }
 
+/* An fd argument: an integer from 0 to INT_MAX. A negative one raises
+   `closed` (luasocket's getfd() says -1 once closed); a larger one raises
+   "fd N out of range" (it is never truncated to an int). */
+static int check_fd(lua_State *L, int i, const char *closed) {
+#if LUA_VERSION_NUM >= 503
+  lua_Integer v = luaL_checkinteger(L, i);
+#else
+  lua_Number v = luaL_checknumber(L, i);
+  luaL_argcheck(L, v == floor(v), i, "fd must be an integer");
+#endif
+  if (v < 0)
+    luaL_argerror(L, i, closed);
+  if (v > INT_MAX) {
+    char buf[64];
+#if LUA_VERSION_NUM >= 503
+    snprintf(buf, sizeof buf, "fd %lld out of range", (long long)v);
+#else
+    snprintf(buf, sizeof buf, "fd %.0f out of range", (double)v);
+#endif
+    luaL_argerror(L, i, buf);
+  }
+  return (int)v;
+}
+
+/* What an fd names, to tell later whether the same number still names it
+   (for a socket, its inode is its one open file description). */
+typedef struct fdid {
+  dev_t dev;
+  ino_t ino;
+} fdid;
+
+static int fd_identify(int fd, fdid *id) {
+  struct stat st;
+  if (fstat(fd, &st) < 0)
+    return -errno;
+  id->dev = st.st_dev;
+  id->ino = st.st_ino;
+  return 0;
+}
+
+static int fd_still(int fd, const fdid *id) {
+  fdid now = {0, 0};
+  return fd_identify(fd, &now) == 0 && now.dev == id->dev && now.ino == id->ino;
+}
+
 /* ---- loop (forward) ----------------------------------------------------------
  * A loop keeps what it waits for — callbacks, driven transfers — in its own
  * user value (a table), never in the registry: a loop nobody can reach any more
@@ -84,6 +150,8 @@ typedef struct waiter {
   ev_io io;
   struct lloop *lp;
   int cb_ref;                   /* in the loop's table */
+  fdid id;                      /* what io.fd named at loop:wait() */
+  int fresh;                    /* not yet seen by libev (new waiters are first in the list) */
   struct waiter *prev, *next;
 } waiter;
 
@@ -94,14 +162,23 @@ typedef struct lloop {
   int active;                   /* pending waits and driven transfers */
   waiter *waiters;
   struct ltransfer *driven;
+  ev_timer check;               /* fd ownership, while anything is active (unref'd) */
+  ev_prepare fresh;             /* checks new waiters' fds before libev adds them */
 } lloop;
 
 /* ---- transfer ------------------------------------------------------------------ */
 typedef struct ltransfer {
-  zcs_transfer_t t;
-  int ready;           /* t was initialised and must be released */
+  zcs_transfer_t t;    /* works on sock_dup and file_dup */
+  int ready;           /* t was initialised and not yet released */
+  int ended;           /* t ended: dups closed, result final */
   int last;            /* last step result */
-  int restore_flags;   /* the socket's flags before we set O_NONBLOCK, or -1 */
+  int result;          /* once ended: the core's result, or -EBADF (gone) */
+  int gone;            /* caller_fd stopped naming the socket before the end */
+  int caller_fd;       /* the caller's socket fd (for checks and tostring) */
+  int caller_file;
+  fdid id;             /* what caller_fd named at the call */
+  int sock_dup, file_dup; /* ours, -1 once closed */
+  int nonblock_set;    /* we set O_NONBLOCK on the socket's description */
   /* driven by a loop: */
   zcs_ev_transfer_t w;
   lloop *loop;                  /* while driven; NULL again once the loop is gone */
@@ -113,6 +190,8 @@ typedef struct ltransfer {
 static ltransfer *check_transfer(lua_State *L, int i) {
   return (ltransfer *)luaL_checkudata(L, i, TRANSFER_MT);
 }
+
+static void check_timer_update(lloop *lp);
 
 static void unlink_driven(ltransfer *x) {
   lloop *lp = x->loop;
@@ -127,6 +206,52 @@ static void unlink_driven(ltransfer *x) {
   x->prev = x->next = NULL;
   x->loop = NULL;
   lp->active--;
+  check_timer_update(lp);
+}
+
+/* Clears the O_NONBLOCK we set — through our dup, so on the caller's own
+   description and never another — and closes the dups. */
+static void close_dups(ltransfer *x) {
+  if (x->sock_dup >= 0) {
+    if (x->nonblock_set) {
+      int fl = fcntl(x->sock_dup, F_GETFL);
+      if (fl >= 0 && (fl & O_NONBLOCK))
+        fcntl(x->sock_dup, F_SETFL, fl & ~O_NONBLOCK);
+    }
+    close(x->sock_dup);
+  }
+  if (x->file_dup >= 0)
+    close(x->file_dup);
+  x->nonblock_set = 0;
+  x->sock_dup = x->file_dup = -1;
+  x->t.sock_fd = x->t.file_fd = -1;
+}
+
+static void release_core(ltransfer *x) {
+  if (x->ready)
+    zcs_transfer_release(&x->t);
+  x->ready = 0;
+}
+
+/* the core says the transfer is over: fix the result, give back the fds now */
+static void end_transfer(ltransfer *x, int rc) {
+  if (x->ended)
+    return;
+  if (!x->gone && !fd_still(x->caller_fd, &x->id))
+    x->gone = 1; /* closed under us, even if the last bytes went out: no success */
+  x->ended = 1;
+  x->result = x->gone ? -EBADF : rc;
+  release_core(x);
+  close_dups(x);
+}
+
+/* the caller's fd no longer names the socket: stop at the next step */
+static int check_owner(ltransfer *x) {
+  if (!x->ended && !x->gone && !fd_still(x->caller_fd, &x->id)) {
+    x->gone = 1;
+    zcs_transfer_abort(&x->t, -EBADF);
+  }
+  return x->gone;
 }
 
 static void transfer_release(ltransfer *x) {
@@ -134,49 +259,52 @@ static void transfer_release(ltransfer *x) {
     zcs_ev_stop(&x->w);
     unlink_driven(x);
   }
-  if (x->ready) {
-    zcs_transfer_release(&x->t);
-    x->ready = 0;
-    if (x->restore_flags >= 0)
-      fcntl(x->t.sock_fd, F_SETFL, x->restore_flags);
-    x->restore_flags = -1;
-  }
+  release_core(x);
+  close_dups(x);
 }
 
-/* core.transfer(sock_fd, file_fd [, offset [, count]]) -> transfer | nil, msg, name.
- * A blocking socket is made non-blocking for the transfer and put back after. */
+static int dup_fd(int fd) { return fcntl(fd, F_DUPFD_CLOEXEC, 0); }
+
+/* core.transfer(sock_fd, file_fd [, offset [, count]]) -> transfer | nil, msg, name, 0.
+ * Works on dups of both fds; a blocking socket is non-blocking until the end. */
 static int l_transfer(lua_State *L) {
-  int sock = (int)luaL_checkinteger(L, 1);
-  int file = (int)luaL_checkinteger(L, 2);
+  int sock = check_fd(L, 1, "closed socket");
+  int file = check_fd(L, 2, "closed file");
   int64_t offset = opt_int64(L, 3, 0, "offset");
   int64_t count = opt_int64(L, 4, ZCS_COUNT_TO_EOF, "count");
-  luaL_argcheck(L, sock >= 0, 1, "closed socket");
-  luaL_argcheck(L, file >= 0, 2, "closed file");
   luaL_argcheck(L, offset >= 0, 3, "offset must be non-negative");
   luaL_argcheck(L, count > 0 || count == ZCS_COUNT_TO_EOF || lua_isnoneornil(L, 4), 4,
                 "count must be positive");
   ltransfer *x = (ltransfer *)lua_newuserdatauv(L, sizeof *x, 0);
   memset(x, 0, sizeof *x);
-  x->restore_flags = -1;
+  x->sock_dup = x->file_dup = -1;
+  x->t.sock_fd = x->t.file_fd = -1;
+  x->caller_fd = sock;
+  x->caller_file = file;
   x->self_ref = x->cb_ref = LUA_NOREF;
-  luaL_setmetatable(L, TRANSFER_MT);
-  int fl = fcntl(sock, F_GETFL);
+  luaL_setmetatable(L, TRANSFER_MT); /* from here __gc closes what we open */
+  int rc = fd_identify(sock, &x->id);
+  if (rc == 0 && ((x->sock_dup = dup_fd(sock)) < 0 || (x->file_dup = dup_fd(file)) < 0))
+    rc = -errno;
+  int fl = rc == 0 ? fcntl(x->sock_dup, F_GETFL) : 0;
   if (fl < 0)
-    return push_error(L, -errno);
-  if (!(fl & O_NONBLOCK)) {
-    if (fcntl(sock, F_SETFL, fl | O_NONBLOCK) < 0)
-      return push_error(L, -errno);
-    x->restore_flags = fl;
+    rc = -errno;
+  if (rc == 0 && !(fl & O_NONBLOCK)) {
+    if (fcntl(x->sock_dup, F_SETFL, fl | O_NONBLOCK) < 0)
+      rc = -errno;
+    else
+      x->nonblock_set = 1;
   }
-  int rc = zcs_transfer_init(&x->t, sock, file, offset, count, 0);
+  if (rc == 0) {
+    x->ready = 1;
+    rc = zcs_transfer_init(&x->t, x->sock_dup, x->file_dup, offset, count, 0);
+  }
   if (rc < 0) {
-    zcs_transfer_release(&x->t);
-    if (x->restore_flags >= 0)
-      fcntl(sock, F_SETFL, x->restore_flags);
-    x->restore_flags = -1;
-    return push_error(L, rc);
+    transfer_release(x);
+    push_error(L, rc);
+    lua_pushinteger(L, 0);
+    return 4;
   }
-  x->ready = 1;
   x->last = ZCS_WANT_WRITE;
   return 1;
 }
@@ -191,45 +319,64 @@ static const char *result_name(int rc) {
   }
 }
 
-static int push_result(lua_State *L, int rc) {
-  if (rc < 0)
-    return push_error(L, rc);
-  lua_pushstring(L, result_name(rc));
-  return 1;
+/* nil, "ENAME: message", "ENAME", sent for a transfer that failed */
+static int push_failure(lua_State *L, ltransfer *x) {
+  if (x->gone)
+    push_error_msg(L, -EBADF, CLOSED_MSG);
+  else
+    push_error(L, x->result);
+  lua_pushinteger(L, (lua_Integer)x->t.sent);
+  return 4;
 }
 
-/* t:step() -> "done" | "write" | "read" | "source" | nil, msg, name */
+/* t:step() -> "done" | "write" | "read" | "source" | nil, msg, name, sent */
 static int t_step(lua_State *L) {
   ltransfer *x = check_transfer(L, 1);
-  if (!x->ready)
+  if (!x->ready && !x->ended)
     return luaL_error(L, "transfer is closed");
   if (x->loop)
     return luaL_error(L, "transfer is being driven by a loop");
-  x->last = zcs_transfer_step(&x->t);
-  return push_result(L, x->last);
+  if (!x->ended) {
+    check_owner(x);
+    x->last = zcs_transfer_step(&x->t);
+    if (x->last <= 0)
+      end_transfer(x, x->last);
+  }
+  if (x->ended && x->result < 0)
+    return push_failure(L, x);
+  lua_pushstring(L, result_name(x->ended ? x->result : x->last));
+  return 1;
 }
 
-/* cqueues' pollable protocol: pollfd, events, timeout */
+/* cqueues' pollable protocol: pollfd, events, timeout. pollfd is the caller's
+   fd (as ready as our dup of it): a host may close it the way it must close
+   any fd it polls (cqueues: after cqueues.cancel), while our dups, closed when
+   the transfer ends, are never in a host's poll set. */
 static int t_pollfd(lua_State *L) {
   ltransfer *x = check_transfer(L, 1);
   int ev = 0;
-  int fd = x->ready ? zcs_transfer_wait_fd(&x->t, x->last, &ev) : -1;
-  lua_pushinteger(L, fd);
+  int fd = x->ready && !x->ended ? zcs_transfer_wait_fd(&x->t, x->last, &ev) : -1;
+  lua_pushinteger(L, fd < 0 ? -1 : fd == x->file_dup ? x->caller_file : x->caller_fd);
   return 1;
 }
 
 static int t_events(lua_State *L) {
   ltransfer *x = check_transfer(L, 1);
   int ev = 0;
-  if (x->ready)
+  if (x->ready && !x->ended)
     zcs_transfer_wait_fd(&x->t, x->last, &ev);
   lua_pushstring(L, ev == EV_READ ? "r" : ev == EV_WRITE ? "w" : "");
   return 1;
 }
 
+/* while it runs, step again within CHECK_INTERVAL anyway: that step sees a
+   socket its caller closed (its dup alone would never tell) */
 static int t_timeout(lua_State *L) {
-  check_transfer(L, 1);
-  lua_pushnil(L);
+  ltransfer *x = check_transfer(L, 1);
+  if (x->ready && !x->ended)
+    lua_pushnumber(L, CHECK_INTERVAL);
+  else
+    lua_pushnil(L);
   return 1;
 }
 
@@ -241,22 +388,32 @@ static int t_sent(lua_State *L) {
 
 static int t_done(lua_State *L) {
   ltransfer *x = check_transfer(L, 1);
-  lua_pushboolean(L, x->t.result != 1);
+  lua_pushboolean(L, x->ended);
   return 1;
 }
 
-/* t:result() -> true | nil, msg, name | false (still running) */
+/* t:result() -> true | nil, msg, name, sent | false (still running, or closed unfinished) */
 static int t_result(lua_State *L) {
   ltransfer *x = check_transfer(L, 1);
-  if (x->t.result == 1) {
+  if (!x->ended) {
     lua_pushboolean(L, 0);
     return 1;
   }
-  if (x->t.result == ZCS_DONE) {
+  if (x->result == ZCS_DONE) {
     lua_pushboolean(L, 1);
     return 1;
   }
-  return push_error(L, x->t.result);
+  return push_failure(L, x);
+}
+
+/* t:ownfd() -> the transfer's own dup that its last step waits on, or -1: for
+   a host that polls it rather than pollfd() (zcsend.lua under cqueues, which
+   then calls cqueues.cancel on it before the next step, which may close it) */
+static int t_ownfd(lua_State *L) {
+  ltransfer *x = check_transfer(L, 1);
+  int ev = 0;
+  lua_pushinteger(L, x->ready && !x->ended ? zcs_transfer_wait_fd(&x->t, x->last, &ev) : -1);
+  return 1;
 }
 
 static int t_backend(lua_State *L) {
@@ -267,6 +424,8 @@ static int t_backend(lua_State *L) {
 
 static int t_cancel(lua_State *L) {
   ltransfer *x = check_transfer(L, 1);
+  if (!x->ready || x->ended)
+    return 0;
   zcs_transfer_cancel(&x->t);
   lloop *lp = x->loop;
   if (lp) {
@@ -287,7 +446,7 @@ static int t_close(lua_State *L) {
 static int t_tostring(lua_State *L) {
   ltransfer *x = check_transfer(L, 1);
   char buf[96];
-  snprintf(buf, sizeof buf, "zcsend.transfer (%d -> %d, %llu sent)", x->t.file_fd, x->t.sock_fd,
+  snprintf(buf, sizeof buf, "zcsend.transfer (%d -> %d, %llu sent)", x->caller_file, x->caller_fd,
            (unsigned long long)x->t.sent);
   lua_pushstring(L, buf);
   return 1;
@@ -301,6 +460,9 @@ static lloop *check_loop(lua_State *L, int i) {
   return lp;
 }
 
+static void on_check(struct ev_loop *loop, ev_timer *tm, int revents);
+static void on_prepare(struct ev_loop *loop, ev_prepare *pr, int revents);
+
 static int l_loop(lua_State *L) {
   lloop *lp = (lloop *)lua_newuserdatauv(L, sizeof *lp, 1);
   memset(lp, 0, sizeof *lp);
@@ -311,12 +473,34 @@ static int l_loop(lua_State *L) {
   lp->loop = ev_loop_new(EVFLAG_AUTO | EVFLAG_NOSIGMASK);
   if (!lp->loop)
     return push_error(L, -ENOMEM);
+  ev_timer_init(&lp->check, on_check, CHECK_INTERVAL, CHECK_INTERVAL);
+  ev_prepare_init(&lp->fresh, on_prepare);
   /* callbacks find their loop's table through a weak map: lp -> loop */
   lua_getfield(L, LUA_REGISTRYINDEX, LOOPS_KEY);
   lua_pushvalue(L, -2);
   lua_rawsetp(L, -2, lp);
   lua_pop(L, 1);
   return 1;
+}
+
+/* the ownership check runs while something is active, and never keeps run() going */
+static void check_timer_update(lloop *lp) {
+  if (!lp->loop)
+    return;
+  if (lp->active > 0 && !ev_is_active(&lp->check)) {
+    ev_timer_again(lp->loop, &lp->check);
+    ev_unref(lp->loop);
+  } else if (lp->active == 0 && ev_is_active(&lp->check)) {
+    ev_ref(lp->loop);
+    ev_timer_stop(lp->loop, &lp->check);
+  }
+  if (lp->waiters && !ev_is_active(&lp->fresh)) {
+    ev_prepare_start(lp->loop, &lp->fresh);
+    ev_unref(lp->loop);
+  } else if (!lp->waiters && ev_is_active(&lp->fresh)) {
+    ev_ref(lp->loop);
+    ev_prepare_stop(lp->loop, &lp->fresh);
+  }
 }
 
 /* pushes the loop's table of references; the loop is alive while it runs callbacks */
@@ -365,11 +549,11 @@ static void protected_call(lloop *lp, lua_State *L, int nargs) {
 
 /* a driven transfer ended: drop our hold on it and call back cb(transfer) */
 static void on_driven_done(zcs_ev_transfer_t *w, int result) {
-  (void)result;
   ltransfer *x = (ltransfer *)w->data;
   lloop *lp = x->loop;
   lua_State *L = lp->L;
   unlink_driven(x);
+  end_transfer(x, result);
   take(L, lp, x->cb_ref);
   take(L, lp, x->self_ref); /* the transfer itself, the callback's argument */
   x->cb_ref = x->self_ref = LUA_NOREF;
@@ -382,7 +566,7 @@ static int lp_drive(lua_State *L) {
   lloop *lp = check_loop(L, 1);
   ltransfer *x = check_transfer(L, 2);
   luaL_checktype(L, 3, LUA_TFUNCTION);
-  if (!x->ready)
+  if (!x->ready || x->ended)
     return luaL_error(L, "transfer is closed");
   if (x->driven)
     return luaL_error(L, "transfer is driven already");
@@ -400,14 +584,17 @@ static int lp_drive(lua_State *L) {
     lp->driven->prev = x;
   lp->driven = x;
   lp->active++;
+  check_timer_update(lp);
   lua_State *saved = lp->L;
   lp->L = L; /* a first step may finish at once and call back from here */
+  check_owner(x);
   zcs_ev_start(&x->w, lp->loop, &x->t, on_driven_done, x);
   lp->L = saved ? saved : L;
   return 0;
 }
 
-/* one-shot fd watcher: loop:wait(fd, "r"|"w", cb) calls cb() once the fd is ready */
+/* one-shot fd watcher: loop:wait(fd, "r"|"w", cb) calls cb(true) once the fd is
+   ready, or cb(nil, "EBADF: ...", "EBADF") once fd no longer names what it did */
 static void unlink_waiter(waiter *wt) {
   lloop *lp = wt->lp;
   ev_io_stop(lp->loop, &wt->io);
@@ -418,29 +605,74 @@ static void unlink_waiter(waiter *wt) {
   if (wt->next)
     wt->next->prev = wt->prev;
   lp->active--;
+  check_timer_update(lp);
 }
 
-static void on_wait_ready(struct ev_loop *loop, ev_io *io, int revents) {
-  (void)loop;
-  (void)revents;
-  waiter *wt = (waiter *)io;
+static void end_wait(waiter *wt, int ok) {
   lloop *lp = wt->lp;
   lua_State *L = lp->L;
   unlink_waiter(wt);
   take(L, lp, wt->cb_ref);
   free(wt);
-  protected_call(lp, L, 0);
+  if (ok) {
+    lua_pushboolean(L, 1);
+    protected_call(lp, L, 1);
+  } else {
+    push_error_msg(L, -EBADF, "fd closed while waiting");
+    protected_call(lp, L, 3);
+  }
+}
+
+static void on_wait_ready(struct ev_loop *loop, ev_io *io, int revents) {
+  (void)loop;
+  waiter *wt = (waiter *)io;
+  end_wait(wt, !(revents & EV_ERROR) && fd_still(io->fd, &wt->id));
+}
+
+/* Before libev adds new waiters' fds to its epoll set: one closed meanwhile
+   would abort the process in libev (EBADF), one reused would watch a stranger. */
+static void on_prepare(struct ev_loop *loop, ev_prepare *pr, int revents) {
+  (void)loop;
+  (void)revents;
+  lloop *lp = (lloop *)((char *)pr - offsetof(lloop, fresh));
+  waiter *wt = lp->waiters;
+  while (wt && wt->fresh) {
+    wt->fresh = 0;
+    if (!fd_still(wt->io.fd, &wt->id)) {
+      end_wait(wt, 0); /* may add waiters (fresh, first): start over */
+      wt = lp->waiters;
+    } else {
+      wt = wt->next;
+    }
+  }
+}
+
+/* every CHECK_INTERVAL: end what waits on, or sends to, an fd its caller let go */
+static void on_check(struct ev_loop *loop, ev_timer *tm, int revents) {
+  (void)loop;
+  (void)revents;
+  lloop *lp = (lloop *)((char *)tm - offsetof(lloop, check));
+again:
+  for (ltransfer *x = lp->driven; x; x = x->next)
+    if (!x->gone && check_owner(x)) {
+      zcs_ev_kick(&x->w); /* ends it: on_driven_done unlinks it and calls back */
+      goto again;
+    }
+  for (waiter *wt = lp->waiters; wt; wt = wt->next)
+    if (!fd_still(wt->io.fd, &wt->id)) {
+      end_wait(wt, 0);
+      goto again;
+    }
 }
 
 static int lp_wait(lua_State *L) {
   lloop *lp = check_loop(L, 1);
-  int fd = (int)luaL_checkinteger(L, 2);
+  int fd = check_fd(L, 2, "closed fd");
   const char *ev = luaL_checkstring(L, 3);
   luaL_checktype(L, 4, LUA_TFUNCTION);
-  luaL_argcheck(L, fd >= 0, 2, "closed fd");
   int events = (strchr(ev, 'r') ? EV_READ : 0) | (strchr(ev, 'w') ? EV_WRITE : 0);
   luaL_argcheck(L, events, 3, "\"r\", \"w\" or \"rw\" expected");
-  waiter *wt = (waiter *)malloc(sizeof *wt);
+  waiter *wt = (waiter *)calloc(1, sizeof *wt);
   if (!wt)
     return luaL_error(L, "out of memory");
   lua_getiuservalue(L, 1, 1);
@@ -454,8 +686,13 @@ static int lp_wait(lua_State *L) {
     lp->waiters->prev = wt;
   lp->waiters = wt;
   ev_io_init(&wt->io, on_wait_ready, fd, events);
-  ev_io_start(lp->loop, &wt->io);
+  wt->fresh = 1;
   lp->active++;
+  check_timer_update(lp);
+  if (fd_identify(fd, &wt->id) < 0)
+    ev_feed_event(lp->loop, &wt->io, EV_ERROR); /* not open: cb gets EBADF from run() */
+  else
+    ev_io_start(lp->loop, &wt->io);
   return 0;
 }
 
@@ -518,7 +755,7 @@ static int t_gc(lua_State *L) {
 /* ---- helpers for the Lua layer ------------------------------------------------------ */
 /* core.poll(fd, "r"|"w" [, timeout_seconds]) -> true | false (timed out) | nil, msg, name */
 static int l_poll(lua_State *L) {
-  int fd = (int)luaL_checkinteger(L, 1);
+  int fd = check_fd(L, 1, "closed fd");
   const char *ev = luaL_checkstring(L, 2);
   lua_Number timeout = luaL_optnumber(L, 3, -1);
   struct pollfd p = {.fd = fd, .events = (short)((strchr(ev, 'r') ? POLLIN : 0) |
@@ -529,6 +766,8 @@ static int l_poll(lua_State *L) {
   }
   if (r < 0)
     return push_error(L, -errno);
+  if (r > 0 && (p.revents & POLLNVAL))
+    return push_error(L, -EBADF);
   lua_pushboolean(L, r > 0);
   return 1;
 }
@@ -536,7 +775,7 @@ static int l_poll(lua_State *L) {
 /* core.read(fd, offset, n) -> string ("" at the end) | nil, msg, name.
    offset < 0 reads where a non-seekable fd stands. For the TLS path. */
 static int l_read(lua_State *L) {
-  int fd = (int)luaL_checkinteger(L, 1);
+  int fd = check_fd(L, 1, "closed fd");
   int64_t offset = (int64_t)luaL_checkinteger(L, 2);
   lua_Integer n = luaL_checkinteger(L, 3);
   luaL_argcheck(L, n > 0 && n <= (64 << 20), 3, "1 to 64 MiB");
@@ -553,7 +792,7 @@ static int l_read(lua_State *L) {
 
 /* core.fileinfo(fd) -> kind ("file", "directory", "pipe", "other"), size | nil, msg, name */
 static int l_fileinfo(lua_State *L) {
-  int fd = (int)luaL_checkinteger(L, 1);
+  int fd = check_fd(L, 1, "closed fd");
   struct stat st;
   if (fstat(fd, &st) < 0)
     return push_error(L, -errno);
@@ -561,6 +800,20 @@ static int l_fileinfo(lua_State *L) {
                     : S_ISFIFO(st.st_mode) ? "pipe" : "other");
   lua_pushinteger(L, (lua_Integer)st.st_size);
   return 2;
+}
+
+/* core.fdid(fd) -> a string naming what fd refers to | nil, msg, name: while
+   it is the same, fd still names the same socket */
+static int l_fdid(lua_State *L) {
+  int fd = check_fd(L, 1, "closed fd");
+  fdid id = {0, 0};
+  int rc = fd_identify(fd, &id);
+  if (rc < 0)
+    return push_error(L, rc);
+  char buf[48];
+  snprintf(buf, sizeof buf, "%llx:%llx", (unsigned long long)id.dev, (unsigned long long)id.ino);
+  lua_pushstring(L, buf);
+  return 1;
 }
 
 /* core.fileno(io_handle) -> fd; raises on a closed handle (as the io library does) */
@@ -596,6 +849,28 @@ static int l_host_end(lua_State *L) {
   return 0;
 }
 
+/* core.dup(fd) -> a new fd (close-on-exec) for the same file | nil, msg, name;
+   core.close(fd): for the dups the Lua layer takes (TLS path) */
+static int l_dup(lua_State *L) {
+  int fd = dup_fd(check_fd(L, 1, "closed fd"));
+  if (fd < 0)
+    return push_error(L, -errno);
+  lua_pushinteger(L, fd);
+  return 1;
+}
+
+static int l_close(lua_State *L) {
+  close(check_fd(L, 1, "closed fd"));
+  return 0;
+}
+
+/* core.strerror(errno) -> "ENAME: message", "ENAME" (a host's errno, e.g. cqueues') */
+static int l_strerror(lua_State *L) {
+  int e = (int)luaL_checkinteger(L, 1);
+  push_error(L, -e);
+  return 2;
+}
+
 static int l_backend(lua_State *L) {
   lua_pushstring(L, zcs_backend_name());
   return 1;
@@ -604,7 +879,7 @@ static int l_backend(lua_State *L) {
 static const luaL_Reg transfer_methods[] = {
     {"step", t_step},       {"pollfd", t_pollfd}, {"events", t_events}, {"timeout", t_timeout},
     {"sent", t_sent},       {"done", t_done},     {"result", t_result}, {"backend", t_backend},
-    {"cancel", t_cancel},   {"close", t_close},   {NULL, NULL}};
+    {"cancel", t_cancel},   {"close", t_close},   {"ownfd", t_ownfd}, {NULL, NULL}};
 
 static const luaL_Reg loop_methods[] = {{"drive", lp_drive}, {"wait", lp_wait}, {"run", lp_run},
                                         {"stop", lp_stop},   {"active", lp_active}, {NULL, NULL}};
@@ -612,6 +887,8 @@ static const luaL_Reg loop_methods[] = {{"drive", lp_drive}, {"wait", lp_wait}, 
 static const luaL_Reg functions[] = {
     {"transfer", l_transfer}, {"loop", l_loop},         {"poll", l_poll},
     {"read", l_read},         {"fileinfo", l_fileinfo}, {"fileno", l_fileno},
+    {"fdid", l_fdid},         {"strerror", l_strerror}, {"dup", l_dup},
+    {"close", l_close},
     {"stats", l_stats},       {"backend", l_backend},   {"host_begin", l_host_begin},
     {"host_end", l_host_end}, {NULL, NULL}};
 
@@ -654,7 +931,7 @@ int luaopen_zcsend_core(lua_State *L) {
   lua_setfield(L, -3, "loop_methods");
   lua_pop(L, 1);
 #define CODE(name, v) lua_pushinteger(L, v); lua_setfield(L, -2, name);
-  CODE("EPIPE", -EPIPE) CODE("EIO", -EIO)
+  CODE("EPIPE", -EPIPE) CODE("EIO", -EIO) CODE("EBADF", -EBADF)
 #undef CODE
   lua_pushinteger(L, ZCS_ETRUNCATED);
   lua_setfield(L, -2, "ETRUNCATED");

@@ -49,11 +49,29 @@ function H.file(name, data)
   return p
 end
 
+-- fds open here, but for the listing's own pipe (both of its ends: popen may
+-- not have closed the child's end yet when ls looks)
 function H.fd_count()
-  local p = io.popen("ls /proc/" .. H.pid() .. "/fd | wc -l")
-  local n = tonumber(p:read("a"))
+  local p = io.popen("ls -l /proc/" .. H.pid() .. "/fd")
+  local mine = tostring(require("zcsend.core").fileno(p))
+  local links, own = {}, nil
+  for line in p:lines() do
+    local fd, target = line:match("(%d+) %-> (.*)$")
+    if fd then
+      links[#links + 1] = target
+      if fd == mine then
+        own = target
+      end
+    end
+  end
   p:close()
-  return n - 1 -- the ls pipe itself
+  local n = 0
+  for _, target in ipairs(links) do
+    if target ~= own then
+      n = n + 1
+    end
+  end
+  return n
 end
 
 function H.pid()
@@ -101,6 +119,83 @@ function H.cert()
       "-subj /CN=localhost -keyout %s -out %s >/dev/null 2>&1"):format(key, crt)))
   end
   return crt, key
+end
+
+-- the open file status flags of fd (/proc/self/fdinfo), and two of them
+H.O_APPEND, H.O_NONBLOCK = 1024, 2048 -- Linux x86/arm: 02000, 04000
+function H.fdflags(fd)
+  local f = assert(io.open("/proc/self/fdinfo/" .. fd))
+  local flags = f:read("a"):match("flags:%s*(%d+)")
+  f:close()
+  return tonumber(flags, 8)
+end
+
+function H.has(flags, bit)
+  return flags % (2 * bit) >= bit
+end
+
+-- Calls open() until what it returns has fd n (what fd(obj) says), closes the
+-- others, returns it: a new owner for a number just closed.
+function H.take_fd(n, open, fd, close)
+  local extra = {}
+  for _ = 1, 64 do
+    local obj = assert(open())
+    if fd(obj) == n then
+      for _, o in ipairs(extra) do
+        close(o)
+      end
+      return obj
+    end
+    extra[#extra + 1] = obj
+  end
+  error("fd " .. n .. " was not reused")
+end
+
+-- Stops loop once `seconds` have passed, so a spec that would hang fails
+-- instead: g.expired tells. It ticks on every loop turn until g.done().
+function H.guard(loop, seconds)
+  local g = { expired = false }
+  local u = socket.udp()
+  assert(u:setsockname("127.0.0.1", 0))
+  local fd = H.int(u:getfd())
+  local deadline = socket.gettime() + seconds
+  local function tick()
+    if g.finished then
+      u:close()
+    elseif socket.gettime() > deadline then
+      g.expired = true
+      u:close()
+      loop:stop()
+    else
+      loop:wait(fd, "w", tick)
+    end
+  end
+  loop:wait(fd, "w", tick)
+  function g.done()
+    g.finished = true
+  end
+  return g
+end
+
+-- reads a non-blocking luasocket peer until EOF (or until `limit` seconds
+-- pass), yielding with zcsend.wait; returns what came
+function H.drain(c, limit)
+  local zcsend = require "zcsend"
+  local parts, deadline = {}, socket.gettime() + (limit or 30)
+  c:settimeout(0)
+  while socket.gettime() < deadline do
+    local data, err, partial = c:receive(65536)
+    data = data or partial
+    if data and #data > 0 then
+      parts[#parts + 1] = data
+    end
+    if err == "closed" then
+      break
+    elseif err == "timeout" then
+      zcsend.wait(c, "r")
+    end
+  end
+  return table.concat(parts)
 end
 
 function H.cleanup()

@@ -37,7 +37,9 @@ while open > 0 do
       files[c]:write(data)
       got[c] = got[c] + #data
     end
-    if err == "closed" or (close_after > 0 and got[c] >= close_after) then
+    -- "closed", or (TLS) a record cut short by a peer that went away mid-write
+    local ended = err and err ~= "timeout" and err ~= "wantread" and err ~= "wantwrite"
+    if ended or (close_after > 0 and got[c] >= close_after) then
       files[c]:close()
       files[c] = nil
       c:close()
