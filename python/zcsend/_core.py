@@ -250,6 +250,18 @@ def _new_transfer(sock_fd, fd, offset, count, fallback, head):
     return transfer
 
 
+def _source_error(exc, file, sent):
+    """What a failed read() of the source ends the call with: a SendfileError
+    that says how many bytes went out, whatever read() raised."""
+    if getattr(file, "closed", False):
+        code, why = _errno.EBADF, "the source was closed during sendfile"
+    elif isinstance(exc, OSError):
+        code, why = exc.errno or _errno.EIO, exc.strerror or str(exc)
+    else:
+        code, why = _errno.EIO, f"reading the source failed: {exc!r}"
+    return SendfileError(code, f"{why} (after {sent} bytes)", sent)
+
+
 def _clamp(data, want):
     """A read() that returned more than it was asked for gives only that much."""
     return data[:want] if len(data) > want else data
@@ -262,10 +274,13 @@ async def _send_chunked(hold, file, offset, count, head):
         file.seek(offset)
     while count is None or hold.sent < count:
         want = CHUNK if count is None else min(CHUNK, count - hold.sent)
-        if isinstance(file, io.BytesIO):
-            data = file.read(want)
-        else:  # may block on disk: off the loop thread
-            data = await hold.loop.run_in_executor(None, file.read, want)
+        try:
+            if isinstance(file, io.BytesIO):
+                data = file.read(want)
+            else:  # may block on disk: off the loop thread
+                data = await hold.loop.run_in_executor(None, file.read, want)
+        except Exception as exc:
+            raise _source_error(exc, file, hold.sent) from exc
         data = _clamp(data, want)
         if not data and head is None:
             break
@@ -416,11 +431,8 @@ async def _send_by_write(hold, file, fd, offset, count, head):
                 want = want if total is None else min(want, total - hold.sent)
                 try:
                     data = await _read_other(hold, file, fd, pos, want)
-                except OSError as exc:
-                    if hold.sent:  # after bytes went out: say how many
-                        rc = -(exc.errno or _errno.EIO)
-                        return rc, hold.sent, total
-                    raise
+                except Exception as exc:
+                    raise _source_error(exc, file, hold.sent) from exc
                 got = len(data)
                 if not got:
                     break

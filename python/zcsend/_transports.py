@@ -190,7 +190,7 @@ class _Hold:
         # flushed: the buffer's size alone says (a TLS transport pauses at once
         # on a high-water mark of zero, even empty, and says resume only when
         # it next writes)
-        while (self.transport.get_write_buffer_size() if flushed else self.paused) and not self.ending():
+        while (self.buffered() if flushed else self.paused) and not self.ending():
             if self._stalled():
                 self.timed_out = True
                 return False
@@ -203,11 +203,19 @@ class _Hold:
                 self._wake = None
         return not self.ending()
 
+    def buffered(self):
+        """The transport's write-buffer size; 0 once it has let go of its buffer
+        (asyncio 3.11's TLS transport drops its protocol on a second close())."""
+        try:
+            return self.transport.get_write_buffer_size()
+        except AttributeError:
+            return 0
+
     def _stalled(self):
         """True once timeout seconds went by with the write buffer never shrinking."""
         if self.timeout is None:
             return False
-        size = self.transport.get_write_buffer_size()
+        size = self.buffered()
         now = self.loop.time()
         if self._buffered is None or size < self._buffered:
             self._progress_at = now
@@ -342,6 +350,20 @@ class _Hold:
         self._restore()
 
 
+class _Waiter(asyncio.Future):
+    """A transport's empty-waiter that takes a second settling quietly: asyncio
+    3.11 sets a result when a close lands during the drain, then an exception
+    as the connection goes, and logs InvalidStateError from its own callback."""
+
+    def set_result(self, result):
+        if not self.done():
+            super().set_result(result)
+
+    def set_exception(self, exc):
+        if not self.done():
+            super().set_exception(exc)
+
+
 class SelectorHold(_Hold):
     """Holds an asyncio selector socket transport (TCP or Unix)."""
 
@@ -359,8 +381,11 @@ class SelectorHold(_Hold):
     async def __aenter__(self):
         self._take()
         t = self.transport
-        try:  # earlier writes go first
-            if not await self.wait(t._make_empty_waiter(), lambda: -t.get_write_buffer_size()):
+        try:  # earlier writes go first (asyncio's _make_empty_waiter, with a _Waiter)
+            drained = t._empty_waiter = _Waiter(loop=self.loop)
+            if not t.get_write_buffer_size():
+                drained.set_result(None)
+            if not await self.wait(drained, lambda: -t.get_write_buffer_size()):
                 raise self.timeout_error(0)
         except BaseException as exc:
             t._reset_empty_waiter()
@@ -369,7 +394,7 @@ class SelectorHold(_Hold):
                 raise self.lost_error("before sendfile began") from exc
             raise
         # keep write() refusing, and give a close a pending future to fail
-        self._waiter = self.loop.create_future()
+        self._waiter = _Waiter(loop=self.loop)
         t._empty_waiter = self._waiter
         return self
 
@@ -449,7 +474,7 @@ class WriteHold(_Hold):
         to the socket): False if the connection went first, or timed out. Its
         limits drop to zero meanwhile, so resume_writing says when."""
         t = self.transport
-        if not t.get_write_buffer_size() or self.ending():
+        if not self.buffered() or self.ending():
             return not self.ending()
         try:
             limits = t.get_write_buffer_limits()
