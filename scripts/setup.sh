@@ -14,6 +14,10 @@ fi
 PY=${PYTHON:-python3}
 $PY -m pip install -q --disable-pip-version-check --root-user-action=ignore \
   "pytest>=7" pytest-timeout "uvloop>=0.19" "aiohttp>=3.9"
+# the ASGI tests and benchmark (tests/python/test_asgi.py, benchmarks/asgi.py); httpx2 and
+# python-multipart are what Starlette's own tests/test_responses.py imports
+$PY -m pip install -q --disable-pip-version-check --root-user-action=ignore \
+  "uvicorn>=0.30,<0.55" httptools h11 starlette fastapi httpx httpx2 python-multipart gunicorn
 # the benchmark's chart and its strongest Python contender (benchmarks/run.py)
 $PY -m pip install -q --disable-pip-version-check --root-user-action=ignore matplotlib
 $PY -m pip install -q --disable-pip-version-check --root-user-action=ignore aiofastnet ||

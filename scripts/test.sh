@@ -67,4 +67,7 @@ OUT=$(mktemp -d)
 $PY benchmarks/run.py --quick --out "$OUT" >"$OUT/log" 2>&1 || { cat "$OUT/log"; exit 1; }
 grep -q '^| zcsend, asyncio |' "$OUT/results.md" && test -s "$OUT/chart.png"
 tail -n +2 "$OUT/results.md" | head -20
+step "ASGI benchmark smoke run (benchmarks/asgi.py --quick)"
+$PY benchmarks/asgi.py --quick >"$OUT/asgi.md" 2>"$OUT/asgi.log" || { cat "$OUT/asgi.log"; exit 1; }
+grep -q '^| FastAPI FileResponse, uvicorn + zcsend.uvicorn |' "$OUT/asgi.md"
 rm -rf "$OUT"
