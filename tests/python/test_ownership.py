@@ -70,8 +70,8 @@ def test_close_during_drain_wait_never_reaches_the_fd_reuser(kind, tmp_path):
             grabbed = []
             detach = p.srv._detach
 
-            def detach_then_reuse():  # runs just after the transport's socket.close()
-                detach()
+            def detach_then_reuse(*args):  # runs just after the transport's socket.close()
+                detach(*args)  # (3.13 passes the transport)
                 grabbed.extend(_grab_numbers())
             p.srv._detach = detach_then_reuse
             old = t.get_extra_info("socket").fileno()
