@@ -255,7 +255,7 @@ static int send_head(zcs_transfer_t *t) {
       if (errno == EINTR)
         continue;
       if (errno == EAGAIN || errno == EWOULDBLOCK)
-        return ZCS_WANT_WRITE;
+        return t->blocked = 1, ZCS_WANT_WRITE;
       return finish(t, -errno);
     }
     t->head_pos += (size_t)n;
@@ -312,7 +312,7 @@ static int run(zcs_transfer_t *t) {
     if (n == 0) /* the source ended: short of a count fixed from its size, it shrank */
       return finish(t, t->remaining > 0 && t->sized ? ZCS_ETRUNCATED : ZCS_DONE);
     if (n == -EAGAIN)
-      return ZCS_WANT_WRITE;
+      return t->blocked = 1, ZCS_WANT_WRITE;
     if (n == ZCS__SOURCE_EMPTY)
       return ZCS_WANT_SOURCE;
     if (n == ZCS__WANT_READ)
@@ -339,6 +339,7 @@ int zcs_transfer_step(zcs_transfer_t *t) {
     return finish(t, t->cancelled);
   sigset_t old;
   int masked = !(t->flags & ZCS_F_SIGPIPE_BLOCKED) && sigpipe_block(&old);
+  t->blocked = 0;
   int rc = run(t);
   if (rc == -EPIPE)
     sigpipe_consume();
@@ -354,6 +355,34 @@ int zcs_transfer_wait_fd(const zcs_transfer_t *t, int step_result, int *events) 
   case ZCS_WANT_SOURCE: *events = EV_READ; return t->file_fd;
   default: *events = 0; return -1;
   }
+}
+
+ssize_t zcs_transfer_peek(zcs_transfer_t *t, void *buf, size_t len) {
+  if (t->result != RUNNING || t->remaining == 0)
+    return 0;
+  if (t->ssl)
+    return -EOPNOTSUPP;
+  if (t->offset < 0 || t->file_fd < 0)
+    return -ESPIPE;
+  if (t->head_pos < t->head_len || t->buf_pos < t->buf_len || t->pipe_len)
+    return -EAGAIN; /* bytes of its own go first */
+  if (t->remaining > 0 && (uint64_t)t->remaining < len)
+    len = (size_t)t->remaining;
+  ssize_t n;
+  while ((n = pread(t->file_fd, buf, len, (off_t)t->offset)) < 0 && errno == EINTR) {
+  }
+  return n < 0 ? -errno : n;
+}
+
+int zcs_transfer_advance(zcs_transfer_t *t, size_t n) {
+  if (t->result != RUNNING || (t->remaining >= 0 && (uint64_t)t->remaining < n))
+    return -EINVAL;
+  t->offset += (int64_t)n;
+  t->sent += n;
+  STAT_ADD(bytes_fallback, n);
+  if (t->remaining > 0)
+    t->remaining -= (int64_t)n;
+  return 0;
 }
 
 unsigned long zcs_transfer_tls_error(const zcs_transfer_t *t) { return t->tls_error; }

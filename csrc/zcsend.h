@@ -13,6 +13,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h> /* ssize_t */
 #include <pthread.h>
 #include <ev.h>
 
@@ -84,6 +85,7 @@ typedef struct zcs_transfer {
   int result;           /* ro: 1 while running, then ZCS_DONE or a negative error */
   volatile int cancelled; /* private: the error zcs_transfer_abort() ends it with, or 0 */
   int sized;            /* private: the count came from a size to trust: an early EOF is ZCS_ETRUNCATED */
+  int blocked;          /* ro: the last step stopped because the socket would block (not the budget) */
   /* private: emulation buffer */
   char *buf;
   size_t buf_cap, buf_len, buf_pos;
@@ -150,6 +152,17 @@ unsigned long zcs_transfer_tls_error(const zcs_transfer_t *t);
  * ZCS_DONE or an error every later call returns the same. Partial progress is
  * in t->sent even when an error is returned. Never raises SIGPIPE. */
 int zcs_transfer_step(zcs_transfer_t *t);
+
+/* For a host that can wait for a socket only by writing through its own socket
+ * object (an nginx cosocket waits for writability inside its send()): copies up
+ * to len of the transfer's next bytes into buf, moving nothing. Returns the
+ * bytes copied (0: the range is done or the file ended), -EAGAIN while the
+ * transfer holds bytes of its own (wait another way), -ESPIPE for a source that
+ * can't seek, -EOPNOTSUPP on TLS, or -errno from pread. */
+ssize_t zcs_transfer_peek(zcs_transfer_t *t, void *buf, size_t len);
+/* The host wrote n of the bytes the last zcs_transfer_peek() copied: they count
+ * as sent (not zero-copy). Returns 0, or -EINVAL when n is more than is left. */
+int zcs_transfer_advance(zcs_transfer_t *t, size_t n);
 
 /* The fd and libev-style events (1 read, 2 write) that a step result waits on. */
 int zcs_transfer_wait_fd(const zcs_transfer_t *t, int step_result, int *events);

@@ -8,8 +8,8 @@ description = {
   summary = "Zero-copy file sending (sendfile/splice) for Lua coroutine hosts",
   detailed = [[
 zcsend.sendfile(sock, file, offset, count) sends a file to a socket without
-copying it through user space: on zcsend's own libev loop, in cqueues, or
-blocking. TLS objects (luasec) go through bounded chunks and their own send().]],
+copying it through user space, waiting through its host: nginx-lua,
+Tarantool, luv, cqueues, zcsend's own libev loop, or blocking. TLS objects (luasec) go through bounded chunks and their own send().]],
   license = "MIT",
 }
 dependencies = { "lua >= 5.4" }
@@ -21,6 +21,10 @@ build = {
   type = "builtin",
   modules = {
     zcsend = "zcsend.lua",
+    -- host adapters, loaded by zcsend.lua when their host shows itself
+    ["zcsend.nginx"] = "zcsend/nginx.lua",
+    ["zcsend.tarantool"] = "zcsend/tarantool.lua",
+    ["zcsend.luv"] = "zcsend/luv.lua",
     ["zcsend.core"] = {
       sources = {
         "zcsend_core.c", "../csrc/backend_linux.c", "../csrc/backend_emulated.c",

@@ -80,6 +80,24 @@ function M.istls(sock)
   return false
 end
 
+-- the shipped adapters, loaded once their host shows itself
+local SHIPPED = {
+  { "zcsend.nginx", function() return type(rawget(_G, "ngx")) == "table" and ngx.get_phase ~= nil end },
+  { "zcsend.tarantool", function() return rawget(_G, "_TARANTOOL") ~= nil end },
+  { "zcsend.luv", function() return package.loaded.luv ~= nil end },
+}
+local adapters, shipped_loaded = {}, {}
+
+local function host_adapters()
+  for i, s in ipairs(SHIPPED) do
+    if not shipped_loaded[i] and s[2]() then
+      shipped_loaded[i] = true
+      adapters[#adapters + 1] = require(s[1])
+    end
+  end
+  return adapters
+end
+
 -- the socket's fd, and whether it is TLS (or nil, msg, name: a cqueues
 -- socket's buffered output could not be flushed; noflush: leave it buffered)
 local function sockfd(sock, fname, noflush)
@@ -88,6 +106,16 @@ local function sockfd(sock, fname, noflush)
   end
   if type(sock) == "number" then
     argerror(1, fname, "socket fd must be an integer")
+  end
+  for _, a in ipairs(host_adapters()) do -- the hosts' own objects first
+    if a.sockfd then
+      local afd, atls, aname = a.sockfd(sock)
+      if afd then
+        return checkfd(tointeger(afd) or -1, 1, fname, "closed socket"), atls
+      elseif atls then
+        return nil, atls, aname
+      end
+    end
   end
   local tls = M.istls(sock)
   local fd
@@ -157,102 +185,263 @@ local function in_cqueues()
   return cq ~= nil and cq.running() ~= nil
 end
 
--- how often a cqueues wait checks that its fd is still the caller's (zcsend's
--- loop does the same in C)
+-- Every wait is cut into slices of at most CHECK seconds: after each, zcsend
+-- checks that the caller's fd still names its socket (zcsend's loop does the
+-- same in C), and that the transfer has not been idle past its timeout.
 local CHECK = 0.1
 
--- How to wait for an fd here: yield to our loop, to cqueues, or block. The
--- waiter returns true, or nil, msg, "EBADF" once another coroutine has closed
--- the fd (its number naming something else, or nothing, ends the wait).
-local function fd_waiter()
+--- the longest a transfer or a wait may go without progress, in seconds, where
+-- a call gives no timeout of its own: then it ends with nil, "ETIMEDOUT: ...",
+-- "ETIMEDOUT", sent
+M.TIMEOUT = 60
+
+-- ---- hosts ---------------------------------------------------------------------
+-- A host adapter tells zcsend how to wait inside one host without blocking it.
+-- zcsend/nginx.lua, zcsend/tarantool.lua and zcsend/luv.lua are shipped; any
+-- other host can add its own with zcsend.add_host(adapter). Fields:
+--   name                      for messages and zcsend.host()
+--   active()                  true when the running code can wait through this
+--                             host now (a yieldable nginx phase, a fiber...)
+--   sockfd(sock)              optional: fd, tls for the host's own socket
+--                             objects; nil for objects that are not its own;
+--                             nil, msg, name for its own, closed
+--   wait(fd, events, timeout) true once fd is ready ("r", "w", "rw"), false
+--                             after timeout seconds, or nil, msg, name; never
+--                             blocks the host. fd is a dup zcsend owns and
+--                             closes after the wait: a host that registered it
+--                             with its poller forgets it before returning
+--   wait_transfer(t, sock, timeout)   optional: waits, as wait does, after
+--                             t:step() said "write", through sock itself (for a
+--                             host that can wait for a socket only by writing
+--                             to it: t:peek(n) and t:advance(n))
+--   send(sock, data, timeout) optional: true | nil, msg, name, nsent: all of
+--                             data through the host's own send (TLS)
+-- A transfer waits through the first that applies: zcsend.set_waiter's
+-- function, zcsend's own loop (loop:wrap), the adapters added, the shipped
+-- adapters whose host is here, cqueues, and last a blocking poll(2) (a plain
+-- script: nothing else could run meanwhile).
+
+local BLOCKING = {
+  name = "blocking",
+  wait = function(fd, events, timeout)
+    return core.poll(fd, events, timeout)
+  end,
+}
+
+local CQUEUES = {
+  name = "cqueues",
+  active = in_cqueues,
+  wait = function(fd, events, timeout)
+    local cqueues = package.loaded.cqueues
+    local watch = { pollfd = fd, events = events }
+    local ready = cqueues.poll(watch, timeout) == watch
+    cqueues.cancel(fd) -- cqueues must forget an fd it polled before it is closed
+    return ready
+  end,
+}
+
+--- zcsend.add_host(adapter): waits through adapter where adapter.active() says
+-- so, before every other host but zcsend.set_waiter's
+function M.add_host(a)
+  if type(a) ~= "table" or type(a.wait) ~= "function" or type(a.active) ~= "function" then
+    argerror(1, "add_host", "adapter with active() and wait() expected", 3)
+  end
+  table.insert(adapters, 1, a)
+end
+
+local user_waiter
+
+--- zcsend.set_waiter(fn | nil): every wait goes through fn(fd, events, timeout),
+-- which returns true once fd is ready, false after timeout seconds, or nil,
+-- msg, name; nil goes back to finding the host
+function M.set_waiter(fn)
+  if fn ~= nil and type(fn) ~= "function" then
+    argerror(1, "set_waiter", "function or nil expected, got " .. type(fn), 3)
+  end
+  user_waiter = fn and { name = "waiter", wait = fn } or nil
+end
+
+-- zcsend's own loop, for the coroutine co it runs
+local function loop_host(lp, co)
+  return {
+    name = "zcsend.loop",
+    loop = lp,
+    wait = function(fd, events, timeout)
+      lp:wait(fd, events, function(...) resume(co, ...) end, timeout)
+      local ok, msg, name = coroutine.yield()
+      if ok then
+        return true
+      elseif name == "ETIMEDOUT" then
+        return false
+      end
+      return nil, msg, name
+    end,
+  }
+end
+
+-- the host the running code waits through
+local function current_host()
+  if user_waiter then
+    return user_waiter
+  end
   local co = coroutine.running()
   local lp = owners[co]
   if lp then
-    return function(fd, events)
-      lp:wait(fd, events, function(...) resume(co, ...) end)
-      return coroutine.yield()
-    end
-  elseif in_cqueues() then
-    -- cqueues raises when an fd it polls is closed behind its back (as another
-    -- coroutine may do to fd): it polls our own dup, forgotten before we close it
-    local cqueues = package.loaded.cqueues
-    return function(fd, events)
-      local id, msg, name = core.fdid(fd)
-      local own = id
-      if id then
-        own, msg, name = core.dup(fd)
-      end
-      if not own then
-        return nil, msg, name
-      end
-      local watch, ok = { pollfd = own, events = events }, nil
-      repeat
-        local ready = cqueues.poll(watch, CHECK) == watch
-        if core.fdid(fd) ~= id then
-          ok, msg, name = nil, "EBADF: fd closed while waiting", "EBADF"
-        elseif ready then
-          ok = true
-        end
-      until ok or name
-      cqueues.cancel(own)
-      core.close(own)
-      return ok, msg, name
+    return loop_host(lp, co)
+  end
+  for _, a in ipairs(host_adapters()) do
+    if a.active() then
+      return a
     end
   end
-  return function(fd, events) -- nothing else runs while we block
-    local ok, msg, name = core.poll(fd, events)
-    if not ok then
-      return nil, msg, name
-    end
-    return true
+  if in_cqueues() then
+    return CQUEUES
   end
+  return BLOCKING
 end
 
--- runs a core transfer to its end, waiting as the host wants
-local function drive(t)
-  local co = coroutine.running()
-  local lp = owners[co]
-  if lp then -- zcsend's libev driver steps it; we sleep until it has ended
-    local ended, sleeping = false, false
-    lp:drive(t, function()
+--- zcsend.host() -> the name of what zcsend.sendfile would wait through here:
+-- "waiter", "zcsend.loop", "nginx", "tarantool", "luv", "cqueues", "blocking"...
+function M.host()
+  return current_host().name
+end
+
+local ETIMEDOUT_MSG = "ETIMEDOUT: no progress for %g s"
+
+-- waits until fd ("r"/"w"/"rw") is ready, through host, on a dup of fd taken
+-- now; true | nil, msg, name (EBADF: fd no longer names what it did;
+-- ETIMEDOUT: timeout seconds passed)
+local function wait_fd(host, fd, events, timeout)
+  local id, msg, name = core.fdid(fd)
+  local own = id
+  if id then
+    own, msg, name = core.dup(fd)
+  end
+  if not own then
+    return nil, msg, name
+  end
+  if host.loop then -- the loop's own wait checks that fd stays the caller's
+    core.close(own)
+    local ok, wmsg, wname = host.wait(fd, events, timeout)
+    if ok == false then
+      return nil, ETIMEDOUT_MSG:format(timeout), "ETIMEDOUT"
+    end
+    return ok, wmsg, wname
+  end
+  local deadline = core.now() + timeout
+  local ok
+  while true do
+    local left = deadline - core.now()
+    if left <= 0 then
+      ok, msg, name = nil, ETIMEDOUT_MSG:format(timeout), "ETIMEDOUT"
+      break
+    end
+    ok, msg, name = host.wait(own, events, math.min(left, CHECK))
+    if core.fdid(fd) ~= id then
+      ok, msg, name = nil, "EBADF: fd closed while waiting", "EBADF"
+    end
+    if ok or ok == nil then
+      break
+    end
+  end
+  core.close(own)
+  return ok, msg, name
+end
+
+-- runs a core transfer to its end through host; no progress for timeout
+-- seconds ends it with ETIMEDOUT
+local function drive(t, host, sock, timeout)
+  if host.loop then -- zcsend's libev driver steps it; we sleep until it has ended
+    local co, ended, sleeping = coroutine.running(), false, false
+    host.loop:drive(t, function()
       ended = true
       if sleeping then
         resume(co)
       end
-    end)
+    end, timeout)
     if not ended then
       sleeping = true
       coroutine.yield()
     end
   else
-    local cqueues = in_cqueues() and package.loaded.cqueues
+    local seen, since = t:sent(), core.now()
+    local hmsg, hname -- a failed wait ends the transfer with the host's own words
     while true do
       local r = t:step()
       if r == "done" or r == nil then
         break
       end
-      if cqueues then -- on the transfer's own dup (see fd_waiter); the step checks the socket
-        local fd = t:ownfd()
-        cqueues.poll({ pollfd = fd, events = t:events() }, CHECK)
-        cqueues.cancel(fd)
+      local now = core.now()
+      if t:sent() ~= seen then
+        seen, since = t:sent(), now
+      end
+      local left = since + timeout - now
+      if left <= 0 then
+        t:cancel(core.ETIMEDOUT)
       else
-        core.poll(t:pollfd(), t:events())
+        local slice, ok = math.min(left, CHECK), nil
+        if r == "write" and host.wait_transfer then
+          ok, hmsg, hname = host.wait_transfer(t, sock, slice)
+        else
+          ok, hmsg, hname = host.wait(t:ownfd(), t:events(), slice)
+        end
+        if ok == nil then
+          t:cancel(core[hname] or core.EIO)
+          t:step()
+          return nil, hmsg, hname, t:sent()
+        end
       end
     end
   end
   local ok, err, name, sent = t:result()
   if ok then
     return t:sent()
+  elseif name == "ETIMEDOUT" then
+    err = ETIMEDOUT_MSG:format(timeout)
   end
   return nil, err, name, sent
 end
 
 -- TLS: never plaintext on the fd. Read bounded chunks, send them with the
--- object's own send(), wait on its fd when it wants to write or read. The file
--- is read through a dup taken now (ffd may be closed and reused meanwhile).
+-- host's send, or the object's own send(), waiting on its fd when it wants to
+-- write or read. The file is read through a dup taken now (ffd may be closed
+-- and reused meanwhile).
 local EBADF_CLOSED = "EBADF: socket closed during the transfer"
 
-local function send_tls_from(sock, fd, ffd, offset, count)
+-- luasec's send(data, i) -> last | nil, err, partial, waiting between tries
+local function send_chunk(host, sock, fd, id, data, timeout)
+  if host.send then
+    return host.send(sock, data, timeout)
+  end
+  local i = 1
+  while i <= #data do
+    local last, serr, partial = sock:send(data, i)
+    if last then
+      i = tointeger(last) + 1 -- luasocket's counts are floats on 5.3+
+    else
+      partial = partial and tointeger(partial)
+      if partial and partial >= i then
+        i = partial + 1
+      end
+      local ok, werr, wname = true, nil, nil
+      if serr == "wantwrite" or serr == "timeout" then
+        ok, werr, wname = wait_fd(host, fd, "w", timeout)
+      elseif serr == "wantread" then
+        ok, werr, wname = wait_fd(host, fd, "r", timeout)
+      elseif core.fdid(fd) ~= id then -- "closed": by another coroutine, not by the peer
+        ok, werr, wname = nil, EBADF_CLOSED, "EBADF"
+      else
+        ok, werr, wname = nil, "EPIPE: TLS send failed: " .. tostring(serr), "EPIPE"
+      end
+      if not ok then
+        return nil, wname == "EBADF" and EBADF_CLOSED or werr, wname, i - 1
+      end
+    end
+  end
+  return true
+end
+
+local function send_tls_from(host, sock, fd, ffd, offset, count, timeout)
   local kind, size, ename = core.fileinfo(ffd)
   if not kind then
     return nil, size, ename, 0
@@ -267,68 +456,40 @@ local function send_tls_from(sock, fd, ffd, offset, count)
     local avail = math.max(0, size - offset)
     total = count and math.min(count, avail) or avail
   end
-  local wait = fd_waiter()
-  local blocking = not owners[coroutine.running()] and not in_cqueues()
-  if not blocking and sock.settimeout then
+  if host ~= BLOCKING and not host.send and sock.settimeout then
     sock:settimeout(0) -- these hosts need it non-blocking; they wait for us
   end
   core.host_begin()
   local sent = 0
-  local function fail(code, msg, name)
-    core.host_end(code, sent)
+  local function fail(msg, name)
+    core.host_end(core[name] or core.EIO, sent)
     return nil, msg, name, sent
   end
   while total == nil or sent < total do
     local want = total and math.min(M.TLS_CHUNK, total - sent) or M.TLS_CHUNK
-    if not seekable and not blocking then
-      local ok, err, name = wait(ffd, "r") -- a pipe: don't block the host in read()
+    if not seekable and host ~= BLOCKING then
+      local ok, err, name = wait_fd(host, ffd, "r", timeout) -- a pipe: don't block the host in read()
       if not ok then
-        return fail(core.EIO, err, name)
+        return fail(err, name)
       end
     end
     if core.fdid(fd) ~= id then
-      return fail(core.EBADF, EBADF_CLOSED, "EBADF")
+      return fail(EBADF_CLOSED, "EBADF")
     end
     local data, err, name = core.read(ffd, seekable and offset + sent or -1, want)
     if not data then
-      return fail(core.EIO, err, name)
+      return fail(err, name)
     end
     if #data == 0 then
       if total and seekable then
-        return fail(core.ETRUNCATED, "ETRUNCATED: file ended before the requested byte count was sent",
-          "ETRUNCATED")
+        return fail("ETRUNCATED: file ended before the requested byte count was sent", "ETRUNCATED")
       end
       break
     end
-    local i = 1
-    while i <= #data do
-      local last, serr, partial = sock:send(data, i)
-      if last then
-        i = tointeger(last) + 1 -- luasocket's counts are floats on 5.3+
-      else
-        partial = partial and tointeger(partial)
-        if partial and partial >= i then
-          i = partial + 1
-        end
-        local ok, werr, wname = true, nil, nil
-        if serr == "wantwrite" or serr == "timeout" then
-          ok, werr, wname = wait(fd, "w")
-        elseif serr == "wantread" then
-          ok, werr, wname = wait(fd, "r")
-        elseif core.fdid(fd) ~= id then -- "closed": by another coroutine, not by the peer
-          ok = nil
-        else
-          sent = sent + (i - 1)
-          return fail(core.EPIPE, "EPIPE: TLS send failed: " .. tostring(serr), "EPIPE")
-        end
-        if not ok then
-          sent = sent + (i - 1)
-          if wname and wname ~= "EBADF" then
-            return fail(core.EIO, werr, wname)
-          end
-          return fail(core.EBADF, EBADF_CLOSED, "EBADF")
-        end
-      end
+    local ok, serr, sname, partial = send_chunk(host, sock, fd, id, data, timeout)
+    if not ok then
+      sent = sent + (partial or 0)
+      return fail(serr, sname)
     end
     sent = sent + #data
   end
@@ -336,15 +497,12 @@ local function send_tls_from(sock, fd, ffd, offset, count)
   return sent
 end
 
-local function send_tls(sock, fd, ffd, offset, count)
+local function send_tls(host, sock, fd, ffd, offset, count, timeout)
   local dfd, err, name = core.dup(ffd)
   if not dfd then
     return nil, err, name, 0
   end
-  local res = { pcall(send_tls_from, sock, fd, dfd, offset, count) }
-  if in_cqueues() then
-    package.loaded.cqueues.cancel(dfd) -- cqueues must forget an fd it polled before it closes
-  end
+  local res = { pcall(send_tls_from, host, sock, fd, dfd, offset, count, timeout) }
   core.close(dfd)
   if not res[1] then
     error(res[2], 0)
@@ -352,34 +510,60 @@ local function send_tls(sock, fd, ffd, offset, count)
   return res[2], res[3], res[4], res[5]
 end
 
---- zcsend.sendfile(sock, file [, offset [, count]]) -> sent | nil, msg, name, sent
--- sock: integer fd, luasocket TCP/Unix object, cqueues socket, any object with
--- getfd(), or a TLS object (through its own send()). file: io handle or fd.
--- count defaults to the rest of the file (of a pipe: to its end).
-function M.sendfile(sock, file, offset, count)
+-- opts.timeout: seconds, positive
+local function timeout_of(opts, n, fname)
+  if opts == nil then
+    return M.TIMEOUT
+  end
+  local t = opts
+  if type(opts) == "table" then
+    t = opts.timeout
+    if t == nil then
+      return M.TIMEOUT
+    end
+  end
+  if type(t) ~= "number" or not (t > 0) then
+    argerror(n, fname, "timeout must be a positive number of seconds", 4)
+  end
+  return t
+end
+
+--- zcsend.sendfile(sock, file [, offset [, count [, opts]]]) -> sent | nil, msg, name, sent
+-- sock: integer fd, luasocket TCP/Unix object, cqueues socket, nginx cosocket,
+-- Tarantool socket, luv TCP/pipe handle, any object with getfd(), or a TLS
+-- object (through its own send()). file: io handle or fd. count defaults to
+-- the rest of the file (of a pipe: to its end). opts.timeout: seconds without
+-- progress before the transfer ends with ETIMEDOUT (default zcsend.TIMEOUT).
+function M.sendfile(sock, file, offset, count, opts)
   local fd, tls, ename = sockfd(sock, "sendfile")
   if not fd then
     return nil, tls, ename, 0
   end
   local ffd = filefd(file, "sendfile")
   check_range(offset, count, "sendfile")
+  local timeout = timeout_of(opts, 5, "sendfile")
+  local host = current_host()
   if tls then
-    return send_tls(sock, fd, ffd, offset or 0, count)
+    return send_tls(host, sock, fd, ffd, offset or 0, count, timeout)
   end
   local t, err, name, sent = core.transfer(fd, ffd, offset, count)
   if not t then
     return nil, err, name, sent
   end
-  local r1, r2, r3, r4 = drive(t)
+  local r = { pcall(drive, t, host, sock, timeout) }
   t:close()
-  return r1, r2, r3, r4
+  if not r[1] then
+    error(r[2], 0)
+  end
+  return r[2], r[3], r[4], r[5]
 end
 
---- zcsend.wait(sock_or_fd, "r"|"w") -> true | nil, msg, name: waits until the
--- socket is readable or writable, the way sendfile would here (yield to
--- zcsend's loop or to cqueues, or block), so a host can read requests and
--- write headers the same way. EBADF: another coroutine closed the socket.
-function M.wait(sock, events)
+--- zcsend.wait(sock_or_fd, "r"|"w"|"rw" [, timeout]) -> true | nil, msg, name:
+-- waits until the socket is readable or writable the way sendfile would here,
+-- so a host can read requests and write headers the same way. EBADF: another
+-- coroutine closed the socket; ETIMEDOUT: timeout seconds (default
+-- zcsend.TIMEOUT) passed.
+function M.wait(sock, events, timeout)
   local fd, err, ename = sockfd(sock, "wait")
   if not fd then
     return nil, err, ename
@@ -387,7 +571,7 @@ function M.wait(sock, events)
   if events ~= "r" and events ~= "w" and events ~= "rw" then
     argerror(2, "wait", '"r", "w" or "rw" expected', 3)
   end
-  return fd_waiter()(fd, events)
+  return wait_fd(current_host(), fd, events, timeout_of(timeout, 3, "wait"))
 end
 
 --- zcsend.transfer(sock, file [, offset [, count]]) -> transfer | nil, msg, name, 0

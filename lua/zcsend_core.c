@@ -23,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <lauxlib.h>
@@ -152,6 +153,7 @@ typedef struct waiter {
   int cb_ref;                   /* in the loop's table */
   fdid id;                      /* what io.fd named at loop:wait() */
   int fresh;                    /* not yet seen by libev (new waiters are first in the list) */
+  double deadline;              /* ev_now() past which it ends with ETIMEDOUT; 0: none */
   struct waiter *prev, *next;
 } waiter;
 
@@ -184,6 +186,9 @@ typedef struct ltransfer {
   lloop *loop;                  /* while driven; NULL again once the loop is gone */
   int driven;                   /* was handed to a loop (once only) */
   int self_ref, cb_ref;         /* in the loop's table */
+  double idle;                  /* seconds without progress that end it with ETIMEDOUT; 0: none */
+  double progress_at;           /* ev_now() when t.sent last moved */
+  uint64_t progress_sent;
   struct ltransfer *prev, *next; /* the loop's driven list */
 } ltransfer;
 
@@ -422,11 +427,56 @@ static int t_backend(lua_State *L) {
   return 1;
 }
 
+/* t:blocked() -> true when the last step stopped because the socket would
+   block; false when it only spent its budget (the socket may be writable
+   still: a host that can't poll should yield to its others, then step) */
+static int t_blocked(lua_State *L) {
+  ltransfer *x = check_transfer(L, 1);
+  lua_pushboolean(L, x->ready && !x->ended && x->t.blocked);
+  return 1;
+}
+
+/* t:peek(n) -> the transfer's next bytes (up to n; "" when none are left),
+   moving nothing | nil, msg, name (EAGAIN: it holds bytes of its own; ESPIPE: a
+   pipe). With t:advance(#written), for a host whose only way to wait for a
+   socket is to write to it through its own object (nginx cosockets). */
+static int t_peek(lua_State *L) {
+  ltransfer *x = check_transfer(L, 1);
+  lua_Integer n = luaL_checkinteger(L, 2);
+  luaL_argcheck(L, n > 0 && n <= (1 << 20), 2, "1 to 1 MiB");
+  if (x->ended) {
+    lua_pushliteral(L, "");
+    return 1;
+  }
+  if (!x->ready || x->loop)
+    return push_error(L, -EINVAL);
+  char *p = (char *)lua_newuserdatauv(L, (size_t)n, 0);
+  ssize_t got = zcs_transfer_peek(&x->t, p, (size_t)n);
+  if (got < 0)
+    return push_error(L, (int)got);
+  lua_pushlstring(L, p, (size_t)got);
+  return 1;
+}
+
+/* t:advance(n): n bytes from t:peek() went out through the host's own write */
+static int t_advance(lua_State *L) {
+  ltransfer *x = check_transfer(L, 1);
+  lua_Integer n = luaL_checkinteger(L, 2);
+  luaL_argcheck(L, n >= 0, 2, "must be non-negative");
+  int rc = x->ready && !x->ended && !x->loop ? zcs_transfer_advance(&x->t, (size_t)n) : -EINVAL;
+  if (rc < 0)
+    return luaL_error(L, "advance past what is left");
+  return 0;
+}
+
+/* t:cancel([errno]): ends the transfer at its next step with ECANCELED, or
+   with the (positive or negative) errno given, e.g. ETIMEDOUT */
 static int t_cancel(lua_State *L) {
   ltransfer *x = check_transfer(L, 1);
+  lua_Integer code = luaL_optinteger(L, 2, ECANCELED);
   if (!x->ready || x->ended)
     return 0;
-  zcs_transfer_cancel(&x->t);
+  zcs_transfer_abort(&x->t, code > 0 ? -(int)code : (int)code);
   lloop *lp = x->loop;
   if (lp) {
     lua_State *saved = lp->L;
@@ -560,12 +610,15 @@ static void on_driven_done(zcs_ev_transfer_t *w, int result) {
   protected_call(lp, L, 1);
 }
 
-/* loop:drive(transfer, cb): steps the transfer from the loop (zcsend's libev
-   driver) and calls cb(transfer) once it has ended. */
+/* loop:drive(transfer, cb [, idle]): steps the transfer from the loop (zcsend's
+   libev driver) and calls cb(transfer) once it has ended; one that moves no
+   byte for idle seconds (checked every CHECK_INTERVAL) ends with ETIMEDOUT. */
 static int lp_drive(lua_State *L) {
   lloop *lp = check_loop(L, 1);
   ltransfer *x = check_transfer(L, 2);
   luaL_checktype(L, 3, LUA_TFUNCTION);
+  lua_Number idle = luaL_optnumber(L, 4, 0);
+  lua_settop(L, 3);
   if (!x->ready || x->ended)
     return luaL_error(L, "transfer is closed");
   if (x->driven)
@@ -577,6 +630,10 @@ static int lp_drive(lua_State *L) {
   x->self_ref = keep(L, 4);
   lua_pop(L, 1);
   x->driven = 1;
+  x->idle = idle > 0 ? idle : 0;
+  ev_now_update(lp->loop);
+  x->progress_at = ev_now(lp->loop);
+  x->progress_sent = x->t.sent;
   x->loop = lp;
   x->prev = NULL;
   x->next = lp->driven;
@@ -593,8 +650,9 @@ static int lp_drive(lua_State *L) {
   return 0;
 }
 
-/* one-shot fd watcher: loop:wait(fd, "r"|"w", cb) calls cb(true) once the fd is
-   ready, or cb(nil, "EBADF: ...", "EBADF") once fd no longer names what it did */
+/* one-shot fd watcher: loop:wait(fd, "r"|"w", cb [, timeout]) calls cb(true) once
+   the fd is ready, cb(nil, "EBADF: ...", "EBADF") once fd no longer names what
+   it did, or cb(nil, "ETIMEDOUT: ...", "ETIMEDOUT") after timeout seconds */
 static void unlink_waiter(waiter *wt) {
   lloop *lp = wt->lp;
   ev_io_stop(lp->loop, &wt->io);
@@ -608,17 +666,18 @@ static void unlink_waiter(waiter *wt) {
   check_timer_update(lp);
 }
 
-static void end_wait(waiter *wt, int ok) {
+/* err: 0 ready, else -EBADF (the fd let go) or -ETIMEDOUT */
+static void end_wait(waiter *wt, int err) {
   lloop *lp = wt->lp;
   lua_State *L = lp->L;
   unlink_waiter(wt);
   take(L, lp, wt->cb_ref);
   free(wt);
-  if (ok) {
+  if (!err) {
     lua_pushboolean(L, 1);
     protected_call(lp, L, 1);
   } else {
-    push_error_msg(L, -EBADF, "fd closed while waiting");
+    push_error_msg(L, err, err == -EBADF ? "fd closed while waiting" : "timed out waiting");
     protected_call(lp, L, 3);
   }
 }
@@ -626,7 +685,7 @@ static void end_wait(waiter *wt, int ok) {
 static void on_wait_ready(struct ev_loop *loop, ev_io *io, int revents) {
   (void)loop;
   waiter *wt = (waiter *)io;
-  end_wait(wt, !(revents & EV_ERROR) && fd_still(io->fd, &wt->id));
+  end_wait(wt, !(revents & EV_ERROR) && fd_still(io->fd, &wt->id) ? 0 : -EBADF);
 }
 
 /* Before libev adds new waiters' fds to its epoll set: one closed meanwhile
@@ -639,7 +698,7 @@ static void on_prepare(struct ev_loop *loop, ev_prepare *pr, int revents) {
   while (wt && wt->fresh) {
     wt->fresh = 0;
     if (!fd_still(wt->io.fd, &wt->id)) {
-      end_wait(wt, 0); /* may add waiters (fresh, first): start over */
+      end_wait(wt, -EBADF); /* may add waiters (fresh, first): start over */
       wt = lp->waiters;
     } else {
       wt = wt->next;
@@ -647,22 +706,40 @@ static void on_prepare(struct ev_loop *loop, ev_prepare *pr, int revents) {
   }
 }
 
-/* every CHECK_INTERVAL: end what waits on, or sends to, an fd its caller let go */
+/* a driven transfer that moved nothing for its idle seconds */
+static int idle_too_long(ltransfer *x, double now) {
+  if (x->t.sent != x->progress_sent) {
+    x->progress_sent = x->t.sent;
+    x->progress_at = now;
+    return 0;
+  }
+  if (x->idle > 0 && now - x->progress_at >= x->idle && !x->ended) {
+    zcs_transfer_abort(&x->t, -ETIMEDOUT);
+    return 1;
+  }
+  return 0;
+}
+
+/* every CHECK_INTERVAL: end what waits on, or sends to, an fd its caller let
+   go, and what waited longer than its timeout */
 static void on_check(struct ev_loop *loop, ev_timer *tm, int revents) {
-  (void)loop;
   (void)revents;
   lloop *lp = (lloop *)((char *)tm - offsetof(lloop, check));
+  double now = ev_now(loop);
 again:
   for (ltransfer *x = lp->driven; x; x = x->next)
-    if (!x->gone && check_owner(x)) {
+    if ((!x->gone && check_owner(x)) || idle_too_long(x, now)) {
       zcs_ev_kick(&x->w); /* ends it: on_driven_done unlinks it and calls back */
       goto again;
     }
-  for (waiter *wt = lp->waiters; wt; wt = wt->next)
-    if (!fd_still(wt->io.fd, &wt->id)) {
-      end_wait(wt, 0);
+  for (waiter *wt = lp->waiters; wt; wt = wt->next) {
+    int err = !fd_still(wt->io.fd, &wt->id) ? -EBADF
+              : wt->deadline > 0 && now >= wt->deadline ? -ETIMEDOUT : 0;
+    if (err) {
+      end_wait(wt, err);
       goto again;
     }
+  }
 }
 
 static int lp_wait(lua_State *L) {
@@ -670,6 +747,8 @@ static int lp_wait(lua_State *L) {
   int fd = check_fd(L, 2, "closed fd");
   const char *ev = luaL_checkstring(L, 3);
   luaL_checktype(L, 4, LUA_TFUNCTION);
+  lua_Number timeout = luaL_optnumber(L, 5, 0);
+  lua_settop(L, 4);
   int events = (strchr(ev, 'r') ? EV_READ : 0) | (strchr(ev, 'w') ? EV_WRITE : 0);
   luaL_argcheck(L, events, 3, "\"r\", \"w\" or \"rw\" expected");
   waiter *wt = (waiter *)calloc(1, sizeof *wt);
@@ -687,6 +766,10 @@ static int lp_wait(lua_State *L) {
   lp->waiters = wt;
   ev_io_init(&wt->io, on_wait_ready, fd, events);
   wt->fresh = 1;
+  if (timeout > 0) {
+    ev_now_update(lp->loop); /* ev_now may be from before the loop last slept */
+    wt->deadline = ev_now(lp->loop) + timeout;
+  }
   lp->active++;
   check_timer_update(lp);
   if (fd_identify(fd, &wt->id) < 0)
@@ -871,6 +954,14 @@ static int l_strerror(lua_State *L) {
   return 2;
 }
 
+/* core.now() -> seconds on the monotonic clock */
+static int l_now(lua_State *L) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)ts.tv_nsec / 1e9);
+  return 1;
+}
+
 static int l_backend(lua_State *L) {
   lua_pushstring(L, zcs_backend_name());
   return 1;
@@ -879,7 +970,8 @@ static int l_backend(lua_State *L) {
 static const luaL_Reg transfer_methods[] = {
     {"step", t_step},       {"pollfd", t_pollfd}, {"events", t_events}, {"timeout", t_timeout},
     {"sent", t_sent},       {"done", t_done},     {"result", t_result}, {"backend", t_backend},
-    {"cancel", t_cancel},   {"close", t_close},   {"ownfd", t_ownfd}, {NULL, NULL}};
+    {"cancel", t_cancel},   {"close", t_close},   {"ownfd", t_ownfd},   {"blocked", t_blocked},
+    {"peek", t_peek},       {"advance", t_advance}, {NULL, NULL}};
 
 static const luaL_Reg loop_methods[] = {{"drive", lp_drive}, {"wait", lp_wait}, {"run", lp_run},
                                         {"stop", lp_stop},   {"active", lp_active}, {NULL, NULL}};
@@ -888,7 +980,7 @@ static const luaL_Reg functions[] = {
     {"transfer", l_transfer}, {"loop", l_loop},         {"poll", l_poll},
     {"read", l_read},         {"fileinfo", l_fileinfo}, {"fileno", l_fileno},
     {"fdid", l_fdid},         {"strerror", l_strerror}, {"dup", l_dup},
-    {"close", l_close},
+    {"close", l_close},       {"now", l_now},
     {"stats", l_stats},       {"backend", l_backend},   {"host_begin", l_host_begin},
     {"host_end", l_host_end}, {NULL, NULL}};
 
@@ -931,7 +1023,8 @@ int luaopen_zcsend_core(lua_State *L) {
   lua_setfield(L, -3, "loop_methods");
   lua_pop(L, 1);
 #define CODE(name, v) lua_pushinteger(L, v); lua_setfield(L, -2, name);
-  CODE("EPIPE", -EPIPE) CODE("EIO", -EIO) CODE("EBADF", -EBADF)
+  CODE("EPIPE", -EPIPE) CODE("EIO", -EIO) CODE("EBADF", -EBADF) CODE("ETIMEDOUT", -ETIMEDOUT)
+  CODE("ECONNRESET", -ECONNRESET) CODE("EAGAIN", -EAGAIN)
 #undef CODE
   lua_pushinteger(L, ZCS_ETRUNCATED);
   lua_setfield(L, -2, "ETRUNCATED");

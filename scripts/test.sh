@@ -55,6 +55,8 @@ step "Lua tests under valgrind (errors and definite/indirect leaks fail the run)
 step "Lua tests under LuaJIT 2.1 (the same module built against luajit's headers)"
 make -s -C lua LUA=luajit
 (cd lua && ZCSEND_LUA=luajit ZCSEND_CPATH="./build-luajit/?.so" busted --lua=luajit -o utfTerminal)
+step "Lua in its real hosts: nginx + lua-nginx-module, Tarantool, luv (busted hostspec)"
+(cd lua && $BUSTED hostspec)
 step "luarocks make (the rockspec) into a scratch tree"
 TREE=$(mktemp -d)
 (cd lua && luarocks --lua-version 5.4 --tree "$TREE" make zcsend-scm-1.rockspec >/dev/null)

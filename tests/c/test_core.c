@@ -348,6 +348,84 @@ START_TEST(budget_bounds_one_step) {
 }
 END_TEST
 
+/* blocked tells a spent budget from a full socket; peek moves nothing and
+   advance counts what a host wrote itself (the nginx-lua wait) */
+START_TEST(blocked_peek_advance) {
+  size_t len = 4 << 20;
+  unsigned char *data = pattern(len, 3);
+  int fd = make_file("f", data, len);
+  int sv[2];
+  make_pair(0, sv);
+  zcs_transfer_t t;
+  ck_assert_int_eq(zcs_transfer_init(&t, sv[0], fd, 100, 1 << 20, 0), 0);
+  unsigned char buf[64];
+  ck_assert_int_eq(zcs_transfer_peek(&t, buf, 10), 10);
+  ck_assert(memcmp(buf, data + 100, 10) == 0);
+  ck_assert_int_eq(zcs_transfer_peek(&t, buf, 10), 10); /* again: nothing moved */
+  ck_assert_int_eq(send(sv[0], buf, 3, 0), 3);
+  ck_assert_int_eq(zcs_transfer_advance(&t, 3), 0);
+  ck_assert_uint_eq(t.sent, 3);
+  ck_assert_int_eq(zcs_transfer_advance(&t, 1 << 20), -EINVAL); /* past what is left */
+  t.budget = 4096;
+  ck_assert_int_eq(zcs_transfer_step(&t), ZCS_WANT_WRITE);
+  ck_assert_int_eq(t.blocked, 0); /* the budget, not the socket */
+  int rc;
+  while ((rc = zcs_transfer_step(&t)) == ZCS_WANT_WRITE && !t.blocked) {
+  }
+  ck_assert_int_eq(rc, ZCS_WANT_WRITE);
+  ck_assert_int_eq(t.blocked, 1); /* nobody reads: the socket is full */
+  uint64_t before = t.sent;
+  /* read everything so far, then finish: the bytes are the file's, in order */
+  unsigned char *got = malloc(1 << 20);
+  size_t have = 0;
+  while (have < before) {
+    ssize_t n = read(sv[1], got + have, (1 << 20) - have);
+    ck_assert_int_gt(n, 0);
+    have += (size_t)n;
+  }
+  while ((rc = zcs_transfer_step(&t)) == ZCS_WANT_WRITE) {
+    ssize_t n = read(sv[1], got + have, (1 << 20) - have);
+    ck_assert_int_gt(n, 0);
+    have += (size_t)n;
+  }
+  ck_assert_int_eq(rc, ZCS_DONE);
+  while (have < (1 << 20)) {
+    ssize_t n = read(sv[1], got + have, (1 << 20) - have);
+    ck_assert_int_gt(n, 0);
+    have += (size_t)n;
+  }
+  ck_assert(memcmp(got, data + 100, 1 << 20) == 0);
+  ck_assert_int_eq(zcs_transfer_peek(&t, buf, 10), 0); /* over */
+  zcs_transfer_release(&t);
+  free(got);
+  free(data);
+}
+END_TEST
+
+START_TEST(peek_refuses_what_it_cannot) {
+  int p[2];
+  ck_assert_int_eq(pipe(p), 0);
+  int sv[2];
+  make_pair(0, sv);
+  zcs_transfer_t t;
+  ck_assert_int_eq(zcs_transfer_init(&t, sv[0], p[0], 0, -1, 0), 0);
+  unsigned char buf[8];
+  ck_assert_int_eq(zcs_transfer_peek(&t, buf, 8), -ESPIPE);
+  zcs_transfer_release(&t);
+  static const char head[] = "HTTP/1.1 200 OK\r\n\r\n";
+  size_t len = 1000;
+  unsigned char *data = pattern(len, 5);
+  int fd = make_file("g", data, len);
+  ck_assert_int_eq(zcs_transfer_init(&t, sv[0], fd, 0, -1, 0), 0);
+  ck_assert_int_eq(zcs_transfer_set_head(&t, head, sizeof head - 1), 0);
+  ck_assert_int_eq(zcs_transfer_peek(&t, buf, 8), -EAGAIN); /* its head goes first */
+  zcs_transfer_release(&t);
+  close(p[0]);
+  close(p[1]);
+  free(data);
+}
+END_TEST
+
 /* ---- bad input -------------------------------------------------------------- */
 START_TEST(bad_inputs) {
   int sv[2];
@@ -1668,6 +1746,8 @@ int main(void) {
   tcase_add_test(tc, memory_transfer);
   tcase_add_test(tc, fallback_on_einval);
   tcase_add_test(tc, budget_bounds_one_step);
+  tcase_add_test(tc, blocked_peek_advance);
+  tcase_add_test(tc, peek_refuses_what_it_cannot);
   tcase_add_test(tc, bad_inputs);
   tcase_add_test(tc, file_shrinks_mid_transfer);
   tcase_add_test(tc, file_shrinks_mid_transfer_emulated);
