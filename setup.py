@@ -1,39 +1,58 @@
-"""Declares the C extension; the metadata lives in pyproject.toml."""
+"""Declares the C extension; the metadata lives in pyproject.toml.
+
+Nothing here runs at import: libev is looked for when the extension is built
+(build_ext), so an sdist builds on a machine without libev's headers. The
+extension is built with -DZCS_NO_TLS: it needs no OpenSSL (Python's TLS
+transports encrypt in Python and never hand the core an SSL*).
+"""
 import os
 import shutil
 import subprocess
 import sys
 
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-CSRC = os.path.join("csrc")
+CSRC = "csrc"
+# Every platform's sources ship in the sdist (MANIFEST.in); the build picks one.
+PLATFORM_SRC = "backend_linux.c" if sys.platform.startswith("linux") else "backend_bsd.c"
+CORE = [PLATFORM_SRC, "backend_emulated.c", "sink_tls.c", "transfer.c", "driver_ev.c", "engine.c"]
 
 
-def pkg_config(name, debian_package, header):
+def find_library(name, debian_package, header, lib):
     """(include_dirs, library_dirs, libraries) for a system library, or a clear error."""
     if shutil.which("pkg-config"):
         try:
-            cflags = subprocess.check_output(["pkg-config", "--cflags", name], stderr=subprocess.DEVNULL, text=True).split()
-            libs = subprocess.check_output(["pkg-config", "--libs", name], stderr=subprocess.DEVNULL, text=True).split()
+            cflags = subprocess.check_output(["pkg-config", "--cflags", name], stderr=subprocess.DEVNULL,
+                                             universal_newlines=True).split()
+            libs = subprocess.check_output(["pkg-config", "--libs", name], stderr=subprocess.DEVNULL,
+                                           universal_newlines=True).split()
             return ([f[2:] for f in cflags if f.startswith("-I")],
                     [f[2:] for f in libs if f.startswith("-L")],
                     [f[2:] for f in libs if f.startswith("-l")])
         except subprocess.CalledProcessError:
-            pass
+            pass  # Debian's libev-dev ships no libev.pc: look for the header
     for d in ("/usr/include", "/usr/local/include", "/opt/homebrew/include"):
         if os.path.exists(os.path.join(d, header)):
-            return [d], [], [name.replace("lib", "", 1) if name.startswith("lib") else name]
-    sys.exit(f"zcsend: {header} not found. On Debian/Ubuntu: apt-get install {debian_package}")
+            return [d], [], [lib]
+    sys.exit(f"zcsend: {header} ({name}) not found, needed to build the extension. "
+             f"On Debian/Ubuntu: apt-get install {debian_package}")
 
 
-ev = pkg_config("libev", "libev-dev", "ev.h")
-ssl = pkg_config("openssl", "libssl-dev", "openssl/ssl.h")
+class BuildExt(build_ext):
+    """Finds libev when the extension is built, not when setup.py is loaded."""
 
-platform_backend = "backend_linux.c" if sys.platform.startswith("linux") else "backend_bsd.c"
-core = [platform_backend, "backend_emulated.c", "sink_tls.c", "transfer.c", "driver_ev.c", "engine.c"]
+    def build_extensions(self):
+        inc, libdirs, libs = find_library("libev", "libev-dev", "ev.h", "ev")
+        for ext in self.extensions:
+            ext.include_dirs += [d for d in inc if d not in ext.include_dirs]
+            ext.library_dirs += libdirs
+            ext.libraries += libs
+        super().build_extensions()
 
-extra_compile = ["-std=gnu11", "-D_FILE_OFFSET_BITS=64", "-pthread", "-Wall", "-Wextra", "-Wno-missing-field-initializers", "-Wno-cast-function-type"]
+
+extra_compile = ["-std=gnu11", "-D_FILE_OFFSET_BITS=64", "-pthread", "-Wall", "-Wextra",
+                 "-Wno-missing-field-initializers", "-Wno-cast-function-type"]
 extra_link = ["-pthread"]
 if os.environ.get("ZCSEND_SANITIZE"):
     san = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=undefined", "-O1", "-g"]
@@ -44,13 +63,13 @@ setup(
     ext_modules=[
         Extension(
             "zcsend._zcsend",
-            sources=["python/zcsend/_zcsend.c"] + [os.path.join(CSRC, f) for f in core],
-            include_dirs=[CSRC] + ev[0] + ssl[0],
-            library_dirs=ev[1] + ssl[1],
-            libraries=ev[2] + ssl[2],
+            sources=["python/zcsend/_zcsend.c"] + [os.path.join(CSRC, f) for f in CORE],
+            include_dirs=[CSRC],
+            define_macros=[("ZCS_NO_TLS", None)],
             extra_compile_args=extra_compile,
             extra_link_args=extra_link,
             depends=[os.path.join(CSRC, "zcsend.h"), os.path.join(CSRC, "zcs_internal.h")],
         )
     ],
+    cmdclass={"build_ext": BuildExt},
 )

@@ -9,9 +9,41 @@
  * back as they were when the transfer is released. */
 #define _GNU_SOURCE
 #include <errno.h>
+#include "zcs_internal.h"
+
+#ifdef ZCS_NO_TLS
+/* Built without OpenSSL (-DZCS_NO_TLS; the Python extension is, as its TLS
+ * transports encrypt in Python and never hand the core an SSL*): no transfer
+ * ever holds an SSL, so the sink's entry points below are never reached but
+ * zcs_transfer_set_ssl, which refuses. */
+int zcs_transfer_set_ssl(zcs_transfer_t *t, struct ssl_st *ssl) {
+  (void)t;
+  (void)ssl;
+  return -EOPNOTSUPP;
+}
+
+void zcs__tls_release(zcs_transfer_t *t) {
+  t->ssl_modes_added = 0;
+  t->ssl = NULL;
+}
+
+ssize_t zcs__tls_write(zcs_transfer_t *t, const void *buf, size_t len) {
+  (void)t;
+  (void)buf;
+  (void)len;
+  return -EOPNOTSUPP;
+}
+
+ssize_t zcs__ktls_sendfile(zcs_transfer_t *t, size_t len) {
+  (void)t;
+  (void)len;
+  return -ENOSYS;
+}
+
+#else /* with OpenSSL */
+
 #include <openssl/err.h>
 #include <openssl/ssl.h>
-#include "zcs_internal.h"
 
 #define ADDED_MODES (SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER)
 
@@ -100,3 +132,5 @@ ssize_t zcs__ktls_sendfile(zcs_transfer_t *t, size_t len) {
   return -ENOSYS;
 #endif
 }
+
+#endif /* ZCS_NO_TLS */

@@ -142,7 +142,10 @@ size_t zcs_transfer_head_sent(const zcs_transfer_t *t);
  * else may write to it meanwhile. Its SSL_MODE_ENABLE_PARTIAL_WRITE and
  * SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER are set for the transfer and restored on
  * release. Returns 0, -EINVAL (set twice, after a step, ssl writes another fd,
- * or a head is set), or ZCS_EUNSUPPORTED with ZCS_F_NO_FALLBACK and no kernel TLS. */
+ * or a head is set), or ZCS_EUNSUPPORTED with ZCS_F_NO_FALLBACK and no kernel TLS.
+ * Build switch: compiled with -DZCS_NO_TLS the core needs no OpenSSL (headers or
+ * libssl/libcrypto) and this returns -EOPNOTSUPP; everything else is unchanged.
+ * The Python extension is built so (its TLS goes through transport.write). */
 int zcs_transfer_set_ssl(zcs_transfer_t *t, struct ssl_st *ssl);
 /* OpenSSL's error code (ERR_get_error) behind the last ZCS_ETLS, or 0. */
 unsigned long zcs_transfer_tls_error(const zcs_transfer_t *t);

@@ -13,7 +13,7 @@ from ._install import install, uninstall
 
 __all__ = ["sendfile", "install", "uninstall", "stats", "backend", "SendfileError", "SendfileConnectionError",
            "FileShrunkError"]
-__version__ = "0.1.0"
+from ._version import __version__  # written in _version.py only
 
 # asyncio's transports and every StreamWriter (on any loop, uvloop's too) get
 # `await x.sendfile_zc(file, offset, count)`. uvloop's transports are extension

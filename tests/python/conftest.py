@@ -29,6 +29,53 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "asyncio_only(why): the behaviour tested is stock asyncio's")
 
 
+if hasattr(asyncio, "Runner"):
+    Runner = asyncio.Runner
+else:
+    class Runner:
+        """asyncio.Runner (3.11+) for Python 3.9 and 3.10, as much of it as run()
+        uses: the same loop setup (a loop_factory's loop is not made current),
+        debug, and the same teardown (cancel what is left, async generators,
+        the default executor, close)."""
+
+        def __init__(self, *, debug=None, loop_factory=None):
+            self._debug, self._factory = debug, loop_factory
+            self._loop, self._set_event_loop = None, False
+
+        def __enter__(self):
+            if self._factory is None:
+                self._loop = asyncio.new_event_loop()
+                asyncio.set_event_loop(self._loop)
+                self._set_event_loop = True
+            else:
+                self._loop = self._factory()
+            if self._debug is not None:
+                self._loop.set_debug(self._debug)
+            return self
+
+        def run(self, coro):
+            return self._loop.run_until_complete(self._loop.create_task(coro))
+
+        def __exit__(self, *exc):
+            loop = self._loop
+            try:
+                tasks = asyncio.all_tasks(loop)
+                for t in tasks:
+                    t.cancel()
+                if tasks:
+                    loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+                for t in tasks:
+                    if not t.cancelled() and t.exception() is not None:
+                        loop.call_exception_handler({"message": "unhandled exception during asyncio.run() shutdown",
+                                                     "exception": t.exception(), "task": t})
+                loop.run_until_complete(loop.shutdown_asyncgens())
+                loop.run_until_complete(loop.shutdown_default_executor())
+            finally:
+                if self._set_event_loop:
+                    asyncio.set_event_loop(None)
+                loop.close()
+
+
 def run(coro, timeout=120):
     """Runs a test coroutine on a fresh loop of the current kind (debug mode
     follows PYTHONASYNCIODEBUG), failing it if it outlives timeout."""
@@ -36,7 +83,7 @@ def run(coro, timeout=120):
         return await asyncio.wait_for(coro, timeout)
     factory = uvloop.new_event_loop if LOOP["kind"] == "uvloop" else None
     debug = bool(os.environ.get("PYTHONASYNCIODEBUG"))
-    with asyncio.Runner(loop_factory=factory, debug=debug) as runner:
+    with Runner(loop_factory=factory, debug=debug) as runner:
         return runner.run(bounded())
 
 
