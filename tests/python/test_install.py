@@ -7,7 +7,7 @@ import pytest
 from aiohttp import web
 
 import zcsend
-from conftest import Pair, file_sha1, make_file, run, tls_contexts, zero_copy_expected
+from conftest import Pair, Runner, file_sha1, make_file, run, tls_contexts, zero_copy_expected
 
 
 def test_loop_sendfile_goes_through_zcsend(kind, datafile):
@@ -184,11 +184,11 @@ def test_a_loops_own_sendfile_native_is_honoured(tmp_path):
 
     zcsend.install()
     try:
-        with asyncio.Runner(loop_factory=OwnNativeLoop) as runner:
+        with Runner(loop_factory=OwnNativeLoop) as runner:
             assert runner.run(send()) == 0 and calls == ["class"]
-        with asyncio.Runner() as runner:
+        with Runner() as runner:
             assert runner.run(send(own=True)) == 0 and calls == ["class", "instance"]
-        with asyncio.Runner() as runner:
+        with Runner() as runner:
             assert runner.run(send()) == 1 and calls == ["class", "instance"]
     finally:
         zcsend.uninstall()

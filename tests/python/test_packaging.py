@@ -59,6 +59,9 @@ def test_version_is_written_once():
     header = open(os.path.join(ROOT, "csrc", "zcsend.h")).read()
     assert re.search(r'#define ZCS_VERSION "([^"]+)"', header).group(1) == version, \
         "csrc/zcsend.h's ZCS_VERSION differs from python/zcsend/_version.py"
+    lua = open(os.path.join(ROOT, "lua", "zcsend.lua")).read()
+    assert "M._VERSION = core.version" in lua, "lua/zcsend.lua must take its version from the core's header"
+    assert version not in lua
 
 
 def elf_dynamic(path):
@@ -221,7 +224,7 @@ def test_sdist_is_complete():
         names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
         pkg_info = tar.extractfile(next(m for m in tar.getmembers() if m.name.endswith("/PKG-INFO")
                                         and m.name.count("/") == 1)).read().decode()
-    want = {"LICENSE", "README.md", "pyproject.toml", "setup.py", "MANIFEST.in", "csrc/Makefile",
+    want = {"LICENSE", "README.md", "CHANGELOG.md", "pyproject.toml", "setup.py", "MANIFEST.in", "csrc/Makefile",
             "csrc/backend_bsd.c", "csrc/backend_linux.c", "python/zcsend/py.typed"}
     for pattern in ("csrc/*.c", "csrc/*.h", "python/zcsend/*.py", "python/zcsend/*.pyi", "python/zcsend/*.c",
                     "tests/python/**/*", "tests/c/**/*"):
