@@ -79,13 +79,18 @@ make -s -C lua LUA=luajit
 (cd lua && ZCSEND_LUA=luajit ZCSEND_CPATH="./build-luajit/?.so" busted --lua=luajit -o utfTerminal)
 step "Lua in its real hosts: nginx + lua-nginx-module, Tarantool, luv (busted hostspec)"
 (cd lua && $BUSTED hostspec)
-step "luarocks make (the rockspec) into a scratch tree"
-TREE=$(mktemp -d)
-(cd lua && luarocks --lua-version 5.4 --tree "$TREE" make zcsend-scm-1.rockspec >/dev/null)
-rm -f csrc/*.o
-LUA_PATH="$TREE/share/lua/5.4/?.lua;;" LUA_CPATH="$TREE/lib/lua/5.4/?.so;;" \
-  lua5.4 -e 'local z = require "zcsend"; assert(package.searchpath("zcsend.core", package.cpath):find("'"$TREE"'", 1, true)); print("luarocks build loads: " .. z.backend())'
-rm -rf "$TREE"
+step "luarocks make (zcsend-scm-1.rockspec, from the root) for Lua 5.4 and LuaJIT, into scratch trees"
+for V in 5.4 5.1; do
+  TREE=$(mktemp -d)
+  if [ $V = 5.4 ]; then LUA=lua5.4; EXTRA=""; else LUA=luajit; EXTRA="LUA_INCDIR=/usr/include/luajit-2.1"; fi
+  luarocks --lua-version $V --tree "$TREE" make $EXTRA >/dev/null
+  ZT="$TREE" LUA_PATH="$TREE/share/lua/$V/?.lua;;" LUA_CPATH="$TREE/lib/lua/$V/?.so;;" $LUA -e '
+    local z, tree = require "zcsend", os.getenv("ZT")
+    assert(package.searchpath("zcsend.core", package.cpath):find(tree, 1, true))
+    assert(package.searchpath("zcsend.nginx", package.path):find(tree, 1, true))
+    print("luarocks build loads (" .. _VERSION .. "): " .. z._VERSION .. " " .. z.backend())'
+  rm -rf "$TREE"
+done
 step "Benchmark smoke run (benchmarks/run.py --quick: every contender, every metric, once)"
 OUT=$(mktemp -d)
 $PY benchmarks/run.py --quick --out "$OUT" >"$OUT/log" 2>&1 || { cat "$OUT/log"; exit 1; }
