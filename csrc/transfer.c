@@ -152,6 +152,8 @@ int zcs_transfer_init(zcs_transfer_t *t, int sock_fd, int file_fd, int64_t offse
   t->remaining = count;
   if (S_ISREG(st.st_mode)) {
     t->remaining = fixed_count(file_fd, &st, offset, count, &t->sized);
+    if ((flags & ZCS_F_EXACT_COUNT) && t->sized && count != ZCS_COUNT_TO_EOF && t->remaining < count)
+      return ZCS_ETRUNCATED; /* never counted as started: nothing was asked of the socket */
     t->backend = backend_forced_emulated ? ZCS_BACKEND_EMULATED : ZCS_BACKEND_SENDFILE;
   } else {
     if (lseek(file_fd, 0, SEEK_CUR) < 0)

@@ -61,6 +61,8 @@ enum zcs_backend {
 /* Transfer flags. */
 #define ZCS_F_NO_FALLBACK 0x1      /* fail with ZCS_EUNSUPPORTED instead of copying */
 #define ZCS_F_SIGPIPE_BLOCKED 0x2  /* caller's thread already blocks SIGPIPE: skip the per-step mask */
+#define ZCS_F_EXACT_COUNT 0x4      /* a count past a sized file's end is ZCS_ETRUNCATED at init,
+                                      before a byte moves (without it: the rest of the file) */
 
 #define ZCS_COUNT_TO_EOF (-1)
 #define ZCS_DEFAULT_BUDGET (2u << 20)     /* bytes one step may move: nginx's 2 MiB per event */

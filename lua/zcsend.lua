@@ -336,7 +336,12 @@ local function wait_fd(host, fd, events, timeout)
       ok, msg, name = nil, ETIMEDOUT_MSG:format(timeout), "ETIMEDOUT"
       break
     end
-    ok, msg, name = host.wait(own, events, math.min(left, CHECK))
+    local called
+    called, ok, msg, name = pcall(host.wait, own, events, math.min(left, CHECK))
+    if not called then -- the host raised: our dup must not outlive the wait
+      core.close(own)
+      error(ok, 0)
+    end
     if core.fdid(fd) ~= id then
       ok, msg, name = nil, "EBADF: fd closed while waiting", "EBADF"
     end
@@ -407,6 +412,7 @@ end
 -- write or read. The file is read through a dup taken now (ffd may be closed
 -- and reused meanwhile).
 local EBADF_CLOSED = "EBADF: socket closed during the transfer"
+local TRUNCATED = "ETRUNCATED: file ended before the requested byte count was sent"
 
 -- luasec's send(data, i) -> last | nil, err, partial, waiting between tries
 local function send_chunk(host, sock, fd, id, data, timeout)
@@ -451,10 +457,17 @@ local function send_tls_from(host, sock, fd, ffd, offset, count, timeout)
   end
   local id = core.fdid(fd)
   local seekable = kind == "file"
-  local total = count
-  if seekable then
-    local avail = math.max(0, size - offset)
-    total = count and math.min(count, avail) or avail
+  local total, sized = count, false
+  if seekable then -- the core's rule: a count past a sized file's end is refused
+    local n, s, sname = core.source_count(ffd, offset, count)
+    if not n then
+      return nil, s, sname, 0
+    end
+    sized = s
+    if sized and count and n < count then
+      return nil, TRUNCATED, "ETRUNCATED", 0
+    end
+    total = n >= 0 and n or nil -- procfs and the like: count (or the end) bounds it
   end
   if host ~= BLOCKING and not host.send and sock.settimeout then
     sock:settimeout(0) -- these hosts need it non-blocking; they wait for us
@@ -481,8 +494,8 @@ local function send_tls_from(host, sock, fd, ffd, offset, count, timeout)
       return fail(err, name)
     end
     if #data == 0 then
-      if total and seekable then
-        return fail("ETRUNCATED: file ended before the requested byte count was sent", "ETRUNCATED")
+      if sized then -- it shrank
+        return fail(TRUNCATED, "ETRUNCATED")
       end
       break
     end

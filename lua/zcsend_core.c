@@ -302,7 +302,9 @@ static int l_transfer(lua_State *L) {
   }
   if (rc == 0) {
     x->ready = 1;
-    rc = zcs_transfer_init(&x->t, x->sock_dup, x->file_dup, offset, count, 0);
+    /* a count is exact: past a file's end it is ETRUNCATED before a byte moves */
+    rc = zcs_transfer_init(&x->t, x->sock_dup, x->file_dup, offset, count,
+                           count == ZCS_COUNT_TO_EOF ? 0 : ZCS_F_EXACT_COUNT);
   }
   if (rc < 0) {
     transfer_release(x);
@@ -885,6 +887,21 @@ static int l_fileinfo(lua_State *L) {
   return 2;
 }
 
+/* core.source_count(fd, offset, count) -> bytes a transfer would send (-1: to
+   the source's end), sized (the count is fixed from the file's size) | nil, msg, name */
+static int l_source_count(lua_State *L) {
+  int fd = check_fd(L, 1, "closed fd");
+  int64_t offset = opt_int64(L, 2, 0, "offset");
+  int64_t count = opt_int64(L, 3, ZCS_COUNT_TO_EOF, "count");
+  int sized = 0;
+  int64_t n = zcs_source_count(fd, offset, count, &sized);
+  if (n < 0 && n != ZCS_COUNT_TO_EOF)
+    return push_error(L, (int)n);
+  lua_pushinteger(L, (lua_Integer)n);
+  lua_pushboolean(L, sized);
+  return 2;
+}
+
 /* core.fdid(fd) -> a string naming what fd refers to | nil, msg, name: while
    it is the same, fd still names the same socket */
 static int l_fdid(lua_State *L) {
@@ -980,7 +997,7 @@ static const luaL_Reg functions[] = {
     {"transfer", l_transfer}, {"loop", l_loop},         {"poll", l_poll},
     {"read", l_read},         {"fileinfo", l_fileinfo}, {"fileno", l_fileno},
     {"fdid", l_fdid},         {"strerror", l_strerror}, {"dup", l_dup},
-    {"close", l_close},       {"now", l_now},
+    {"close", l_close},       {"now", l_now},       {"source_count", l_source_count},
     {"stats", l_stats},       {"backend", l_backend},   {"host_begin", l_host_begin},
     {"host_end", l_host_end}, {NULL, NULL}};
 

@@ -122,6 +122,18 @@ describe("luasec TLS connections", function()
     f:close()
   end)
 
+  it("refuse a count past the file's end before a byte goes out", function()
+    local conn, rd, out = tls_pair()
+    local f = assert(io.open(PATH, "rb"))
+    assert.are.same({ nil, "ETRUNCATED: file ended before the requested byte count was sent", "ETRUNCATED", 0 },
+      { zcsend.sendfile(conn, f, 10, SIZE) })
+    assert.are.equal(SIZE - 10, zcsend.sendfile(conn, f, 10, SIZE - 10)) -- the same connection goes on
+    conn:close()
+    H.reader_wait(rd)
+    assert.is_true(H.read_file(out) == DATA:sub(11))
+    f:close()
+  end)
+
   it("can't be stepped as a plain transfer", function()
     local conn, rd = tls_pair()
     local f = assert(io.open(PATH, "rb"))

@@ -37,7 +37,7 @@ describe("zcsend.sendfile, blocking (no coroutine host)", function()
   end)
 
   for _, case in ipairs({ { 0, 1 }, { 1, nil }, { 4095, 4097 }, { H.MiB, 3 * H.MiB }, { 123457, nil },
-    { 0, 100 * H.MiB } }) do
+    { 0, SIZE }, { SIZE - 1, 1 } }) do
     local offset, count = case[1], case[2]
     it(("offset %d, count %s"):format(offset, tostring(count)), function()
       local want = DATA:sub(offset + 1, count and offset + count or nil)
@@ -143,6 +143,24 @@ describe("bad input", function()
     assert.are.equal(0, zcsend.sendfile(s, f, SIZE + 10))
     f:close()
   end)
+
+  -- a count is what the caller promised its peer (a Content-Length): one the
+  -- file can't cover fails before a byte goes out, never a short success
+  for _, case in ipairs({ { 0, SIZE + 1 }, { SIZE - 5, 6 }, { SIZE + 10, 1 }, { 0, 100 * H.MiB } }) do
+    it(("refuses a count past the end (offset %d, count %d): ETRUNCATED, 0 sent"):format(case[1], case[2]),
+      function()
+        local c, rd, out = connect()
+        local f = assert(io.open(PATH, "rb"))
+        local before = zcsend.stats()
+        assert.are.same({ nil, "ETRUNCATED: file ended before the requested byte count was sent", "ETRUNCATED", 0 },
+          { zcsend.sendfile(c, f, case[1], case[2]) })
+        assert.are.equal(before.started, zcsend.stats().started)
+        c:close()
+        H.reader_wait(rd)
+        assert.are.equal("", H.read_file(out)) -- not a byte
+        f:close()
+      end)
+  end
 end)
 
 describe("failures mid-transfer", function()

@@ -279,7 +279,7 @@ function M.run(opts)
     local f = files[s.id]
     s.offset = rnd(0, f.size - 1)
     if rnd() < 0.5 then
-      s.count = rnd(1, f.size - s.offset + 1000) -- sometimes past the end: clamped
+      s.count = rnd(1, f.size - s.offset) -- past the end is ETRUNCATED at once (sendfile_spec)
     end
     -- small buffers (the peer's set before it connects: shrinking a window
     -- mid-connection stalls TCP): a transfer takes many steps, so chaos finds

@@ -402,6 +402,34 @@ START_TEST(blocked_peek_advance) {
 }
 END_TEST
 
+/* ZCS_F_EXACT_COUNT: a count past a sized file's end is refused at init,
+   nothing counted; without the flag it is the rest of the file */
+START_TEST(exact_count) {
+  size_t len = 1000;
+  unsigned char *data = pattern(len, 9);
+  int fd = make_file("x", data, len);
+  int sv[2];
+  make_pair(0, sv);
+  zcs_stats_t before, after;
+  zcs_stats(&before);
+  zcs_transfer_t t;
+  ck_assert_int_eq(zcs_transfer_init(&t, sv[0], fd, 10, 991, ZCS_F_EXACT_COUNT), ZCS_ETRUNCATED);
+  zcs_transfer_release(&t);
+  ck_assert_int_eq(zcs_transfer_init(&t, sv[0], fd, 2000, 1, ZCS_F_EXACT_COUNT), ZCS_ETRUNCATED);
+  zcs_transfer_release(&t);
+  zcs_stats(&after);
+  ck_assert_uint_eq(after.started, before.started);
+  ck_assert_uint_eq(after.cancelled, before.cancelled);
+  ck_assert_int_eq(zcs_transfer_init(&t, sv[0], fd, 10, 990, ZCS_F_EXACT_COUNT), 0);
+  ck_assert_int_eq(t.remaining, 990);
+  zcs_transfer_release(&t);
+  ck_assert_int_eq(zcs_transfer_init(&t, sv[0], fd, 10, 5000, 0), 0);
+  ck_assert_int_eq(t.remaining, 990);
+  zcs_transfer_release(&t);
+  free(data);
+}
+END_TEST
+
 START_TEST(peek_refuses_what_it_cannot) {
   int p[2];
   ck_assert_int_eq(pipe(p), 0);
@@ -1748,6 +1776,7 @@ int main(void) {
   tcase_add_test(tc, budget_bounds_one_step);
   tcase_add_test(tc, blocked_peek_advance);
   tcase_add_test(tc, peek_refuses_what_it_cannot);
+  tcase_add_test(tc, exact_count);
   tcase_add_test(tc, bad_inputs);
   tcase_add_test(tc, file_shrinks_mid_transfer);
   tcase_add_test(tc, file_shrinks_mid_transfer_emulated);
