@@ -110,8 +110,8 @@ local function sockfd(sock, fname, noflush)
   for _, a in ipairs(host_adapters()) do -- the hosts' own objects first
     if a.sockfd then
       local afd, atls, aname = a.sockfd(sock)
-      if afd then
-        return checkfd(tointeger(afd) or -1, 1, fname, "closed socket"), atls
+      if afd then -- and the adapter whose object it is
+        return checkfd(tointeger(afd) or -1, 1, fname, "closed socket"), atls, nil, a
       elseif atls then
         return nil, atls, aname
       end
@@ -207,13 +207,25 @@ M.TIMEOUT = 60
 --                             nil, msg, name for its own, closed
 --   wait(fd, events, timeout) true once fd is ready ("r", "w", "rw"), false
 --                             after timeout seconds, or nil, msg, name; never
---                             blocks the host. fd is a dup zcsend owns and
---                             closes after the wait: a host that registered it
---                             with its poller forgets it before returning
---   wait_transfer(t, sock, timeout)   optional: waits, as wait does, after
---                             t:step() said "write", through sock itself (for a
---                             host that can wait for a socket only by writing
---                             to it: t:peek(n) and t:advance(n))
+--                             blocks the host (nil, msg, "ECANCELED" for a
+--                             cancelled fiber, say). fd is a dup zcsend owns
+--                             and closes after the wait: a host that registered
+--                             it with its poller forgets it before returning
+--                             (libev's epoll backend keeps an entry for a
+--                             closed dup while the socket lives: Tarantool's
+--                             adapter waits on a private epoll instead)
+--   wait_transfer(t, sock, timeout, left)   optional: waits, as wait does,
+--                             after t:step() said "write", through sock itself
+--                             (for a host that can wait for a socket only by
+--                             writing to it: t:peek(n), t:advance(n),
+--                             t:blocked()); left: seconds before the idle
+--                             timeout, for a host whose own wait can't be cut
+--                             into slices (a cosocket's send timeout)
+--   prepare(sock, timeout)    optional: true | nil, msg, name: called for the
+--                             adapter whose sockfd() claimed sock, once the
+--                             transfer holds its dups, before its first byte:
+--                             output the host still queues for sock goes first
+--                             (luv's uv.write queue)
 --   send(sock, data, timeout) optional: true | nil, msg, name, nsent: all of
 --                             data through the host's own send (TLS)
 -- A transfer waits through the first that applies: zcsend.set_waiter's
@@ -355,7 +367,16 @@ end
 
 -- runs a core transfer to its end through host; no progress for timeout
 -- seconds ends it with ETIMEDOUT
-local function drive(t, host, sock, timeout)
+local function drive(t, host, sock, timeout, owner)
+  -- output the socket's own object still holds goes first (luv's uv.write
+  -- queue): waited for now, when the transfer holds its dups of both fds
+  if owner and owner.prepare then
+    local ok, msg, name = owner.prepare(sock, timeout)
+    if not ok then
+      t:cancel(core[name] or core.EIO)
+      return nil, msg, name, 0
+    end
+  end
   if host.loop then -- zcsend's libev driver steps it; we sleep until it has ended
     local co, ended, sleeping = coroutine.running(), false, false
     host.loop:drive(t, function()
@@ -386,7 +407,7 @@ local function drive(t, host, sock, timeout)
       else
         local slice, ok = math.min(left, CHECK), nil
         if r == "write" and host.wait_transfer then
-          ok, hmsg, hname = host.wait_transfer(t, sock, slice)
+          ok, hmsg, hname = host.wait_transfer(t, sock, slice, left)
         else
           ok, hmsg, hname = host.wait(t:ownfd(), t:events(), slice)
         end
@@ -548,7 +569,7 @@ end
 -- the rest of the file (of a pipe: to its end). opts.timeout: seconds without
 -- progress before the transfer ends with ETIMEDOUT (default zcsend.TIMEOUT).
 function M.sendfile(sock, file, offset, count, opts)
-  local fd, tls, ename = sockfd(sock, "sendfile")
+  local fd, tls, ename, owner = sockfd(sock, "sendfile")
   if not fd then
     return nil, tls, ename, 0
   end
@@ -563,7 +584,7 @@ function M.sendfile(sock, file, offset, count, opts)
   if not t then
     return nil, err, name, sent
   end
-  local r = { pcall(drive, t, host, sock, timeout) }
+  local r = { pcall(drive, t, host, sock, timeout, owner) }
   t:close()
   if not r[1] then
     error(r[2], 0)
@@ -650,6 +671,10 @@ function Loop:sendfile(sock, file, offset, count, callback)
     end)
   end)
 end
+
+-- adapters may rely on it: sendfile calls the prepare(sock, timeout) of the
+-- adapter whose sockfd() claimed sock, once the transfer holds its dups
+M._prepare = true
 
 M.stats = core.stats
 M.backend = core.backend

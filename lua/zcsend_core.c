@@ -971,6 +971,16 @@ static int l_strerror(lua_State *L) {
   return 2;
 }
 
+/* core.nonblocking(fd) -> true when O_NONBLOCK is set on fd's description | nil, msg, name */
+static int l_nonblocking(lua_State *L) {
+  int fd = check_fd(L, 1, "closed fd");
+  int fl = fcntl(fd, F_GETFL);
+  if (fl < 0)
+    return push_error(L, -errno);
+  lua_pushboolean(L, (fl & O_NONBLOCK) != 0);
+  return 1;
+}
+
 /* core.now() -> seconds on the monotonic clock */
 static int l_now(lua_State *L) {
   struct timespec ts;
@@ -998,6 +1008,7 @@ static const luaL_Reg functions[] = {
     {"read", l_read},         {"fileinfo", l_fileinfo}, {"fileno", l_fileno},
     {"fdid", l_fdid},         {"strerror", l_strerror}, {"dup", l_dup},
     {"close", l_close},       {"now", l_now},       {"source_count", l_source_count},
+    {"nonblocking", l_nonblocking},
     {"stats", l_stats},       {"backend", l_backend},   {"host_begin", l_host_begin},
     {"host_end", l_host_end}, {NULL, NULL}};
 
