@@ -3,9 +3,14 @@
 Nothing here runs at import: libev is looked for when the extension is built
 (build_ext), so an sdist builds on a machine without libev's headers. The
 extension is built with -DZCS_NO_TLS: it needs no OpenSSL (Python's TLS
-transports encrypt in Python and never hand the core an SSL*).
+transports encrypt in Python and never hand the core an SSL*). The core's
+sources come from csrc/sources.mk, the list the Makefiles include too. The core
+is compiled into the extension with hidden visibility and -DZCS_API=, so the
+extension exports PyInit__zcsend alone.
 """
 import os
+import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -14,9 +19,29 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 CSRC = "csrc"
-# Every platform's sources ship in the sdist (MANIFEST.in); the build picks one.
-PLATFORM_SRC = "backend_linux.c" if sys.platform.startswith("linux") else "backend_bsd.c"
-CORE = [PLATFORM_SRC, "backend_emulated.c", "sink_tls.c", "transfer.c", "driver_ev.c", "engine.c"]
+
+
+def read_sources_mk(path=os.path.join(CSRC, "sources.mk")):
+    """csrc/sources.mk's `NAME = words` assignments, as {NAME: [words]}."""
+    with open(path) as f:
+        text = re.sub(r"\\\n", " ", f.read())  # a trailing backslash continues the line
+    found = {}
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        m = re.fullmatch(r"([A-Za-z0-9_]+)\s*=\s*(.*)", line)
+        if not m:
+            sys.exit(f"zcsend: {path}: not a plain assignment: {line!r}")
+        found[m.group(1)] = m.group(2).split()
+    return found
+
+
+# Every platform's sources ship in the sdist (MANIFEST.in); the build picks one,
+# by the name `uname -s` gives (as the Makefiles do).
+SOURCES = read_sources_mk()
+CORE = SOURCES.get("ZCS_PLATFORM_SOURCES_" + platform.system(), SOURCES["ZCS_PLATFORM_SOURCES_default"]) \
+    + SOURCES["ZCS_SOURCES"]
 
 
 def find_library(name, debian_package, header, lib):
@@ -52,7 +77,7 @@ class BuildExt(build_ext):
 
 
 extra_compile = ["-std=gnu11", "-D_FILE_OFFSET_BITS=64", "-pthread", "-Wall", "-Wextra",
-                 "-Wno-missing-field-initializers", "-Wno-cast-function-type"]
+                 "-Wno-missing-field-initializers", "-Wno-cast-function-type", "-fvisibility=hidden"]
 extra_link = ["-pthread"]
 if os.environ.get("ZCSEND_SANITIZE"):
     san = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=undefined", "-O1", "-g"]
@@ -65,10 +90,10 @@ setup(
             "zcsend._zcsend",
             sources=["python/zcsend/_zcsend.c"] + [os.path.join(CSRC, f) for f in CORE],
             include_dirs=[CSRC],
-            define_macros=[("ZCS_NO_TLS", None)],
+            define_macros=[("ZCS_NO_TLS", None), ("ZCS_API", "")],
             extra_compile_args=extra_compile,
             extra_link_args=extra_link,
-            depends=[os.path.join(CSRC, "zcsend.h"), os.path.join(CSRC, "zcs_internal.h")],
+            depends=[os.path.join(CSRC, f) for f in SOURCES["ZCS_HEADERS"] + ["sources.mk"]],
         )
     ],
     cmdclass={"build_ext": BuildExt},

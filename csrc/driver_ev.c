@@ -1,7 +1,11 @@
 /* The libev driver: one ev_io per transfer, pointed at whatever the last step
  * asked for; the completion callback runs once, from the loop. */
 #include <errno.h>
-#include "zcsend.h"
+#include "zcsend_ev.h"
+
+/* zcs_transfer_wait_fd()'s events go to ev_io_set() as they are */
+_Static_assert(ZCS_WAIT_READ == EV_READ && ZCS_WAIT_WRITE == EV_WRITE,
+               "ZCS_WAIT_* must be libev's EV_READ/EV_WRITE");
 
 static void step(zcs_ev_transfer_t *w) {
   if (w->finished)

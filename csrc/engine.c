@@ -5,6 +5,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -14,6 +15,8 @@
 #include <sys/uio.h>
 #include <unistd.h>
 #include "zcs_internal.h"
+#include "zcsend_engine.h"
+#include "zcsend_ev.h"
 
 struct zcs_channel {
   int fd;                 /* eventfd, readable while done is not empty */
@@ -345,7 +348,7 @@ int zcs_job_init_read(zcs_job_t *j, int fd, int64_t offset, size_t len) {
     return -ENOMEM;
   j->t.file_fd = fd;
   j->t.offset = j->t.start = offset;
-  j->t.result = 1;
+  j->t.result = ZCS_RUNNING;
   j->w.finished = 1; /* a cancel's kick has nothing to step */
   j->w.data = j;
   j->rbuf = buf;
@@ -397,7 +400,7 @@ int zcs_job_submit(zcs_job_t *j, zcs_channel_t *ch) {
   pthread_mutex_lock(&engine.lock); /* the engine moves a submitted job's state */
   int fresh = j->state == JOB_NEW;
   pthread_mutex_unlock(&engine.lock);
-  if (!fresh || j->t.result != 1 || channel_foreign(ch))
+  if (!fresh || j->t.result != ZCS_RUNNING || channel_foreign(ch))
     return -EINVAL;
   int s = -1;
   if (!j->rbuf && (s = fcntl(j->t.sock_fd, F_DUPFD_CLOEXEC, 0)) < 0)

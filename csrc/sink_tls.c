@@ -58,7 +58,7 @@ static int ktls_send_active(SSL *ssl) {
 }
 
 int zcs_transfer_set_ssl(zcs_transfer_t *t, struct ssl_st *ssl) {
-  if (!ssl || t->result != 1 || t->sent || t->ssl || t->head)
+  if (!ssl || t->result != ZCS_RUNNING || t->sent || t->ssl || t->head)
     return -EINVAL;
   int wfd = SSL_get_wfd(ssl);
   if (wfd >= 0 && wfd != t->sock_fd)

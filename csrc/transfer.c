@@ -14,7 +14,15 @@
 #include <unistd.h>
 #include "zcs_internal.h"
 
-#define RUNNING 1
+/* Private members grow into zcs__reserved, never past it: sizeof(zcs_transfer_t)
+   is ABI for hosts that embed one. */
+_Static_assert(sizeof(zcs_transfer_t) ==
+                   offsetof(zcs_transfer_t, zcs__reserved) + sizeof(((zcs_transfer_t *)0)->zcs__reserved),
+               "zcs_transfer_t's private members outgrew zcs__reserved");
+
+/* ---- version ---------------------------------------------------------------- */
+const char *zcs_version(void) { return ZCS_VERSION; }
+unsigned int zcs_version_hex(void) { return ZCS_VERSION_HEX; }
 
 /* ---- process-wide statistics ---------------------------------------------- */
 static zcs_stats_t stats;
@@ -92,7 +100,7 @@ static int init_common(zcs_transfer_t *t, int sock_fd, int flags) {
   t->budget = ZCS_DEFAULT_BUDGET;
   t->buf_cap = ZCS_DEFAULT_BUFFER;
   t->pipe_fds[0] = t->pipe_fds[1] = -1;
-  t->result = RUNNING;
+  t->result = ZCS_RUNNING;
   int rc = zcs_backend_init();
   if (rc < 0)
     return rc;
@@ -220,7 +228,7 @@ static void record_outcome(zcs_transfer_t *t) {
   t->counted = 0;
   if (t->result == ZCS_DONE)
     STAT_ADD(completed, 1);
-  else if (t->result == RUNNING || t->result == -ECANCELED)
+  else if (t->result == ZCS_RUNNING || t->result == -ECANCELED)
     STAT_ADD(cancelled, 1);
   else
     STAT_ADD(failed, 1);
@@ -266,7 +274,7 @@ static int send_head(zcs_transfer_t *t) {
 }
 
 int zcs_transfer_set_head(zcs_transfer_t *t, const void *data, size_t len) {
-  if (!data || len == 0 || t->head || t->result != RUNNING || t->sent)
+  if (!data || len == 0 || t->head || t->result != ZCS_RUNNING || t->sent)
     return -EINVAL;
   if (t->ssl)
     return -EOPNOTSUPP;
@@ -335,7 +343,7 @@ static int run(zcs_transfer_t *t) {
 }
 
 int zcs_transfer_step(zcs_transfer_t *t) {
-  if (t->result != RUNNING)
+  if (t->result != ZCS_RUNNING)
     return t->result;
   if (t->cancelled)
     return finish(t, t->cancelled);
@@ -352,15 +360,15 @@ int zcs_transfer_step(zcs_transfer_t *t) {
 
 int zcs_transfer_wait_fd(const zcs_transfer_t *t, int step_result, int *events) {
   switch (step_result) {
-  case ZCS_WANT_WRITE: *events = EV_WRITE; return t->sock_fd;
-  case ZCS_WANT_READ: *events = EV_READ; return t->sock_fd;
-  case ZCS_WANT_SOURCE: *events = EV_READ; return t->file_fd;
+  case ZCS_WANT_WRITE: *events = ZCS_WAIT_WRITE; return t->sock_fd;
+  case ZCS_WANT_READ: *events = ZCS_WAIT_READ; return t->sock_fd;
+  case ZCS_WANT_SOURCE: *events = ZCS_WAIT_READ; return t->file_fd;
   default: *events = 0; return -1;
   }
 }
 
 ssize_t zcs_transfer_peek(zcs_transfer_t *t, void *buf, size_t len) {
-  if (t->result != RUNNING || t->remaining == 0)
+  if (t->result != ZCS_RUNNING || t->remaining == 0)
     return 0;
   if (t->ssl)
     return -EOPNOTSUPP;
@@ -377,7 +385,7 @@ ssize_t zcs_transfer_peek(zcs_transfer_t *t, void *buf, size_t len) {
 }
 
 int zcs_transfer_advance(zcs_transfer_t *t, size_t n) {
-  if (t->result != RUNNING || (t->remaining >= 0 && (uint64_t)t->remaining < n))
+  if (t->result != ZCS_RUNNING || (t->remaining >= 0 && (uint64_t)t->remaining < n))
     return -EINVAL;
   t->offset += (int64_t)n;
   t->sent += n;
@@ -397,7 +405,7 @@ void zcs_transfer_abort(zcs_transfer_t *t, int err) {
 }
 
 void zcs__transfer_end(zcs_transfer_t *t, int err) {
-  if (t->result == RUNNING)
+  if (t->result == ZCS_RUNNING)
     finish(t, err);
 }
 
@@ -410,35 +418,7 @@ void zcs_transfer_release(zcs_transfer_t *t) {
   t->buf_len = t->buf_pos = 0;
   zcs__splice_close(t);
   zcs__tls_release(t);
-  if (t->result == RUNNING && t->cancelled)
+  if (t->result == ZCS_RUNNING && t->cancelled)
     t->result = t->cancelled; /* stopped, never stepped again: ended as it was told */
   record_outcome(t);
-}
-
-/* ---- errors ---------------------------------------------------------------- */
-#define ZCS_ERRNO_NAMES(XX)                                                          \
-  XX(EPERM) XX(ENOENT) XX(EINTR) XX(EIO) XX(EBADF) XX(EAGAIN) XX(ENOMEM) XX(EACCES)     \
-  XX(EFAULT) XX(EEXIST) XX(EISDIR) XX(EINVAL) XX(EMFILE) XX(EFBIG) XX(ENOSPC)          \
-  XX(ESPIPE) XX(EPIPE) XX(ENOSYS) XX(EOVERFLOW) XX(ENOTSOCK) XX(EOPNOTSUPP) XX(EXDEV)  \
-  XX(ECONNABORTED) XX(ECONNRESET) XX(ENOTCONN) XX(ETIMEDOUT) XX(ECANCELED) XX(ESHUTDOWN)
-
-const char *zcs_err_name(int err) {
-  switch (err) {
-#define XX(name, value, msg) case ZCS_##name: return #name;
-    ZCS_ERRNO_MAP(XX)
-#undef XX
-#define XX(name) case -name: return #name;
-    ZCS_ERRNO_NAMES(XX)
-#undef XX
-  default: return "EUNKNOWN";
-  }
-}
-
-const char *zcs_strerror(int err) {
-  switch (err) {
-#define XX(name, value, msg) case ZCS_##name: return msg;
-    ZCS_ERRNO_MAP(XX)
-#undef XX
-  default: return strerror(-err);
-  }
 }

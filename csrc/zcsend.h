@@ -1,9 +1,19 @@
-/* zcsend — zero-copy file-to-socket transfers.
+/* zcsend — zero-copy file-to-socket transfers: the core API.
  *
- * Layers (inside out), one file each:
+ * One header per layer (docs/C_API.md is the guide to all three):
+ *   zcsend.h         transfers, backends, errors, stats, version — this file;
+ *                    needs only the C library (no libev, no pthread.h)
+ *   zcsend_ev.h      the libev driver: runs transfers on an ev_loop
+ *   zcsend_engine.h  the engine thread, its channels and jobs
+ *
+ * Implementation, one file each (inside out):
  *   backend_linux.c / backend_bsd.c / backend_emulated.c  move bytes once
- *   transfer.c                                            the state machine
- *   driver_ev.c                                           runs transfers on a libev loop
+ *   sink_tls.c                                            OpenSSL as the destination
+ *   transfer.c                                            the state machine, stats, version
+ *   errors.c                                              names and messages of error codes
+ *   driver_ev.c                                           zcsend_ev.h
+ *   engine.c                                              zcsend_engine.h
+ * csrc/sources.mk lists them for every build.
  *
  * Every function that can fail returns a negative errno, or one of the ZCS_E*
  * codes below; zcs_strerror() and zcs_err_name() name both kinds.
@@ -14,17 +24,43 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h> /* ssize_t */
-#include <pthread.h>
-#include <ev.h>
 
 struct ssl_st; /* OpenSSL's SSL; zcsend.h does not need OpenSSL's headers */
+
+/* ZCS_API marks the public API. The core is compiled with -fvisibility=hidden:
+ * a shared object built from it exports what carries ZCS_API and nothing else
+ * (the zcs__* internals never). The Python and Lua bindings compile the core
+ * into their own module with -DZCS_API= so that they export only their entry
+ * point (see docs/C_API.md, "Linking"). */
+#ifndef ZCS_API
+#if defined(__GNUC__) || defined(__clang__)
+#define ZCS_API __attribute__((visibility("default")))
+#else
+#define ZCS_API
+#endif
+#endif
 
 #ifdef __cplusplus
 extern "C" {
 #endif
 
+/* ---- version ----------------------------------------------------------------
+ * The version is written once, in python/zcsend/_version.py; the string below is
+ * checked against it (tests/python/test_packaging.py) and the numbers against
+ * the string (tests/c/test_core.c). */
+#define ZCS_VERSION_MAJOR 0
+#define ZCS_VERSION_MINOR 1
+#define ZCS_VERSION_PATCH 0
 #define ZCS_VERSION "0.1.0"
+/* (major << 16) | (minor << 8) | patch, for #if ZCS_VERSION_HEX >= 0x000100 */
+#define ZCS_VERSION_HEX ((ZCS_VERSION_MAJOR << 16) | (ZCS_VERSION_MINOR << 8) | ZCS_VERSION_PATCH)
 
+/* The version of the core actually linked, which may differ from the header's
+ * a host was compiled with: ZCS_VERSION and ZCS_VERSION_HEX. */
+ZCS_API const char *zcs_version(void);
+ZCS_API unsigned int zcs_version_hex(void);
+
+/* ---- errors ---------------------------------------------------------------- */
 /* zcsend's own error codes, beside negative errnos. */
 #define ZCS_ERRNO_MAP(XX)                                                        \
   XX(ETRUNCATED, -4001, "file ended before the requested byte count was sent")   \
@@ -39,6 +75,15 @@ enum {
 #undef XX
 };
 
+/* A message for err (a ZCS_E* code or a negative errno): strerror's for errnos. */
+ZCS_API const char *zcs_strerror(int err);
+/* The symbolic name of err without its minus sign: "ETRUNCATED", "EPIPE",
+ * "EAGAIN" (for EWOULDBLOCK too: an alias gets the name its value has first).
+ * Every errno the platform defines is named; "EUNKNOWN" for anything else
+ * (0 and positive values included). */
+ZCS_API const char *zcs_err_name(int err);
+
+/* ---- transfers --------------------------------------------------------------- */
 /* What zcs_transfer_step() asks for next; errors are negative. */
 enum zcs_step_result {
   ZCS_DONE = 0,        /* every byte delivered (or the source hit EOF with no count) */
@@ -47,6 +92,15 @@ enum zcs_step_result {
                           renegotiation inside SSL_write), then step again */
   ZCS_WANT_SOURCE = 3  /* wait until the source fd is readable (pipe), then step again */
 };
+
+/* t->result (and zcs_job_result()) while the transfer has not ended; once it
+ * has, ZCS_DONE or a negative error, for good. Not a step result. */
+#define ZCS_RUNNING 1
+
+/* The events zcs_transfer_wait_fd() asks for: the same bits as libev's
+ * EV_READ and EV_WRITE (driver_ev.c checks), so a libev host may pass them on. */
+#define ZCS_WAIT_READ 0x01
+#define ZCS_WAIT_WRITE 0x02
 
 /* How bytes leave the file. */
 enum zcs_backend {
@@ -71,8 +125,14 @@ enum zcs_backend {
 #define ZCS_MAX_BUFFER (256u << 10)
 
 /* One transfer: a file (or part of one) to a non-blocking socket.
- * Members marked ro may be read by the owner at any time it holds the transfer;
- * rw may be changed before the first step; private are zcsend's. */
+ *
+ * The struct is public so that a host can embed it by value in its own
+ * connection object (no allocation per transfer): its size and the place of
+ * every public member are part of the ABI. Members marked rw may be changed
+ * before the first step; ro ones read by the owner at any time it holds the
+ * transfer (not while another thread steps it). The rest is zcsend's: private
+ * members live in a fixed-size area (zcs__reserved), so they can change, or
+ * new ones be added, without changing sizeof(zcs_transfer_t); never touch them. */
 typedef struct zcs_transfer {
   int sock_fd;          /* rw: destination socket, O_NONBLOCK */
   int file_fd;          /* rw: source fd, -1 for ZCS_BACKEND_MEMORY */
@@ -84,25 +144,36 @@ typedef struct zcs_transfer {
   uint64_t sent;        /* ro: bytes delivered to the socket, exactly */
   uint64_t sent_zero_copy; /* ro: the part of sent that never entered user space */
   int backend;          /* ro: enum zcs_backend now in use */
-  int result;           /* ro: 1 while running, then ZCS_DONE or a negative error */
-  volatile int cancelled; /* private: the error zcs_transfer_abort() ends it with, or 0 */
-  int sized;            /* private: the count came from a size to trust: an early EOF is ZCS_ETRUNCATED */
+  int result;           /* ro: ZCS_RUNNING, then ZCS_DONE or a negative error */
   int blocked;          /* ro: the last step stopped because the socket would block (not the budget) */
-  /* private: emulation buffer */
-  char *buf;
-  size_t buf_cap, buf_len, buf_pos;
-  /* private: splice pipe and the bytes parked in it */
-  int pipe_fds[2];
-  size_t pipe_len;
-  int counted;          /* private: counted as active; its outcome not yet recorded */
-  /* private: bytes sent before the source's (zcs_transfer_set_head) */
-  char *head;
-  size_t head_len, head_pos;
-  /* private: TLS sink (zcs_transfer_set_ssl) */
-  struct ssl_st *ssl;
-  int ssl_modes_added;
-  unsigned long tls_error;
+  union {
+    struct { /* private */
+      volatile int cancelled; /* the error zcs_transfer_abort() ends it with, or 0 */
+      int sized;        /* the count came from a size to trust: an early EOF is ZCS_ETRUNCATED */
+      /* emulation buffer */
+      char *buf;
+      size_t buf_cap, buf_len, buf_pos;
+      /* splice pipe and the bytes parked in it */
+      int pipe_fds[2];
+      size_t pipe_len;
+      int counted;      /* counted as active; its outcome not yet recorded */
+      /* bytes sent before the source's (zcs_transfer_set_head) */
+      char *head;
+      size_t head_len, head_pos;
+      /* TLS sink (zcs_transfer_set_ssl) */
+      struct ssl_st *ssl;
+      int ssl_modes_added;
+      unsigned long tls_error;
+    };
+    uint64_t zcs__reserved[32]; /* the private area's size: 256 bytes */
+  };
 } zcs_transfer_t;
+
+/* Thread safety: a transfer belongs to one thread at a time, and every call on
+ * it below must come from that thread (or under a lock the host holds around
+ * all of them: zcs_ev_transfer_t's lock, the engine's job lock). Transfers
+ * share nothing else but the process-wide stats, kept with atomics, so
+ * different transfers may run in different threads at once. */
 
 /* Prepares a transfer of count bytes (ZCS_COUNT_TO_EOF: to the source's end)
  * from file_fd at offset to sock_fd. A regular file's count is fixed now from
@@ -112,20 +183,22 @@ typedef struct zcs_transfer {
  * length) send until count or their end, whichever comes first, as asyncio's
  * loop.sendfile does. A source that can't seek ignores offset.
  * Returns 0, or -EBADF / -EISDIR / -EINVAL / ZCS_EBLOCKING / -ENOMEM.
- * Every initialised transfer must be released with zcs_transfer_release(). */
-int zcs_transfer_init(zcs_transfer_t *t, int sock_fd, int file_fd, int64_t offset,
-                      int64_t count, int flags);
+ * Every initialised transfer must be released with zcs_transfer_release() (after
+ * a failed init that frees nothing and is harmless). The fds stay the caller's:
+ * zcsend never closes them. */
+ZCS_API int zcs_transfer_init(zcs_transfer_t *t, int sock_fd, int file_fd, int64_t offset,
+                              int64_t count, int flags);
 
 /* The count zcs_transfer_init() would fix now for fd from offset: with *sized
  * set, a regular file's min(count, bytes left) (an early EOF later means the
  * file shrank); else count itself (ZCS_COUNT_TO_EOF: up to the source's end).
  * For hosts that read the file themselves (a TLS layer zcsend can't reach), so
  * they size it by the same rule. Returns it, or -EINVAL / -EBADF. */
-int64_t zcs_source_count(int fd, int64_t offset, int64_t count, int *sized);
+ZCS_API int64_t zcs_source_count(int fd, int64_t offset, int64_t count, int *sized);
 
 /* Prepares a transfer of len bytes copied from data (no source fd). */
-int zcs_transfer_init_memory(zcs_transfer_t *t, int sock_fd, const void *data, size_t len,
-                             int flags);
+ZCS_API int zcs_transfer_init_memory(zcs_transfer_t *t, int sock_fd, const void *data,
+                                     size_t len, int flags);
 
 /* Bytes to send before the source's, an HTTP response head say: copied now,
  * sent first, with MSG_MORE while file bytes follow so the two leave in the same
@@ -133,8 +206,8 @@ int zcs_transfer_init_memory(zcs_transfer_t *t, int sock_fd, const void *data, s
  * head's are zcs_transfer_head_sent(). Call before the first step. Returns 0,
  * -EINVAL (set twice, after a step, or len 0), -EOPNOTSUPP on a TLS transfer
  * (write the head through the SSL), or -ENOMEM. */
-int zcs_transfer_set_head(zcs_transfer_t *t, const void *data, size_t len);
-size_t zcs_transfer_head_sent(const zcs_transfer_t *t);
+ZCS_API int zcs_transfer_set_head(zcs_transfer_t *t, const void *data, size_t len);
+ZCS_API size_t zcs_transfer_head_sent(const zcs_transfer_t *t);
 
 /* Sends through ssl (an established or still-handshaking OpenSSL connection on
  * sock_fd) instead of writing plaintext to the socket: the file is read in
@@ -148,15 +221,17 @@ size_t zcs_transfer_head_sent(const zcs_transfer_t *t);
  * Build switch: compiled with -DZCS_NO_TLS the core needs no OpenSSL (headers or
  * libssl/libcrypto) and this returns -EOPNOTSUPP; everything else is unchanged.
  * The Python extension is built so (its TLS goes through transport.write). */
-int zcs_transfer_set_ssl(zcs_transfer_t *t, struct ssl_st *ssl);
+ZCS_API int zcs_transfer_set_ssl(zcs_transfer_t *t, struct ssl_st *ssl);
 /* OpenSSL's error code (ERR_get_error) behind the last ZCS_ETLS, or 0. */
-unsigned long zcs_transfer_tls_error(const zcs_transfer_t *t);
+ZCS_API unsigned long zcs_transfer_tls_error(const zcs_transfer_t *t);
 
 /* Pushes bytes until the socket would block, the budget is spent, the transfer
  * ends, or an error. Returns enum zcs_step_result or a negative error; after
  * ZCS_DONE or an error every later call returns the same. Partial progress is
- * in t->sent even when an error is returned. Never raises SIGPIPE. */
-int zcs_transfer_step(zcs_transfer_t *t);
+ * in t->sent even when an error is returned. Never raises SIGPIPE: it blocks
+ * SIGPIPE in the calling thread for the step (skipped with
+ * ZCS_F_SIGPIPE_BLOCKED) and consumes what the step raised. */
+ZCS_API int zcs_transfer_step(zcs_transfer_t *t);
 
 /* For a host that can wait for a socket only by writing through its own socket
  * object (an nginx cosocket waits for writability inside its send()): copies up
@@ -164,28 +239,31 @@ int zcs_transfer_step(zcs_transfer_t *t);
  * bytes copied (0: the range is done or the file ended), -EAGAIN while the
  * transfer holds bytes of its own (wait another way), -ESPIPE for a source that
  * can't seek, -EOPNOTSUPP on TLS, or -errno from pread. */
-ssize_t zcs_transfer_peek(zcs_transfer_t *t, void *buf, size_t len);
+ZCS_API ssize_t zcs_transfer_peek(zcs_transfer_t *t, void *buf, size_t len);
 /* The host wrote n of the bytes the last zcs_transfer_peek() copied: they count
  * as sent (not zero-copy). Returns 0, or -EINVAL when n is more than is left. */
-int zcs_transfer_advance(zcs_transfer_t *t, size_t n);
+ZCS_API int zcs_transfer_advance(zcs_transfer_t *t, size_t n);
 
-/* The fd and libev-style events (1 read, 2 write) that a step result waits on. */
-int zcs_transfer_wait_fd(const zcs_transfer_t *t, int step_result, int *events);
+/* The fd, and in *events the ZCS_WAIT_* bits, that a step result waits on;
+ * -1 (and 0) for ZCS_DONE or an error. */
+ZCS_API int zcs_transfer_wait_fd(const zcs_transfer_t *t, int step_result, int *events);
 
 /* Marks the transfer cancelled: the next step returns -ECANCELED and moves nothing.
  * Safe from another thread only when the caller excludes a concurrent step
  * (zcs_ev_transfer does, with its lock). */
-void zcs_transfer_cancel(zcs_transfer_t *t);
+ZCS_API void zcs_transfer_cancel(zcs_transfer_t *t);
 /* Like zcs_transfer_cancel(), but the transfer ends with err, a negative error
  * the host saw (-ECONNRESET: its connection went; -ETIMEDOUT: no progress), and
  * counts as failed; -ECANCELED is zcs_transfer_cancel(). The first call wins. */
-void zcs_transfer_abort(zcs_transfer_t *t, int err);
+ZCS_API void zcs_transfer_abort(zcs_transfer_t *t, int err);
 
-/* Frees buffers and the splice pipe. (The outcome is in zcs_stats() from the
- * moment the transfer ends; one released unfinished counts as cancelled.) */
-void zcs_transfer_release(zcs_transfer_t *t);
+/* Frees buffers and the splice pipe; closes none of the caller's fds. (The
+ * outcome is in zcs_stats() from the moment the transfer ends; one released
+ * unfinished counts as cancelled.) */
+ZCS_API void zcs_transfer_release(zcs_transfer_t *t);
 
-/* Process-wide counters, shared by every binding. */
+/* ---- stats ------------------------------------------------------------------- */
+/* Process-wide counters, shared by every binding; safe from any thread. */
 typedef struct zcs_stats {
   uint64_t bytes_zero_copy;
   uint64_t bytes_fallback;
@@ -195,110 +273,20 @@ typedef struct zcs_stats {
   uint64_t cancelled;
   uint64_t active;
 } zcs_stats_t;
-void zcs_stats(zcs_stats_t *out);
+ZCS_API void zcs_stats(zcs_stats_t *out);
 /* For transfers a binding carries out through the host's own writer (read jobs
  * plus the host's write calls): counted like the core's own. begin once, then
  * end once with ZCS_DONE, -ECANCELED or another error and the bytes written. */
-void zcs_stats_host_begin(void);
-void zcs_stats_host_end(int result, uint64_t bytes_written);
+ZCS_API void zcs_stats_host_begin(void);
+ZCS_API void zcs_stats_host_end(int result, uint64_t bytes_written);
 
+/* ---- backends ---------------------------------------------------------------- */
 /* Reads ZCSEND_BACKEND ("", "auto" or "emulated") once. Returns 0 or ZCS_EBACKEND. */
-int zcs_backend_init(void);
+ZCS_API int zcs_backend_init(void);
 /* "linux-sendfile", "darwin-sendfile", "freebsd-sendfile" or "emulated". */
-const char *zcs_backend_name(void);
-const char *zcs_backend_kind_name(int backend);
-
-const char *zcs_strerror(int err);
-const char *zcs_err_name(int err);
-
-/* ---- libev driver ---------------------------------------------------------- */
-typedef struct zcs_ev_transfer zcs_ev_transfer_t;
-/* invoked once, when the transfer is done, failed or was cancelled */
-typedef void (*zcs_ev_done_cb)(zcs_ev_transfer_t *w, int result);
-
-struct zcs_ev_transfer {
-  zcs_transfer_t *transfer; /* ro */
-  struct ev_loop *loop;     /* ro */
-  zcs_ev_done_cb on_done;   /* rw */
-  void *data;               /* rw: the caller's */
-  pthread_mutex_t *lock;    /* rw: if set, held around every step */
-  int finished;             /* ro */
-  ev_io io;                 /* private */
-};
-
-/* Starts driving t on loop; on_done is called from the loop when it ends.
- * Starting a started watcher is harmless. Returns 0 or -EINVAL. */
-int zcs_ev_start(zcs_ev_transfer_t *w, struct ev_loop *loop, zcs_transfer_t *t,
-                 zcs_ev_done_cb on_done, void *data);
-/* Steps now (e.g. after zcs_transfer_cancel); may call on_done. */
-void zcs_ev_kick(zcs_ev_transfer_t *w);
-/* Stops watching without finishing; on_done is not called. Harmless twice. */
-void zcs_ev_stop(zcs_ev_transfer_t *w);
-
-/* ---- engine: a background thread running a libev loop --------------------
- * For hosts whose own loop zcsend can't join (Python's asyncio): jobs are handed
- * to one engine thread per process, which works on dup()s of their fds, so the
- * host closing its fd mid-transfer can never redirect bytes to an fd that reused
- * the number. Finished jobs come back through a channel: an fd that turns
- * readable, and a list the host drains from its own thread. */
-typedef struct zcs_channel zcs_channel_t;
-typedef struct zcs_job zcs_job_t;
-
-zcs_channel_t *zcs_channel_new(void);          /* NULL and errno on failure */
-int zcs_channel_fd(const zcs_channel_t *ch);   /* readable while finished jobs wait */
-/* Takes up to n finished jobs' ids; each id was returned by zcs_job_id(). */
-size_t zcs_channel_drain(zcs_channel_t *ch, uint64_t *ids, size_t n);
-void zcs_channel_release(zcs_channel_t *ch);   /* freed when no job still holds it */
-/* In a child just forked, before its event loop runs: the channel's fd number
- * now names a quiet eventfd of the child's own. Epoll registrations belong to
- * the open file description, which fork shares: without this, a child loop that
- * stops watching the fd (closing, say) takes the parent's watch away too.
- * Returns 0 (nothing to do in the process that made the channel) or -errno. */
-int zcs_channel_after_fork(zcs_channel_t *ch);
-
-/* A job owns its transfer; set it up with zcs_transfer_init*(zcs_job_transfer(j)),
- * step it inline if you like, then submit. One reference is the caller's. */
-zcs_job_t *zcs_job_new(void);
-zcs_transfer_t *zcs_job_transfer(zcs_job_t *j);
-uint64_t zcs_job_id(const zcs_job_t *j);
-/* Makes j a read job instead: the engine reads up to len bytes of the regular
- * file fd at offset into a buffer the job owns (zcs_job_data(), freed with the
- * job); when it comes back, zcs_job_sent() is the byte count read (short only at
- * the end of the file) and zcs_job_result() 0 or -errno. For hosts that must write the bytes through
- * a layer of their own (a TLS implementation zcsend can't reach), so the disk
- * read still happens off their thread. Returns 0, -EINVAL, or -ESPIPE when fd is
- * not a regular file. */
-int zcs_job_init_read(zcs_job_t *j, int fd, int64_t offset, size_t len);
-/* A read job's buffer; read it only after the job came back. */
-const void *zcs_job_data(const zcs_job_t *j);
-/* Reads len bytes of fd at offset into buf only if every one of them is in the
- * page cache, so it never waits for the disk and an event-loop thread may call
- * it (Linux preadv2 with RWF_NOWAIT). Returns 1 when all len bytes were read;
- * 0 when they were not (some not cached, the file ends sooner, or no such read
- * on this kernel or filesystem): then a read job reads them and says which;
- * or a negative errno (EBADF, ESPIPE, EIO...). */
-int zcs_read_cached(int fd, void *buf, size_t len, int64_t offset);
-/* Hands the job to the engine thread (started on first use). Returns 0, or a
- * negative errno (-EMFILE: no fd left for the dups): nothing is submitted then,
- * and a send job's transfer has ended with that error.
- *
- * fork(): the engine thread does not exist in a child. A job or channel the
- * child inherited belongs to the parent's engine: in the child, cancel only
- * marks the job, sent/result read the inherited copy without its lock (the
- * engine may have held it at the fork), drain returns 0 without touching the
- * eventfd the parent still uses, and release frees nothing and closes no fd
- * (the child may have reused those numbers already; they are CLOEXEC). New
- * jobs and channels in the child start a new engine. */
-int zcs_job_submit(zcs_job_t *j, zcs_channel_t *ch);
-/* Stops the job: when this returns, no further byte of it will be written, and
- * zcs_job_sent() is final. The job still comes back through its channel. */
-void zcs_job_cancel(zcs_job_t *j);
-/* zcs_job_cancel() that ends the job with err (see zcs_transfer_abort). */
-void zcs_job_abort(zcs_job_t *j, int err);
-uint64_t zcs_job_sent(zcs_job_t *j);
-uint64_t zcs_job_sent_zero_copy(zcs_job_t *j);
-int zcs_job_result(zcs_job_t *j);               /* 1 while running */
-void zcs_job_release(zcs_job_t *j);
+ZCS_API const char *zcs_backend_name(void);
+/* "sendfile", "splice", "emulated", "memory", "tls", "ktls" (enum zcs_backend), or "unknown". */
+ZCS_API const char *zcs_backend_kind_name(int backend);
 
 #ifdef __cplusplus
 }

@@ -30,7 +30,7 @@
 #include <lua.h>
 #include <lualib.h> /* LUA_FILEHANDLE */
 
-#include "zcsend.h"
+#include "zcsend_ev.h" /* the driver, and zcsend.h */
 
 #define TRANSFER_MT "zcsend.transfer"
 #define LOOP_MT "zcsend.loop"
@@ -372,7 +372,7 @@ static int t_events(lua_State *L) {
   int ev = 0;
   if (x->ready && !x->ended)
     zcs_transfer_wait_fd(&x->t, x->last, &ev);
-  lua_pushstring(L, ev == EV_READ ? "r" : ev == EV_WRITE ? "w" : "");
+  lua_pushstring(L, ev == ZCS_WAIT_READ ? "r" : ev == ZCS_WAIT_WRITE ? "w" : "");
   return 1;
 }
 
@@ -1027,6 +1027,11 @@ static void new_metatable(lua_State *L, const char *name, const luaL_Reg *method
   lua_pop(L, 1);
 }
 
+/* The module's one exported symbol: lua/Makefile builds with -fvisibility=hidden
+   and -DZCS_API=, so the core compiled into core.so stays private to it. */
+#if defined(__GNUC__) || defined(__clang__)
+__attribute__((visibility("default")))
+#endif
 int luaopen_zcsend_core(lua_State *L) {
   int rc = zcs_backend_init();
   if (rc < 0)

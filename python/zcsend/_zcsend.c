@@ -3,7 +3,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <errno.h>
-#include "zcsend.h"
+#include "zcsend_engine.h" /* jobs and channels, and zcsend.h */
 
 typedef struct {
   PyTypeObject *channel_type;
@@ -350,7 +350,7 @@ static PyObject *transfer_get_remaining(TransferObject *self, void *c) {
 static PyGetSetDef transfer_getset[] = {
     {"sent", (getter)transfer_get_sent, NULL, "bytes delivered to the socket", NULL},
     {"sent_zero_copy", (getter)transfer_get_sent_zc, NULL, "part of sent that was not copied", NULL},
-    {"result", (getter)transfer_get_result, NULL, "1 while running, 0 done, else -error", NULL},
+    {"result", (getter)transfer_get_result, NULL, "RUNNING (1) while running, DONE (0) done, else -error", NULL},
     {"id", (getter)transfer_get_id, NULL, "id that Channel.drain() reports", NULL},
     {"backend", (getter)transfer_get_backend, NULL, "sendfile, splice, emulated or memory", NULL},
     {"remaining", (getter)transfer_get_remaining, NULL, "bytes left to send, -1 if unknown", NULL},
@@ -504,6 +504,7 @@ static int module_exec(PyObject *m) {
   if (PyModule_AddType(m, st->channel_type) < 0 || PyModule_AddType(m, st->transfer_type) < 0)
     return -1;
 #define CONST(name, v) if (PyModule_AddIntConstant(m, name, v) < 0) return -1;
+  CONST("RUNNING", ZCS_RUNNING)
   CONST("DONE", ZCS_DONE)
   CONST("WANT_WRITE", ZCS_WANT_WRITE)
   CONST("WANT_READ", ZCS_WANT_READ)

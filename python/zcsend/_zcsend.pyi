@@ -1,5 +1,6 @@
 from typing import Optional
 
+RUNNING: int
 DONE: int
 WANT_WRITE: int
 WANT_READ: int

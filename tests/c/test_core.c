@@ -16,6 +16,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 #include "zcsend.h"
+#include "zcsend_engine.h"
+#include "zcsend_ev.h"
 
 /* ---- helpers --------------------------------------------------------------- */
 static char tmpdir[] = "/tmp/zcs-test-XXXXXX";
@@ -112,7 +114,7 @@ static int drive(zcs_transfer_t *t, int *steps) {
   while ((rc = zcs_transfer_step(t)) > 0) {
     int ev;
     int fd = zcs_transfer_wait_fd(t, rc, &ev);
-    struct pollfd p = {.fd = fd, .events = ev == EV_READ ? POLLIN : POLLOUT};
+    struct pollfd p = {.fd = fd, .events = ev == ZCS_WAIT_READ ? POLLIN : POLLOUT};
     poll(&p, 1, 5000);
     (*steps)++;
   }
@@ -1755,6 +1757,69 @@ START_TEST(head_bad_calls) {
 }
 END_TEST
 
+/* The version numbers and the string say the same, in the header and the library. */
+START_TEST(version_numbers) {
+  char v[32];
+  snprintf(v, sizeof v, "%d.%d.%d", ZCS_VERSION_MAJOR, ZCS_VERSION_MINOR, ZCS_VERSION_PATCH);
+  ck_assert_str_eq(v, ZCS_VERSION);
+  ck_assert_str_eq(zcs_version(), ZCS_VERSION);
+  ck_assert_uint_eq(zcs_version_hex(), ZCS_VERSION_HEX);
+  ck_assert_uint_eq(ZCS_VERSION_HEX,
+                    (ZCS_VERSION_MAJOR << 16) | (ZCS_VERSION_MINOR << 8) | ZCS_VERSION_PATCH);
+}
+END_TEST
+
+/* Every errno the C library has a message for has a name, and the name is the
+ * errno's (an alias gets its value's first name); zcsend's own codes too. */
+START_TEST(err_names_complete) {
+  int named = 0;
+  for (int e = 1; e < 4096; e++) {
+    char unknown[64];
+    snprintf(unknown, sizeof unknown, "Unknown error %d", e);
+    if (!strcmp(strerror(e), unknown))
+      continue;
+    named++;
+    ck_assert_msg(strcmp(zcs_err_name(-e), "EUNKNOWN") != 0, "errno %d (%s) has no name", e,
+                  strerror(e));
+    ck_assert_str_eq(zcs_strerror(-e), strerror(e));
+  }
+  ck_assert_int_ge(named, 100);
+  static const struct { int code; const char *name; } known[] = {
+      {-EPERM, "EPERM"}, {-EPIPE, "EPIPE"}, {-EAGAIN, "EAGAIN"}, {-EWOULDBLOCK, "EAGAIN"},
+      {-EOPNOTSUPP, "EOPNOTSUPP"}, {-EHOSTUNREACH, "EHOSTUNREACH"}, {-ENETUNREACH, "ENETUNREACH"},
+      {-ENOBUFS, "ENOBUFS"}, {-EDQUOT, "EDQUOT"}, {-ECONNREFUSED, "ECONNREFUSED"},
+      {-EMSGSIZE, "EMSGSIZE"}, {-ENOTRECOVERABLE, "ENOTRECOVERABLE"}, {-ECANCELED, "ECANCELED"},
+      {ZCS_ETRUNCATED, "ETRUNCATED"}, {ZCS_EBLOCKING, "EBLOCKING"}, {ZCS_EBACKEND, "EBACKEND"},
+      {ZCS_EUNSUPPORTED, "EUNSUPPORTED"}, {ZCS_ETLS, "ETLS"},
+      {0, "EUNKNOWN"}, {1, "EUNKNOWN"}, {EPIPE, "EUNKNOWN"}, {-4000, "EUNKNOWN"}, {-100000, "EUNKNOWN"}};
+  for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
+    ck_assert_str_eq(zcs_err_name(known[i].code), known[i].name);
+#ifdef __linux__
+  ck_assert_str_eq(zcs_err_name(-ENOTSUP), "EOPNOTSUPP"); /* the same value there */
+  ck_assert_str_eq(zcs_err_name(-EDEADLOCK), "EDEADLK");
+#endif
+}
+END_TEST
+
+/* t->result is ZCS_RUNNING from init until the transfer ends; so is a job's. */
+START_TEST(running_is_named) {
+  int fd = make_file("r", (const unsigned char *)"abc", 3);
+  int sv[2];
+  make_pair(0, sv);
+  zcs_transfer_t t;
+  ck_assert_int_eq(zcs_transfer_init(&t, sv[0], fd, 0, -1, 0), 0);
+  ck_assert_int_eq(t.result, ZCS_RUNNING);
+  ck_assert_int_eq(zcs_transfer_step(&t), ZCS_DONE);
+  ck_assert_int_eq(t.result, ZCS_DONE);
+  zcs_transfer_release(&t);
+  zcs_job_t *j = zcs_job_new();
+  ck_assert_int_eq(zcs_job_init_read(j, fd, 0, 3), 0);
+  ck_assert_int_eq(zcs_job_result(j), ZCS_RUNNING);
+  zcs_job_release(j);
+  close(sv[0]); close(sv[1]); close(fd);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("zcsend-core");
   TCase *tc = tcase_create("core");
@@ -1802,6 +1867,9 @@ int main(void) {
   tcase_add_test(tc, read_cached_never_waits);
   tcase_add_test(tc, head_then_file);
   tcase_add_test(tc, head_bad_calls);
+  tcase_add_test(tc, version_numbers);
+  tcase_add_test(tc, err_names_complete);
+  tcase_add_test(tc, running_is_named);
   suite_add_tcase(s, tls);
   TCase *eng = tcase_create("engine");
   tcase_set_timeout(eng, 120);

@@ -265,3 +265,16 @@ def test_bad_backend_env():
                        capture_output=True, text=True)
     assert r.returncode != 0
     assert "ValueError: ZCSEND_BACKEND=bogus: unknown ZCSEND_BACKEND value (use 'auto' or 'emulated')" in r.stderr
+
+
+def test_every_errno_has_its_name():
+    """The core names every errno the platform has (a step passes on whatever the
+    kernel said), as Python's errno module does; an alias gets its value's name."""
+    from zcsend import _zcsend
+    for code, name in errno.errorcode.items():
+        got = _zcsend.errname(-code)
+        assert got != "EUNKNOWN", (code, name)
+        assert getattr(errno, got) == code, (code, name, got)
+    assert _zcsend.errname(-errno.EWOULDBLOCK) == "EAGAIN"
+    assert _zcsend.errname(_zcsend.ETRUNCATED) == "ETRUNCATED"
+    assert _zcsend.errname(0) == _zcsend.errname(errno.EPIPE) == "EUNKNOWN"

@@ -84,6 +84,21 @@ def test_extension_links_no_openssl():
     assert [n for n in needed if n.startswith("libev")], needed
 
 
+def test_extension_exports_only_its_init():
+    """setup.py compiles the core into the extension with -fvisibility=hidden and
+    -DZCS_API=: PyInit__zcsend is its one export, and no zcs_* symbol of this
+    copy of the core can bind to, or be interposed by, another copy in the
+    process (the Lua module's, a C host's libzcsend)."""
+    from zcsend import _zcsend
+    if not shutil.which("nm"):
+        pytest.skip("nm (binutils) not installed")
+    out = subprocess.run(["nm", "-D", "--defined-only", _zcsend.__file__], check=True, capture_output=True,
+                         text=True).stdout
+    names = [line.split()[-1] for line in out.splitlines() if line.strip()]
+    assert "PyInit__zcsend" in names
+    assert not [n for n in names if n.startswith("zcs")], names
+
+
 # ---- what scripts/wheels.sh built -------------------------------------------
 
 def _pythons():
@@ -218,16 +233,18 @@ def smoke(tmp_path):
 
 @dist_only
 def test_sdist_is_complete():
-    """Every source for every platform (backend_bsd.c too), the licence, the
-    README, the stubs and the tests, at the one version."""
+    """Every source for every platform (backend_bsd.c too) and their list
+    (csrc/sources.mk, which setup.py reads), the licence, the README, the C API
+    guide and its example, the stubs and the tests, at the one version."""
     with tarfile.open(_sdist()) as tar:
         names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
         pkg_info = tar.extractfile(next(m for m in tar.getmembers() if m.name.endswith("/PKG-INFO")
                                         and m.name.count("/") == 1)).read().decode()
     want = {"LICENSE", "README.md", "CHANGELOG.md", "pyproject.toml", "setup.py", "MANIFEST.in", "csrc/Makefile",
-            "csrc/backend_bsd.c", "csrc/backend_linux.c", "python/zcsend/py.typed"}
+            "csrc/sources.mk", "csrc/backend_bsd.c", "csrc/backend_linux.c", "python/zcsend/py.typed",
+            "docs/C_API.md", "docs/example_host.c"}
     for pattern in ("csrc/*.c", "csrc/*.h", "python/zcsend/*.py", "python/zcsend/*.pyi", "python/zcsend/*.c",
-                    "tests/python/**/*", "tests/c/**/*"):
+                    "docs/*", "tests/python/**/*", "tests/c/**/*"):
         want |= {os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern), recursive=True)
                  if os.path.isfile(p) and "__pycache__" not in p and not p.endswith((".pyc", ".so", ".o"))}
     assert not want - names, f"missing from the sdist: {sorted(want - names)}"

@@ -1,0 +1,47 @@
+/* zcsend's libev driver: runs transfers (zcsend.h) on a libev loop, one ev_io
+ * each, pointed at whatever the last step asked for. Implemented in driver_ev.c.
+ * See docs/C_API.md, "The libev driver". */
+#ifndef ZCSEND_EV_H
+#define ZCSEND_EV_H
+
+#include <ev.h>
+#include <pthread.h> /* the optional lock around each step */
+#include "zcsend.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct zcs_ev_transfer zcs_ev_transfer_t;
+/* invoked once, when the transfer is done, failed or was cancelled */
+typedef void (*zcs_ev_done_cb)(zcs_ev_transfer_t *w, int result);
+
+/* A watcher for one transfer; the host owns its memory (embed it by value). */
+struct zcs_ev_transfer {
+  zcs_transfer_t *transfer; /* ro */
+  struct ev_loop *loop;     /* ro */
+  zcs_ev_done_cb on_done;   /* rw */
+  void *data;               /* rw: the caller's */
+  pthread_mutex_t *lock;    /* rw: if set, held around every step */
+  int finished;             /* ro */
+  ev_io io;                 /* private */
+};
+
+/* Thread safety: call these from the thread that runs loop (libev's rule for
+ * its watchers). Another thread may stop a transfer only through
+ * zcs_transfer_cancel()/zcs_transfer_abort() under w->lock, then have the
+ * loop's thread call zcs_ev_kick() (the engine does it with an ev_async). */
+
+/* Starts driving t on loop; on_done is called from the loop when it ends.
+ * Starting a started watcher is harmless. Returns 0 or -EINVAL. */
+ZCS_API int zcs_ev_start(zcs_ev_transfer_t *w, struct ev_loop *loop, zcs_transfer_t *t,
+                         zcs_ev_done_cb on_done, void *data);
+/* Steps now (e.g. after zcs_transfer_cancel); may call on_done. */
+ZCS_API void zcs_ev_kick(zcs_ev_transfer_t *w);
+/* Stops watching without finishing; on_done is not called. Harmless twice. */
+ZCS_API void zcs_ev_stop(zcs_ev_transfer_t *w);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* ZCSEND_EV_H */
