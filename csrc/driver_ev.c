@@ -1,5 +1,7 @@
 /* The libev driver: one ev_io per transfer, pointed at whatever the last step
- * asked for; the completion callback runs once, from the loop. */
+ * asked for; the completion callback runs once, from the loop, never from
+ * inside zcs_ev_start() or zcs_ev_kick() (libuv's rule: a callback never runs
+ * inside the call that registered it). */
 #include <errno.h>
 #include "zcsend_ev.h"
 
@@ -52,14 +54,19 @@ int zcs_ev_start(zcs_ev_transfer_t *w, struct ev_loop *loop, zcs_transfer_t *t,
   w->finished = 0;
   ev_io_init(&w->io, on_ready, t->sock_fd, EV_WRITE);
   w->io.data = w;
-  /* the socket is usually writable now: step at once rather than after a poll */
-  step(w);
+  ev_io_start(loop, &w->io);
+  /* the socket is usually writable now: the first step runs at the loop's
+     next turn without waiting for a poll, and never from inside this call */
+  ev_feed_event(loop, &w->io, EV_WRITE);
   return 0;
 }
 
-void zcs_ev_kick(zcs_ev_transfer_t *w) { step(w); }
+void zcs_ev_kick(zcs_ev_transfer_t *w) {
+  if (w->loop && !w->finished)
+    ev_feed_event(w->loop, &w->io, EV_WRITE); /* a step from the loop, soon */
+}
 
 void zcs_ev_stop(zcs_ev_transfer_t *w) {
-  if (w->loop && ev_is_active(&w->io))
-    ev_io_stop(w->loop, &w->io);
+  if (w->loop)
+    ev_io_stop(w->loop, &w->io); /* also drops a step queued by start or kick */
 }

@@ -32,11 +32,13 @@ struct zcs_ev_transfer {
  * zcs_transfer_cancel()/zcs_transfer_abort() under w->lock, then have the
  * loop's thread call zcs_ev_kick() (the engine does it with an ev_async). */
 
-/* Starts driving t on loop; on_done is called from the loop when it ends.
- * Starting a started watcher is harmless. Returns 0 or -EINVAL. */
+/* Starts driving t on loop: its first step runs at the loop's next turn (not
+ * inside this call), and on_done is called from the loop when it ends. Starting
+ * a started watcher is harmless. Returns 0 or -EINVAL. */
 ZCS_API int zcs_ev_start(zcs_ev_transfer_t *w, struct ev_loop *loop, zcs_transfer_t *t,
                          zcs_ev_done_cb on_done, void *data);
-/* Steps now (e.g. after zcs_transfer_cancel); may call on_done. */
+/* Has the loop step the transfer at its next turn (e.g. after
+ * zcs_transfer_cancel(), so that it ends); never calls on_done itself. */
 ZCS_API void zcs_ev_kick(zcs_ev_transfer_t *w);
 /* Stops watching without finishing; on_done is not called. Harmless twice. */
 ZCS_API void zcs_ev_stop(zcs_ev_transfer_t *w);

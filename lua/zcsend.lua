@@ -201,7 +201,10 @@ M.TIMEOUT = 60
 -- other host can add its own with zcsend.add_host(adapter). Fields:
 --   name                      for messages and zcsend.host()
 --   active()                  true when the running code can wait through this
---                             host now (a yieldable nginx phase, a fiber...)
+--                             host now (a fiber, a luv loop...; nginx: any
+--                             phase of a worker: its wait fails at once with
+--                             EOPNOTSUPP where the phase can't yield, so zcsend
+--                             never blocks the worker in poll(2))
 --   sockfd(sock)              optional: fd, tls for the host's own socket
 --                             objects; nil for objects that are not its own;
 --                             nil, msg, name for its own, closed
@@ -377,18 +380,12 @@ local function drive(t, host, sock, timeout, owner)
       return nil, msg, name, 0
     end
   end
-  if host.loop then -- zcsend's libev driver steps it; we sleep until it has ended
-    local co, ended, sleeping = coroutine.running(), false, false
+  if host.loop then -- zcsend's libev driver steps it and calls back from loop:run()
+    local co = coroutine.running()
     host.loop:drive(t, function()
-      ended = true
-      if sleeping then
-        resume(co)
-      end
+      resume(co)
     end, timeout)
-    if not ended then
-      sleeping = true
-      coroutine.yield()
-    end
+    coroutine.yield()
   else
     local seen, since = t:sent(), core.now()
     local hmsg, hname -- a failed wait ends the transfer with the host's own words

@@ -479,13 +479,8 @@ static int t_cancel(lua_State *L) {
   if (!x->ready || x->ended)
     return 0;
   zcs_transfer_abort(&x->t, code > 0 ? -(int)code : (int)code);
-  lloop *lp = x->loop;
-  if (lp) {
-    lua_State *saved = lp->L;
-    lp->L = L;
-    zcs_ev_kick(&x->w); /* ends it now: its callback runs with ECANCELED (unlinks x) */
-    lp->L = saved;
-  }
+  if (x->loop) /* the loop's next step ends it: its callback comes from loop:run() */
+    zcs_ev_kick(&x->w);
   return 0;
 }
 
@@ -644,11 +639,9 @@ static int lp_drive(lua_State *L) {
   lp->driven = x;
   lp->active++;
   check_timer_update(lp);
-  lua_State *saved = lp->L;
-  lp->L = L; /* a first step may finish at once and call back from here */
-  check_owner(x);
+  check_owner(x); /* a socket gone already: its first step ends it */
+  /* its first step, and its callback, come from loop:run(), never from here */
   zcs_ev_start(&x->w, lp->loop, &x->t, on_driven_done, x);
-  lp->L = saved ? saved : L;
   return 0;
 }
 
@@ -715,7 +708,7 @@ static int idle_too_long(ltransfer *x, double now) {
     x->progress_at = now;
     return 0;
   }
-  if (x->idle > 0 && now - x->progress_at >= x->idle && !x->ended) {
+  if (x->idle > 0 && now - x->progress_at >= x->idle && !x->ended && !x->t.cancelled) {
     zcs_transfer_abort(&x->t, -ETIMEDOUT);
     return 1;
   }
@@ -728,12 +721,10 @@ static void on_check(struct ev_loop *loop, ev_timer *tm, int revents) {
   (void)revents;
   lloop *lp = (lloop *)((char *)tm - offsetof(lloop, check));
   double now = ev_now(loop);
-again:
   for (ltransfer *x = lp->driven; x; x = x->next)
-    if ((!x->gone && check_owner(x)) || idle_too_long(x, now)) {
-      zcs_ev_kick(&x->w); /* ends it: on_driven_done unlinks it and calls back */
-      goto again;
-    }
+    if ((!x->gone && check_owner(x)) || idle_too_long(x, now))
+      zcs_ev_kick(&x->w); /* its next step ends it; on_driven_done unlinks it then */
+again: /* a waiter's callback runs now and may add or end waiters: start over */
   for (waiter *wt = lp->waiters; wt; wt = wt->next) {
     int err = !fd_still(wt->io.fd, &wt->id) ? -EBADF
               : wt->deadline > 0 && now >= wt->deadline ? -ETIMEDOUT : 0;

@@ -676,6 +676,48 @@ START_TEST(ev_driver_concurrent) {
 }
 END_TEST
 
+/* on_done never runs inside zcs_ev_start or zcs_ev_kick, even for a transfer
+   one step finishes; zcs_ev_stop drops the step they queued */
+START_TEST(ev_driver_never_reentrant) {
+  size_t len = 1000;
+  unsigned char *data = pattern(len, 13);
+  int fd = make_file("r", data, len);
+  struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+  struct job j;
+  memset(&j, 0, sizeof j);
+  make_pair(0, j.sv);
+  ck_assert_int_eq(zcs_transfer_init(&j.t, j.sv[0], fd, 0, -1, 0), 0);
+  ck_assert_int_eq(zcs_ev_start(&j.w, loop, &j.t, on_done, &j), 0);
+  ck_assert_int_eq(j.calls, 0);
+  ck_assert_uint_eq(j.t.sent, 0); /* not even stepped yet */
+  zcs_ev_kick(&j.w);
+  ck_assert_int_eq(j.calls, 0);
+  ev_run(loop, 0);
+  ck_assert_int_eq(j.calls, 1);
+  ck_assert_int_eq(j.result, ZCS_DONE);
+  ck_assert_uint_eq(j.t.sent, len);
+  zcs_ev_kick(&j.w); /* finished: nothing queued, no second call */
+  ev_run(loop, 0);
+  ck_assert_int_eq(j.calls, 1);
+  zcs_transfer_release(&j.t);
+  /* started, then stopped before the loop ran: no step, no callback */
+  struct job k;
+  memset(&k, 0, sizeof k);
+  k.sv[0] = j.sv[0];
+  ck_assert_int_eq(zcs_transfer_init(&k.t, k.sv[0], fd, 0, -1, 0), 0);
+  ck_assert_int_eq(zcs_ev_start(&k.w, loop, &k.t, on_done, &k), 0);
+  zcs_ev_stop(&k.w);
+  ev_run(loop, 0);
+  ck_assert_int_eq(k.calls, 0);
+  ck_assert_uint_eq(k.t.sent, 0);
+  zcs_transfer_release(&k.t);
+  close(j.sv[0]);
+  close(j.sv[1]);
+  ev_loop_destroy(loop);
+  free(data);
+}
+END_TEST
+
 START_TEST(ev_driver_waits_on_pipe_source) {
   size_t len = 1 << 20;
   unsigned char *data = pattern(len, 12);
@@ -1852,6 +1894,7 @@ int main(void) {
   tcase_add_test(tc, stats_count_outcomes);
   tcase_add_test(tc, ev_driver_concurrent);
   tcase_add_test(tc, ev_driver_waits_on_pipe_source);
+  tcase_add_test(tc, ev_driver_never_reentrant);
   suite_add_tcase(s, tc);
   TCase *tls = tcase_create("tls");
   tcase_set_timeout(tls, 120);
