@@ -100,3 +100,8 @@ step "ASGI benchmark smoke run (benchmarks/asgi.py --quick)"
 $PY benchmarks/asgi.py --quick >"$OUT/asgi.md" 2>"$OUT/asgi.log" || { cat "$OUT/asgi.log"; exit 1; }
 grep -q '^| FastAPI FileResponse, uvicorn + zcsend.uvicorn |' "$OUT/asgi.md"
 rm -rf "$OUT"
+step "nginx + lua + zcsend benchmark smoke run (benchmarks/nginx_lua.py --quick)"
+OUT=$(mktemp -d)
+$PY benchmarks/nginx_lua.py --quick --out "$OUT/nginx_lua.md" >"$OUT/log" 2>&1 || { cat "$OUT/log"; exit 1; }
+grep -q '^| nginx + lua + zcsend |' "$OUT/nginx_lua.md" && cat "$OUT/nginx_lua.md"
+rm -rf "$OUT"
