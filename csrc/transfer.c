@@ -10,6 +10,9 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#ifdef __linux__
+#include <sys/syscall.h>
+#endif
 #include <time.h>
 #include <unistd.h>
 #include "zcs_internal.h"
@@ -393,6 +396,40 @@ int zcs_transfer_advance(zcs_transfer_t *t, size_t n) {
   if (t->remaining > 0)
     t->remaining -= (int64_t)n;
   return 0;
+}
+
+#ifdef __linux__
+#ifndef __NR_cachestat
+#define __NR_cachestat 451 /* the same on every architecture (the unified table) */
+#endif
+struct zcs__cachestat_range { uint64_t off, len; };
+struct zcs__cachestat { uint64_t nr_cache, nr_dirty, nr_writeback, nr_evicted, nr_recently_evicted; };
+#endif
+
+int zcs_transfer_cached(const zcs_transfer_t *t, size_t len) {
+#ifdef __linux__
+  static int unsupported; /* no cachestat here: stays so (a benign race) */
+  if (t->result != ZCS_RUNNING || !t->sized || t->offset < 0 || t->remaining <= 0 || !len ||
+      t->file_fd < 0 || unsupported)
+    return 1;
+  if ((uint64_t)t->remaining < len)
+    len = (size_t)t->remaining;
+  struct zcs__cachestat_range r = {(uint64_t)t->offset, len};
+  struct zcs__cachestat cs;
+  if (syscall(__NR_cachestat, t->file_fd, &r, &cs, 0) < 0) {
+    if (errno == ENOSYS)
+      unsupported = 1;
+    return 1; /* can't tell: step, as before */
+  }
+  static long page;
+  if (!page)
+    page = sysconf(_SC_PAGESIZE);
+  uint64_t pages = (r.off + len - 1) / (uint64_t)page - r.off / (uint64_t)page + 1;
+  return cs.nr_cache >= pages;
+#else
+  (void)t, (void)len;
+  return 1;
+#endif
 }
 
 unsigned long zcs_transfer_tls_error(const zcs_transfer_t *t) { return t->tls_error; }

@@ -233,6 +233,14 @@ ZCS_API unsigned long zcs_transfer_tls_error(const zcs_transfer_t *t);
  * ZCS_F_SIGPIPE_BLOCKED) and consumes what the step raised. */
 ZCS_API int zcs_transfer_step(zcs_transfer_t *t);
 
+/* Whether a step of up to len bytes can't wait for the disk: 1 when the next
+ * len bytes of a regular file's range are all in the page cache (cachestat(2),
+ * Linux 6.5+), or the source is no file (a pipe, memory), or nothing is left;
+ * 0 when some of them are not (a host's event thread should hand the transfer
+ * to a thread that may block, e.g. the engine, instead of stepping it); 1 also
+ * where the kernel can't tell (no cachestat), as before it existed. */
+ZCS_API int zcs_transfer_cached(const zcs_transfer_t *t, size_t len);
+
 /* For a host that can wait for a socket only by writing through its own socket
  * object (an nginx cosocket waits for writability inside its send()): copies up
  * to len of the transfer's next bytes into buf, moving nothing. Returns the

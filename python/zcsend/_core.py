@@ -199,7 +199,7 @@ async def _run(hold, transfer, stepped=False):
         if hold.ending():  # closed while we waited: this transfer ends before a byte
             transfer.cancel(hold.loss_code())
             return transfer.step()
-        if INLINE_BUDGET > 0 and not stepped:
+        if INLINE_BUDGET > 0 and not stepped and transfer.cached(INLINE_BUDGET):
             rc = transfer.step(INLINE_BUDGET)
             if rc <= 0:
                 return rc
@@ -524,11 +524,12 @@ async def sendfile(transport, file, offset=0, count=None, *, fallback=True, head
             transfer = _new_transfer(hold.raw_fd, fd, offset, count, fallback, head)
             seekable = transfer.seekable
             total = transfer.remaining
-            rc = transfer.step(INLINE_BUDGET)
-            hold.sent = transfer.sent
-            if rc <= 0:
-                _finish(hold, rc, hold.sent, total)
-                return hold.sent
+            if transfer.cached(INLINE_BUDGET):  # else the disk would hold up the loop: the engine reads it
+                rc = transfer.step(INLINE_BUDGET)
+                hold.sent = transfer.sent
+                if rc <= 0:
+                    _finish(hold, rc, hold.sent, total)
+                    return hold.sent
             stepped = True
         try:
             if fd is not None:

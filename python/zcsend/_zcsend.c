@@ -259,6 +259,15 @@ static PyObject *transfer_step(TransferObject *self, PyObject *args) {
   return PyLong_FromLong(rc);
 }
 
+static PyObject *transfer_cached(TransferObject *self, PyObject *args) {
+  Py_ssize_t len = 0;
+  if (!PyArg_ParseTuple(args, "n:cached", &len))
+    return NULL;
+  if (self->submitted)
+    Py_RETURN_TRUE; /* the engine steps it: nothing for the caller to decide */
+  return PyBool_FromLong(zcs_transfer_cached(zcs_job_transfer(self->job), len > 0 ? (size_t)len : 0));
+}
+
 static PyObject *transfer_submit(TransferObject *self, PyObject *arg) {
   module_state *st = PyType_GetModuleState(Py_TYPE(self));
   if (!st || !PyObject_TypeCheck(arg, st->channel_type)) {
@@ -369,6 +378,9 @@ static PyMethodDef transfer_methods[] = {
     {"step", (PyCFunction)transfer_step, METH_VARARGS,
      "step([budget]) -> DONE, WANT_* or -error; non-blocking, in this thread"},
     {"submit", (PyCFunction)transfer_submit, METH_O, "hand the transfer to the engine thread"},
+    {"cached", (PyCFunction)transfer_cached, METH_VARARGS,
+     "cached(nbytes) -> False when some of the next nbytes of a file are not in the page "
+     "cache (a step would wait for the disk: let the engine take it)"},
     {"cancel", (PyCFunction)transfer_cancel, METH_VARARGS,
      "cancel([code]): stop; once this returns no further byte is written and sent is final; "
      "the transfer ends with code (default -ECANCELED; another error counts as failed)"},
