@@ -4,7 +4,9 @@ transfer before a byte moves. Checked by what happened (cachestat's answer,
 which calls were made), not by timing."""
 import asyncio
 import os
+import shutil
 import socket
+import tempfile
 
 import pytest
 
@@ -32,11 +34,13 @@ def warm(path):
 
 
 @pytest.fixture
-def diskfile(tmp_path):
-    # tmp_path is on a real filesystem here (tmpfs pages can't be evicted)
-    path = str(tmp_path / "cold.bin")
+def diskfile():
+    # /var/tmp, not tmp_path: /tmp may be a tmpfs, whose pages can't be evicted
+    d = tempfile.mkdtemp(prefix="zcs-cold-", dir="/var/tmp")
+    path = os.path.join(d, "cold.bin")
     sha = make_file(path, 8 * MiB, seed=5)
-    return path, sha
+    yield path, sha
+    shutil.rmtree(d, ignore_errors=True)
 
 
 def cached(path, offset=0, n=MiB):
