@@ -21,16 +21,14 @@ import json
 import os
 import platform
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-TICK = os.sysconf("SC_CLK_TCK")
+from _process import ServerProcess  # beside this script
 SIZES = {"1 MiB": ("one-mib.bin", 1 << 20), "16 KiB": ("sixteen-kib.bin", 16 << 10)}
 
 
@@ -109,53 +107,12 @@ http {{
 """)
 
 
-class Running:
+class Running(ServerProcess):
     """A started server (its own session, so stop() ends nginx's worker too)."""
 
     def __init__(self, name, argv, port, env, log):
-        self.name, self.port = name, port
-        self.proc = subprocess.Popen([a.replace("{port}", str(port)) for a in argv], cwd=HERE, env=env,
-                                     stdout=log, stderr=log, start_new_session=True)
-        deadline = time.monotonic() + 30
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{name} exited at start (code {self.proc.returncode})")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                return
-            except OSError:
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"{name} did not listen on {port}")
-                time.sleep(0.05)
-
-    def cpu(self):
-        """CPU seconds (user + sys, all threads) of the server and its children."""
-        pids = [self.proc.pid]
-        try:
-            with open(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children") as f:
-                pids += [int(p) for p in f.read().split()]
-        except OSError:
-            pass
-        total = 0
-        for pid in pids:
-            try:
-                with open(f"/proc/{pid}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-                total += int(fields[11]) + int(fields[12])
-            except OSError:
-                pass
-        return total / TICK
-
-    def stop(self):
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-        except ProcessLookupError:
-            pass
+        super().__init__(name, [a.replace("{port}", str(port)) for a in argv], port, log,
+                         cwd=HERE, env=env, start_timeout=30)
 
 
 def free_port():

@@ -40,7 +40,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 EXAMPLE = os.path.join(REPO, "lua", "examples", "nginx")
-TICK = os.sysconf("SC_CLK_TCK")
+from _process import ServerProcess  # beside this script
 SLOW_CONNS = 50
 STARVED = 5.0  # a probe with no answer after this many seconds counts as this long
 
@@ -94,58 +94,16 @@ def zcsend_conf(prefix, port, tls_port, root, crt, key, mode, lua_path):
     return conf
 
 
-class Nginx:
+class Nginx(ServerProcess):
     """One nginx (master + 1 worker) on its own conf; stop() leaves nothing behind."""
 
     def __init__(self, name, prefix, conf, port, log):
-        self.name, self.port = name, port
         os.makedirs(os.path.join(prefix, "t"), exist_ok=True)
         path = os.path.join(prefix, "nginx.conf")
         with open(path, "w") as f:
             f.write(conf)
-        self.proc = subprocess.Popen(["nginx", "-p", prefix, "-c", path, "-e", os.path.join(prefix, "error.log")],
-                                     stdout=log, stderr=log, start_new_session=True)
-        deadline = time.monotonic() + 20
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{name} exited at start (code {self.proc.returncode}); see {prefix}/error.log")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{name} did not listen on {port}")
-                time.sleep(0.05)
-
-    def pids(self):
-        pids = [self.proc.pid]
-        try:
-            with open(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children") as f:
-                pids += [int(p) for p in f.read().split()]
-        except OSError:
-            pass
-        return pids
-
-    def cpu(self):
-        total = 0
-        for pid in self.pids():
-            try:
-                with open(f"/proc/{pid}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-                total += int(fields[11]) + int(fields[12])  # utime, stime
-            except OSError:
-                pass
-        return total / TICK
-
-    def stop(self):
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-        except ProcessLookupError:
-            pass
+        super().__init__(name, ["nginx", "-p", prefix, "-c", path, "-e", os.path.join(prefix, "error.log")],
+                         port, log)
 
 
 def wrk(port, path, secs):

@@ -45,7 +45,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 GIB = 1 << 30
-TICK = os.sysconf("SC_CLK_TCK")
+from _process import ServerProcess  # beside this script
 STREAMS = 3  # 1 GiB GETs per server and round
 STARVED = 5  # seconds past the latency phase after which the probe counts as starved
 
@@ -152,82 +152,13 @@ def pin():
     CLIENT_CPUS = ["taskset", "-c", f"1-{os.cpu_count() - 1}"]
 
 
-class Running:
+class Running(ServerProcess):
     """A started server process (group); stop() leaves nothing behind."""
 
     def __init__(self, server, port, log):
-        self.server, self.port = server, port
+        self.server = server
         argv = SERVER_CPUS + [a.replace("{port}", str(port)) for a in server.argv]
-        self.proc = subprocess.Popen(argv, cwd=server.cwd, stdout=log, stderr=log,
-                                     start_new_session=True)
-        deadline = time.monotonic() + 20
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{server.name} exited at start (code {self.proc.returncode})")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{server.name} did not listen on {port}")
-                time.sleep(0.05)
-
-    def pids(self):
-        """The server process and its children (nginx's worker)."""
-        pids = [self.proc.pid]
-        try:
-            with open(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children") as f:
-                pids += [int(p) for p in f.read().split()]
-        except OSError:
-            pass
-        return pids
-
-    def cpu(self):
-        total = 0
-        for pid in self.pids():
-            try:
-                with open(f"/proc/{pid}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-                total += int(fields[11]) + int(fields[12])  # utime, stime
-            except OSError:
-                pass
-        return total / TICK
-
-    def _status(self, key):
-        total = 0
-        for pid in self.pids():
-            try:
-                with open(f"/proc/{pid}/status") as f:
-                    for line in f:
-                        if line.startswith(key + ":"):
-                            total += int(line.split()[1])
-            except OSError:
-                pass
-        return total / 1024  # MiB
-
-    def rss(self):
-        return self._status("VmRSS")
-
-    def peak_rss(self):
-        return self._status("VmHWM")
-
-    def reset_peak(self):
-        for pid in self.pids():
-            try:
-                with open(f"/proc/{pid}/clear_refs", "w") as f:
-                    f.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
-            except OSError:
-                pass
-
-    def stop(self):
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-        except ProcessLookupError:
-            pass
+        super().__init__(server.name, argv, port, log, cwd=server.cwd)
 
 
 # ---------------------------------------------------------------- load
