@@ -8,61 +8,36 @@
 -- curl and luasocket. Every process started here ends by itself (timeouts,
 -- lifetimes) and is stopped by its pid. luv is never loaded into busted's own
 -- process: the scripts run in their own.
-package.path = "./spec/?.lua;" .. package.path
+package.path = "./spec/?.lua;./hostspec/?.lua;" .. package.path
 local H = require "helper"
+local C = require "common"
 local socket = require "socket"
 
-local LUA_DIR = assert(io.popen("pwd")):read("l")
+local LUA_DIR = C.LUA_DIR
 local EXAMPLE = LUA_DIR .. "/examples/luv_fileserver.lua"
 local MiB = H.MiB
-
-local function sh(cmd) -- stdout of cmd
-  local p = assert(io.popen(cmd, "r"))
-  local out = p:read("a")
-  p:close()
-  return out
-end
-
-local function exists(path)
-  local f = io.open(path)
-  if f then
-    f:close()
-  end
-  return f ~= nil
-end
+local curl = C.curl
 
 -- the interpreters: lua5.4 always, LuaJIT where its luv and the build are there
 local HOSTS = { { name = "lua5.4", lua = "lua5.4", cpath = "./?.so", core = LUA_DIR .. "/zcsend/core.so" } }
 local LUAJIT = { name = "luajit", lua = "luajit", cpath = "./build-luajit/?.so",
   core = LUA_DIR .. "/build-luajit/zcsend/core.so" }
-local luajit_ok = os.execute("luajit -e 'require \"luv\"' >/dev/null 2>&1") and exists(LUAJIT.core)
+local luajit_ok = os.execute("luajit -e 'require \"luv\"' >/dev/null 2>&1") and C.exists(LUAJIT.core)
 if luajit_ok then
   HOSTS[2] = LUAJIT
 end
 
 -- the files served and sent
-local ROOT = H.path("root")
-assert(os.execute("mkdir -p " .. ROOT))
-local function rootfile(name, data)
-  local p = ROOT .. "/" .. name
-  local f = assert(io.open(p, "wb"))
-  assert(f:write(data))
-  f:close()
-  return p
-end
 local BIG = H.bytes(64 * MiB, 21)
 local MID = H.bytes(3 * MiB + 17, 22)
 local FILE = H.bytes(4 * MiB + 3, 23)
 local HEADB = H.bytes(8 * MiB, 24) -- a "response head" too big for the socket's buffers
 local SMALL = H.bytes(64 * 1024 + 5, 25)
 local HELLO = "hello, luv\n"
-rootfile("big.bin", BIG)
-rootfile("mid.bin", MID)
-rootfile("file.bin", FILE)
-rootfile("head.bin", HEADB)
-rootfile("small.bin", SMALL)
-rootfile("hello.txt", HELLO)
-rootfile("empty", "")
+local ROOT = C.write_files(H.path("root"), {
+  ["big.bin"] = BIG, ["mid.bin"] = MID, ["file.bin"] = FILE, ["head.bin"] = HEADB,
+  ["small.bin"] = SMALL, ["hello.txt"] = HELLO, empty = "",
+})
 assert(os.execute("mkdir -p " .. ROOT .. "/dir"))
 
 teardown(H.cleanup)
@@ -93,13 +68,7 @@ sigpipe:unref()
 local guard = uv.new_timer() -- a script that hangs fails instead
 guard:start(LIMIT * 1000, 0, function() io.stdout:write("guard=expired\n") os.exit(2) end)
 guard:unref()
-local function R(k, ...)
-  local t = {}
-  for i = 1, select("#", ...) do
-    t[i] = tostring((select(i, ...)))
-  end
-  io.stdout:write(k, "=", table.concat(t, "|"), "\n")
-end
+]==] .. C.R .. [==[
 -- a pcall's outcome: "ok|results..." or "error|message"
 local function E(k, ok, ...)
   if ok then
@@ -164,6 +133,16 @@ local function client(port, opts, done)
   end)
   return c
 end
+-- sends the whole file on c in form "co" (zcsend.sendfile, in the connection's
+-- coroutine) or "cb" (zluv.sendfile, from the listen callback: serve(handler,
+-- form == "cb")); ended(sent, msg, name, partial) either way
+local function send_form(form, c, file, ended)
+  if form == "co" then
+    ended(zcsend.sendfile(c, file))
+  else
+    zluv.sendfile(c, file, ended)
+  end
+end
 local function finish(c) -- shuts down and closes a server-side connection
   c:shutdown(function() c:close() end)
 end
@@ -196,28 +175,15 @@ end
 ]==]
 
 local nscript = 0
--- runs code under host (lua5.4 or luajit), killed after limit s; returns the
--- R() results by key, the whole stdout, and stderr
+-- runs code under host (lua5.4 or luajit), killed after limit s; asserts it
+-- got to its end and returns the R() results by key
 local function run(host, code, limit)
   nscript = nscript + 1
   limit = limit or 30
-  local path = H.path(("luv%d.lua"):format(nscript))
-  local f = assert(io.open(path, "w"))
-  f:write(("local LUA_DIR, ROOT, CPATH, LIMIT = %q, %q, %q, %d\n"):format(LUA_DIR, ROOT,
-    LUA_DIR .. "/" .. host.cpath:sub(3), limit), PRELUDE, code,
-    "\nuv.run()\nR('end', 'ok')\nos.exit(0)\n")
-  f:close()
-  local err = path .. ".err"
-  local out = sh(("cd %s && timeout -s KILL %d %s %s 2>%s"):format(LUA_DIR, limit + 5, host.lua, path, err))
-  local res = {}
-  for k, v in out:gmatch("([%w_]+)=([^\n]*)") do
-    res[k] = v
-  end
-  return res, out, H.read_file(err)
-end
-
-local function check_end(res, out, err)
-  assert.are.equal("ok", res["end"], "the script did not finish:\n" .. out .. "\n" .. err)
+  local text = ("local LUA_DIR, ROOT, CPATH, LIMIT = %q, %q, %q, %d\n"):format(LUA_DIR, ROOT,
+    LUA_DIR .. "/" .. host.cpath:sub(3), limit) .. PRELUDE .. code .. "\nuv.run()\nR('end', 'ok')\nos.exit(0)\n"
+  return C.run_script(H.path(("luv%d.lua"):format(nscript)), text,
+    ("cd %s && timeout -s KILL %d %s %%s 2>%%s"):format(LUA_DIR, limit + 5, host.lua))
 end
 
 local NOWAIT = "EAGAIN: zcsend can't wait here without blocking the luv loop: call zcsend.sendfile "
@@ -226,11 +192,11 @@ local NOWAIT = "EAGAIN: zcsend can't wait here without blocking the luv loop: ca
 for _, host in ipairs(HOSTS) do
   describe("zcsend in luv (" .. host.name .. ")", function()
     setup(function()
-      assert(exists(host.core), host.core .. " is missing: make -C lua" .. (host.name == "luajit" and " LUA=luajit" or ""))
+      assert(C.exists(host.core), host.core .. " is missing: make -C lua" .. (host.name == "luajit" and " LUA=luajit" or ""))
     end)
 
     it("takes luv stream handles as they are; waits through luv in coroutines and refuses to block the loop", function()
-      local res, out, err = run(host, ([[
+      local res = run(host, ([[
 local NOWAIT = %q
 R("core", package.searchpath("zcsend.core", package.cpath))
 R("host_main", zcsend.host(), zluv.active())
@@ -293,7 +259,6 @@ udp:close()
 pw:close()
 core.close(fds.read)
 ]]):format(NOWAIT))
-      check_end(res, out, err)
       assert.are.equal(host.core, res.core)
       assert.are.equal("blocking|false", res.host_main)
       assert.are.equal("true|luv", res.adapter)
@@ -316,7 +281,7 @@ core.close(fds.read)
     end)
 
     it("answers bad input exactly, in both forms, and never crashes", function()
-      local res, out, err = run(host, [[
+      local res = run(host, [[
 local data = readfile(ROOT .. "/small.bin")
 local f = assert(io.open(ROOT .. "/small.bin", "rb"))
 local size = f:seek("end")
@@ -373,7 +338,6 @@ client(port2, {}, function(got) R("cb_got", got == data) end)
 udp:close()
 tmr:close()
 ]])
-      check_end(res, out, err)
       local function argerr(n, msg)
         return ("error|bad argument #%d to 'sendfile' (%s)"):format(n, msg)
       end
@@ -416,7 +380,7 @@ tmr:close()
       local what = form == "int" and "an integer fd (control: no drain) lets the file overtake the queued head"
         or ("the " .. (form == "co" and "coroutine" or "callback") .. " form sends the file after the head uv.write queued")
       it(what, function()
-        local res, out, err = run(host, ([[
+        local res = run(host, ([[
 local FORM = %q
 local head = readfile(ROOT .. "/head.bin")
 local file = readfile(ROOT .. "/file.bin")
@@ -432,12 +396,10 @@ srv, port = serve(function(c)
     finish(c)
     srv:close()
   end
-  if FORM == "co" then
-    ended(zcsend.sendfile(c, f))
-  elseif FORM == "int" then
+  if FORM == "int" then
     ended(zcsend.sendfile(uv.fileno(c), f))
   else
-    zluv.sendfile(c, f, ended)
+    send_form(FORM, c, f, ended)
   end
 end, FORM == "cb")
 client(port, { delay = 300 }, function(got)
@@ -445,7 +407,6 @@ client(port, { delay = 300 }, function(got)
   R("exact", got == head .. file)
 end)
 ]]):format(form))
-        check_end(res, out, err)
         assert.are.equal("true", res.queued)
         assert.are.equal(("%d|nil|nil|nil"):format(#FILE), res.result)
         assert.are.equal("true", res.len)
@@ -462,7 +423,7 @@ end)
     for _, form in ipairs({ "co", "cb" }) do
       it("an integer file fd closed and its number reused while the head drains (" .. form
         .. " form): the bytes still come from the file asked for", function()
-        local res, out, err = run(host, ([[
+        local res = run(host, ([[
 local FORM = %q
 local head = readfile(ROOT .. "/head.bin")
 local file = readfile(ROOT .. "/file.bin")
@@ -486,16 +447,11 @@ srv, port = serve(function(c)
     finish(c)
     srv:close()
   end
-  if FORM == "co" then
-    ended(zcsend.sendfile(c, fd))
-  else
-    zluv.sendfile(c, fd, ended)
-  end
+  send_form(FORM, c, fd, ended)
 end, FORM == "cb")
 client(port, { delay = 300 }, function(got) R("exact", got == head .. file) end)
 R("prepare_hook", zcsend._prepare == true)
 ]]):format(form))
-        check_end(res, out, err)
         assert.are.equal("true", res.reused)
         if form == "co" and res.prepare_hook ~= "true" then
           -- zcsend.lua resolves the file only after the adapter's sockfd() has
@@ -509,7 +465,7 @@ R("prepare_hook", zcsend._prepare == true)
     end
 
     it("a handle another callback closes mid-transfer ends it with EBADF at once, bytes counted (both forms)", function()
-      local res, out, err = run(host, [[
+      local res = run(host, [[
 local f = assert(io.open(ROOT .. "/big.bin", "rb"))
 local function closed_under(k)
   local peer, srv, port
@@ -527,26 +483,21 @@ local function closed_under(k)
       peer:close()
       srv:close()
     end
-    if k == "co" then
-      ended(zcsend.sendfile(c, f))
-    else
-      zluv.sendfile(c, f, ended)
-    end
+    send_form(k, c, f, ended)
   end, k == "cb")
   peer = client(port, { noread = true })
 end
 closed_under("co")
 closed_under("cb")
 ]])
-      check_end(res, out, err)
-      assert.are.equal("nil|EBADF: socket closed during the transfer|EBADF|true", res.co)
-      assert.are.equal("true", res.co_prompt)
-      assert.are.equal("nil|EBADF: socket closed during the transfer|EBADF|true", res.cb)
-      assert.are.equal("true", res.cb_prompt)
+      for _, k in ipairs({ "co", "cb" }) do -- the same in both forms
+        assert.are.equal("nil|EBADF: socket closed during the transfer|EBADF|true", res[k])
+        assert.are.equal("true", res[k .. "_prompt"])
+      end
     end)
 
     it("queued output that never leaves ends the call with ETIMEDOUT after the timeout, nothing sent", function()
-      local res, out, err = run(host, [[
+      local res = run(host, [[
 local head = readfile(ROOT .. "/head.bin")
 local f = assert(io.open(ROOT .. "/file.bin", "rb"))
 -- k: "co" (the coroutine form, zcsend.TIMEOUT) or "cb" (the callback form, opts.timeout)
@@ -576,16 +527,15 @@ end
 stuck("co")
 stuck("cb")
 ]])
-      check_end(res, out, err)
-      assert.are.equal("nil|ETIMEDOUT: no progress for 0.5 s|ETIMEDOUT|0", res.co)
-      assert.are.equal("true", res.co_elapsed)
-      assert.are.equal("nil|ETIMEDOUT: no progress for 0.5 s|ETIMEDOUT|0", res.cb)
-      assert.are.equal("true", res.cb_elapsed)
+      for _, k in ipairs({ "co", "cb" }) do -- the same in both forms
+        assert.are.equal("nil|ETIMEDOUT: no progress for 0.5 s|ETIMEDOUT|0", res[k])
+        assert.are.equal("true", res[k .. "_elapsed"])
+      end
     end)
 
     it("never touches the flags of a blocking fd: a pipe as the file is watched with poll(2)", function()
       local path = ROOT .. "/file.bin"
-      local res, out, err = run(host, ([[
+      local res = run(host, ([[
 local path = %q
 local file = readfile(path)
 local src = assert(io.popen(("head -c 100000 %%s; sleep 0.3; tail -c +100001 %%s"):format(path, path), "r"))
@@ -607,7 +557,6 @@ srv, port = serve(function(c)
 end)
 client(port, {}, function(got) R("exact", got == file) end)
 ]]):format(path))
-      check_end(res, out, err)
       assert.are.equal(("%d|nil|nil|nil"):format(#FILE), res.result)
       assert.are.equal("true", res.ticked)
       assert.are.equal("false|false", res.flags)
@@ -616,7 +565,7 @@ client(port, {}, function(got) R("exact", got == file) end)
     end)
 
     it("leaves no epoll entry nor fd behind: 300 keep-alive transfers that wait, fds reused", function()
-      local res, out, err = run(host, [[
+      local res = run(host, [[
 local data = readfile(ROOT .. "/big.bin")
 local f = assert(io.open(ROOT .. "/big.bin", "rb"))
 local N, expect = 300, {}
@@ -662,7 +611,6 @@ round(1, function(set1, fds1, stale1)
   end)
 end)
 ]])
-      check_end(res, out, err)
       for k = 1, 2 do
         assert.are.equal("300", res["sent" .. k])
         assert.are.equal("0", res["stale" .. k])
@@ -676,7 +624,7 @@ end)
 
     it("the coroutine form never blocks the loop: a 10 ms timer during two slow readers", function()
       local out1 = H.path("slow" .. host.name)
-      local res, out, err = run(host, ([[
+      local res = run(host, ([[
 local OUT, N = %q, 12 * 1024 * 1024
 local f = assert(io.open(ROOT .. "/big.bin", "rb"))
 local gap, last, done = 0, uv.hrtime(), 0
@@ -708,7 +656,6 @@ t:start(0, 20, function()
   end
 end)
 ]]):format(out1), 60)
-      check_end(res, out, err)
       assert.are.equal(("%d|nil"):format(12 * MiB), res.result1)
       assert.are.equal(("%d|nil"):format(12 * MiB), res.result2)
       assert.are.equal("done", res.reader)
@@ -731,9 +678,9 @@ local nserver = 0
 local function start_server(host, env, lifetime)
   nserver = nserver + 1
   local log = H.path(("server%d.log"):format(nserver))
-  local cmd = ("cd %s && ZCSEND_STATS=1 ZCSEND_CPATH=%q %s %s %s %s 0 %d >%s 2>&1 & echo $!")
+  local cmd = ("cd %s && ZCSEND_STATS=1 ZCSEND_CPATH=%q %s %s %s %s 0 %d >%s 2>&1")
     :format(LUA_DIR, host.cpath, env or "", host.lua, EXAMPLE, ROOT, lifetime or 60, log)
-  local pid = assert(tonumber(sh(cmd):match("(%d+)")))
+  local pid = C.background(cmd)
   local port
   for _ = 1, 200 do
     port = tonumber((H.read_file(log):match("^(%d+)\n")))
@@ -751,12 +698,7 @@ local function stop_server(s)
 end
 
 local function alive(s)
-  return exists("/proc/" .. s.pid .. "/fd")
-end
-
--- curl args; returns stdout
-local function curl(args)
-  return sh("curl -s --max-time 30 " .. args)
+  return C.exists("/proc/" .. s.pid .. "/fd")
 end
 
 local function stats(s, reset)
@@ -767,25 +709,6 @@ local function stats(s, reset)
   return t
 end
 
--- waits (up to limit s) until pred() is true
-local function eventually(pred, limit)
-  local deadline = socket.gettime() + (limit or 5)
-  while socket.gettime() < deadline do
-    if pred() then
-      return true
-    end
-    socket.sleep(0.05)
-  end
-  return pred()
-end
-
-local function fdcount(pid)
-  return tonumber(sh("ls /proc/" .. pid .. "/fd | wc -l"))
-end
-
-local function rss_kb(pid)
-  return tonumber(H.read_file("/proc/" .. pid .. "/status"):match("VmRSS:%s*(%d+)"))
-end
 
 for _, host in ipairs(HOSTS) do
   describe("the luv example file server (" .. host.name .. ")", function()
@@ -810,10 +733,10 @@ for _, host in ipairs(HOSTS) do
       assert.are.equal("1\n0\n", curl(("-o /dev/null -o /dev/null -w '%%{num_connects}\\n' %s/hello.txt %s/hello.txt")
         :format(s.url, s.url)))
       assert.are.equal("", curl(s.url .. "/empty"))
-      assert.are.equal("404", curl("-o /dev/null -w '%{http_code}' " .. s.url .. "/nope"))
-      assert.are.equal("404", curl("-o /dev/null -w '%{http_code}' " .. s.url .. "/dir"))
-      assert.are.equal("403", curl("-o /dev/null -w '%{http_code}' --path-as-is " .. s.url .. "/../etc/passwd"))
-      assert.are.equal("405", curl("-o /dev/null -w '%{http_code}' -X POST " .. s.url .. "/hello.txt"))
+      assert.are.equal("404", C.status(s.url .. "/nope"))
+      assert.are.equal("404", C.status(s.url .. "/dir"))
+      assert.are.equal("403", C.status("--path-as-is " .. s.url .. "/../etc/passwd"))
+      assert.are.equal("405", C.status("-X POST " .. s.url .. "/hello.txt"))
       assert.are.equal(0, stats(s).failures)
     end)
 
@@ -848,11 +771,10 @@ for _, host in ipairs(HOSTS) do
     it("a client that never reads ends with ETIMEDOUT; the server keeps serving meanwhile and after", function()
       stop_server(s)
       s = start_server(host, "ZCSEND_TIMEOUT=1")
-      local c = assert(socket.connect("127.0.0.1", s.port))
-      c:send("GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+      local c = C.raw_get(s.port, "/big.bin")
       local t0 = socket.gettime()
       assert.are.equal(HELLO, curl(s.url .. "/hello.txt")) -- while it is stuck
-      assert.is_true(eventually(function() return stats(s)["error.ETIMEDOUT"] == 1 end, 10))
+      assert.is_true(C.wait_for(function() return stats(s)["error.ETIMEDOUT"] == 1 end, 10))
       local took = socket.gettime() - t0
       local sent, total = H.read_file(s.log):match("sendfile /big.bin: ETIMEDOUT: no progress for 1 s %(sent (%d+) of (%d+)%)")
       assert.are.equal(tostring(#BIG), total)
@@ -860,25 +782,23 @@ for _, host in ipairs(HOSTS) do
       assert.is_true(took >= 1 and took < 6, "took " .. took)
       assert.are.equal(1, stats(s).failures)
       c:close()
-      assert.are.equal("200 " .. #SMALL, curl("-o /dev/null -w '%{http_code} %{size_download}' " .. s.url .. "/small.bin"))
+      assert.are.equal("200 " .. #SMALL, C.status(s.url .. "/small.bin", true))
     end)
 
     it("a peer that resets mid-transfer gives ECONNRESET or EPIPE and the server survives", function()
-      local c = assert(socket.connect("127.0.0.1", s.port))
+      local c = C.raw_get(s.port, "/big.bin")
       c:settimeout(10)
-      c:send("GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
       assert(c:receive(MiB))
-      assert(c:setoption("linger", { on = true, timeout = 0 }))
-      c:close() -- RST
-      assert.is_true(eventually(function() return stats(s).failures == 1 end, 10))
+      C.reset(c)
+      assert.is_true(C.wait_for(function() return stats(s).failures == 1 end, 10))
       local st = stats(s)
       assert.are.equal(1, (st["error.ECONNRESET"] or 0) + (st["error.EPIPE"] or 0))
       local name, sent = H.read_file(s.log):match("sendfile /big.bin: (E%u+): [^\n]* %(sent (%d+) of %d+%)")
       assert.is_truthy(name == "ECONNRESET" or name == "EPIPE", name)
       assert.is_true(tonumber(sent) >= MiB - 200 and tonumber(sent) < #BIG)
       assert.is_true(alive(s))
-      assert.are.equal("200 " .. #SMALL, curl("-o /dev/null -w '%{http_code} %{size_download}' " .. s.url .. "/small.bin"))
-      assert.is_true(eventually(function() return stats(s).connections == 1 end, 5)) -- the reset one is gone
+      assert.are.equal("200 " .. #SMALL, C.status(s.url .. "/small.bin", true))
+      assert.is_true(C.wait_for(function() return stats(s).connections == 1 end, 5)) -- the reset one is gone
     end)
 
     it("gives back fds and memory: 1,000 transfers on new and kept-alive connections", function()
@@ -889,20 +809,20 @@ for _, host in ipairs(HOSTS) do
         end
       end
       local function settled() -- no connection but the one asking
-        return eventually(function() return stats(s).connections == 1 end, 5)
+        return C.wait_for(function() return stats(s).connections == 1 end, 5)
       end
       batch(2) -- warm up: buffers, the allocator's arenas
       assert.is_true(settled())
-      local st0, fds0, rss0 = stats(s), fdcount(s.pid), rss_kb(s.pid)
+      local st0, fds0, rss0 = stats(s), C.fd_count(s.pid), C.rss_kb(s.pid)
       batch(10)
       assert.is_true(settled())
-      assert.is_true(eventually(function() return fdcount(s.pid) == fds0 end, 5),
-        ("fds: %d before, %d after"):format(fds0, fdcount(s.pid)))
-      local st, rss = stats(s), rss_kb(s.pid)
+      assert.is_true(C.wait_for(function() return C.fd_count(s.pid) == fds0 end, 5),
+        ("fds: %d before, %d after"):format(fds0, C.fd_count(s.pid)))
+      local st, rss = stats(s), C.rss_kb(s.pid)
       assert.are.equal(st0.transfers + 1000, st.transfers)
       assert.are.equal(0, st.failures)
       print(("luv (%s) example, 1,000 transfers: fds %d -> %d, Lua heap %d -> %d KiB, RSS %d -> %d KiB")
-        :format(host.name, fds0, fdcount(s.pid), st0.lua_kb, st.lua_kb, rss0, rss))
+        :format(host.name, fds0, C.fd_count(s.pid), st0.lua_kb, st.lua_kb, rss0, rss))
       assert.is_true(st.lua_kb <= st0.lua_kb + 64, ("Lua heap %d -> %d KiB"):format(st0.lua_kb, st.lua_kb))
       assert.is_true(rss <= rss0 + 1024, ("RSS %d -> %d KiB"):format(rss0, rss))
     end)

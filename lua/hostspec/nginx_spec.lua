@@ -3,32 +3,21 @@
 -- a few test locations; curl and luasocket clients check what arrives.
 -- Run from lua/ after `make -C lua` and `make -C lua LUA=luajit`:
 --   busted --lua=lua5.4 -o utfTerminal hostspec/nginx_spec.lua
+package.path = "./hostspec/?.lua;" .. package.path
 local H = require "helper"
+local C = require "common"
 local socket = require "socket"
 local zcsend = require "zcsend"
 
-local function sh(cmd)
-  local p = assert(io.popen(cmd))
-  local out = p:read("a")
-  p:close()
-  return out
-end
-
-local LUA = sh("pwd"):gsub("%s+$", "")
+local sh = C.sh
+local LUA = C.LUA_DIR
 local EXAMPLE = LUA .. "/examples/nginx"
 assert(io.open(EXAMPLE .. "/nginx.conf"), "run from lua/: " .. EXAMPLE .. "/nginx.conf not found")
-
-local function free_port()
-  local s = assert(socket.bind("127.0.0.1", 0))
-  local _, port = s:getsockname()
-  s:close()
-  return H.int(tonumber(port))
-end
 
 -- all of it under one directory of H.tmp (which teardown removes, as every spec does)
 local DIR = H.path("nginx-spec")
 local PREFIX, ROOT, OUT = DIR .. "/prefix", DIR .. "/www", DIR .. "/out"
-local PORT, TLS_PORT = free_port(), free_port()
+local PORT, TLS_PORT = C.free_port(), C.free_port()
 local BIG_SIZE = 64 * H.MiB
 local BIG = H.bytes(BIG_SIZE, 7)
 local SMALL = H.bytes(1000, 3)
@@ -251,11 +240,7 @@ local function start_nginx()
   assert(os.execute("make -s -C " .. LUA .. " LUA=luajit"))
   assert(os.execute(("mkdir -p %s %s %s && chmod 755 %s %s %s %s"):format(PREFIX, ROOT, OUT, H.tmp, DIR, PREFIX, ROOT)))
   local crt, key = H.cert()
-  for name, data in pairs({ ["big.bin"] = BIG, ["small.bin"] = SMALL, ["mid.bin"] = BIG:sub(1, 16 * H.MiB) }) do
-    local f = assert(io.open(ROOT .. "/" .. name, "wb"))
-    assert(f:write(data))
-    f:close()
-  end
+  C.write_files(ROOT, { ["big.bin"] = BIG, ["small.bin"] = SMALL, ["mid.bin"] = BIG:sub(1, 16 * H.MiB) })
   local vars = {
     PREFIX = PREFIX, PORT = PORT, TLS_PORT = TLS_PORT, CERT = crt, KEY = key, ROOT = ROOT,
     LUA = LUA, HANDLER = EXAMPLE,
@@ -271,8 +256,8 @@ local function start_nginx()
   f:write(render(HOST_MODULE, vars))
   f:close()
   -- `timeout`: it ends by itself should this spec die
-  timeout_pid = sh(("timeout -s TERM 300 nginx -p %s -c %s/nginx.conf -e %s/error.log " ..
-    ">%s/out.log 2>&1 & echo $!"):format(PREFIX, PREFIX, PREFIX, PREFIX)):match("%d+")
+  timeout_pid = C.background(("timeout -s TERM 300 nginx -p %s -c %s/nginx.conf -e %s/error.log " ..
+    ">%s/out.log 2>&1"):format(PREFIX, PREFIX, PREFIX, PREFIX))
   local deadline = socket.gettime() + 15
   while true do
     local c = socket.connect("127.0.0.1", PORT)
@@ -290,13 +275,7 @@ local function stop_nginx()
   if timeout_pid then
     os.execute("kill -TERM " .. timeout_pid .. " 2>/dev/null")
   end
-  if master then
-    for _ = 1, 100 do
-      if not io.open("/proc/" .. master .. "/stat") then
-        return
-      end
-      socket.sleep(0.05)
-    end
+  if master and not C.wait_for(function() return C.gone(master) end, 5) then
     os.execute("kill -KILL " .. master .. " 2>/dev/null")
   end
 end
@@ -369,25 +348,11 @@ end
 
 -- a background curl: its pid, and the handle whose read waits for it
 local function curl_bg(url, out, extra)
-  local p = assert(io.popen(("echo $$; exec curl -s %s -o %s -w '%%{http_code} %%{size_download}' '%s'"):format(
-    extra or "", out, url)))
-  return p:read("l"), p
+  return C.spawn(("curl -s %s -o %s -w '%%{http_code} %%{size_download}' '%s'"):format(extra or "", out, url))
 end
 
 local function worker_pid()
   return text("/pid")
-end
-
-local function fd_count(pid)
-  local n = 0
-  for _ in sh("ls /proc/" .. pid .. "/fd"):gmatch("%S+") do
-    n = n + 1
-  end
-  return n
-end
-
-local function rss_kib(pid)
-  return H.int(tonumber(H.read_file("/proc/" .. pid .. "/status"):match("VmRSS:%s*(%d+)")))
 end
 
 describe("zcsend in nginx (lua-nginx-module, LuaJIT)", function()
@@ -521,9 +486,7 @@ describe("zcsend in nginx (lua-nginx-module, LuaJIT)", function()
 
   -- a client that sends its request and never reads
   local function never_reads(path)
-    local c = assert(socket.connect("127.0.0.1", PORT))
-    assert(c:send(("GET %s HTTP/1.1\r\nHost: x\r\n\r\n"):format(path)))
-    return c
+    return C.raw_get(PORT, path)
   end
 
   it("ends a transfer to a client that never reads with ETIMEDOUT, and keeps serving", function()
@@ -551,8 +514,7 @@ describe("zcsend in nginx (lua-nginx-module, LuaJIT)", function()
     local got = assert(c:receive(256 * 1024))
     local body = got:sub(#got:match("^(.-\r\n\r\n)") + 1)
     assert.is_true(#body > 0 and body == BIG:sub(1, #body))
-    assert(c:setoption("linger", { on = true, timeout = 0 }))
-    c:close() -- RST
+    C.reset(c) -- RST
     local r = result("reset")
     assert.is_true(r[2] == "ECONNRESET" or r[2] == "EPIPE", r[2])
     assert.is_true(r[5]:sub(1, #r[2] + 1) == r[2] .. ":", r[5])
@@ -693,7 +655,7 @@ describe("zcsend in nginx (lua-nginx-module, LuaJIT)", function()
     local function settle()
       text("/gc")
       socket.sleep(0.2)
-      return fd_count(wpid), rss_kib(wpid)
+      return C.fd_count(wpid), C.rss_kb(wpid)
     end
     local fds0, rss0 = settle()
     for i = 1, 1000 do

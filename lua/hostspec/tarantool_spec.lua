@@ -6,50 +6,26 @@
 --
 -- Needs `tarantool` (TARANTOOL=path to use another) and curl; every process
 -- started here ends by itself (timeouts, lifetimes) and is stopped by its pid.
-package.path = "./spec/?.lua;" .. package.path
+package.path = "./spec/?.lua;./hostspec/?.lua;" .. package.path
 local H = require "helper"
+local C = require "common"
 local socket = require "socket"
 
 local TNT = os.getenv("TARANTOOL") or "tarantool"
-local LUA_DIR = assert(io.popen("pwd")):read("l")
+local LUA_DIR = C.LUA_DIR
 local CORE = LUA_DIR .. "/build-luajit/zcsend/core.so"
 local EXAMPLE = LUA_DIR .. "/examples/tarantool_fileserver.lua"
 local MiB = H.MiB
-
-local function sh(cmd) -- stdout of cmd
-  local p = assert(io.popen(cmd, "r"))
-  local out = p:read("a")
-  p:close()
-  return out
-end
-
-local function exists(path)
-  local f = io.open(path)
-  if f then
-    f:close()
-  end
-  return f ~= nil
-end
+local sh, curl, wait_for = C.sh, C.curl, C.wait_for
 
 -- the files served and sent
-local ROOT = H.path("root")
-assert(os.execute("mkdir -p " .. ROOT))
-local function rootfile(name, data)
-  local p = ROOT .. "/" .. name
-  local f = assert(io.open(p, "wb"))
-  assert(f:write(data))
-  f:close()
-  return p
-end
 local BIG = H.bytes(64 * MiB, 7)
 local MID = H.bytes(3 * MiB + 17, 8)
 local ONE = H.bytes(MiB, 9)
 local SMALL = "hello, tarantool\n"
-rootfile("big.bin", BIG)
-rootfile("mid.bin", MID)
-rootfile("one.bin", ONE)
-rootfile("small.txt", SMALL)
-rootfile("empty", "")
+local ROOT = C.write_files(H.path("root"), {
+  ["big.bin"] = BIG, ["mid.bin"] = MID, ["one.bin"] = ONE, ["small.txt"] = SMALL, empty = "",
+})
 assert(os.execute("mkdir -p " .. ROOT .. "/dir"))
 
 teardown(H.cleanup)
@@ -65,14 +41,7 @@ local core = require "zcsend.core"
 local socket = require "socket"
 local fiber = require "fiber"
 local fio = require "fio"
-local function R(k, ...)
-  local t = {}
-  for i = 1, select("#", ...) do
-    t[i] = tostring((select(i, ...)))
-  end
-  io.stdout:write(k, "=", table.concat(t, "|"), "\n")
-  io.stdout:flush()
-end
+]==] .. C.R .. [==[
 -- a listening Tarantool socket whose handler is handler(c), and its port
 local function server(handler)
   local s = assert(socket.tcp_server("127.0.0.1", 0, handler))
@@ -139,42 +108,30 @@ local A = require "zcsend.tarantool"
 ]==]
 
 local nscript = 0
--- runs code in a tarantool process (killed after `limit` s); returns the R()
--- results by key, the whole stdout, and stderr
+-- runs code in a tarantool process (killed after `limit` s); asserts it got
+-- to its end and returns the R() results by key
 local function tarantool(code, limit, args)
   nscript = nscript + 1
-  local path = H.path(("tnt%d.lua"):format(nscript))
-  local f = assert(io.open(path, "w"))
-  f:write(("local LUA_DIR = %q\nlocal ROOT = %q\n"):format(LUA_DIR, ROOT), PRELUDE, code, "\nR('end', 'ok')\nos.exit(0)\n")
-  f:close()
-  local err = path .. ".err"
-  local out = sh(("timeout -s KILL %d %s %s %s 2>%s"):format(limit or 60, TNT, path, args or "", err))
-  local res = {}
-  for k, v in out:gmatch("([%w_]+)=([^\n]*)") do
-    res[k] = v
-  end
-  return res, out, H.read_file(err)
-end
-
-local function check_end(res, out, err)
-  assert.are.equal("ok", res["end"], "the script did not finish:\n" .. out .. "\n" .. err)
+  local text = ("local LUA_DIR = %q\nlocal ROOT = %q\n"):format(LUA_DIR, ROOT) .. PRELUDE .. code
+    .. "\nR('end', 'ok')\nos.exit(0)\n"
+  return C.run_script(H.path(("tnt%d.lua"):format(nscript)), text,
+    ("timeout -s KILL %d %s %%s %s 2>%%s"):format(limit or 60, TNT, args or ""))
 end
 
 describe("zcsend inside Tarantool", function()
   setup(function()
     assert(sh("command -v " .. TNT) ~= "", "tarantool is not installed")
-    assert(exists(CORE), CORE .. " is missing: make -C lua LUA=luajit")
+    assert(C.exists(CORE), CORE .. " is missing: make -C lua LUA=luajit")
   end)
 
   it("loads the LuaJIT build and waits through the fiber, in the main script and in fibers", function()
-    local res, out, err = tarantool([[
+    local res = tarantool([[
 R("core", package.searchpath("zcsend.core", package.cpath))
 R("host_main", zcsend.host())
 local f = fiber.new(function() R("host_fiber", zcsend.host()) end)
 fiber.sleep(0)
 R("adapter", package.loaded["zcsend.tarantool"] == A, A.name, A.active(), A._epoll)
 ]])
-    check_end(res, out, err)
     assert.are.equal(LUA_DIR .. "/build-luajit/zcsend/core.so", res.core)
     assert.are.equal("tarantool", res.host_main)
     assert.are.equal("tarantool", res.host_fiber)
@@ -182,7 +139,7 @@ R("adapter", package.loaded["zcsend.tarantool"] == A, A.name, A.active(), A._epo
   end)
 
   it("takes Tarantool's own sockets as they are; a closed one is EBADF; others are not its own", function()
-    local res, out, err = tarantool([[
+    local res = tarantool([[
 local got = fiber.channel(1)
 local srv, port = server(function(c) got:put(A.sockfd(c) == c:fd()) fiber.sleep(0.2) end)
 local c = connect(port)
@@ -194,7 +151,6 @@ R("closed", A.sockfd(c))
 R("table", A.sockfd({}), A.sockfd({ fd = function() return 3 end }), A.sockfd(3), A.sockfd("x"))
 srv:close()
 ]])
-    check_end(res, out, err)
     assert.are.equal("true|false", res.connected)
     assert.are.equal("true", res.accepted)
     assert.are.equal("true", res.listening)
@@ -203,7 +159,7 @@ srv:close()
   end)
 
   it("wait(): true once ready, false after the timeout while other fibers run", function()
-    local res, out, err = tarantool([[
+    local res = tarantool([[
 local srv, port = server(function(c) fiber.sleep(2) end)
 local c = connect(port)
 local fd = core.dup(c:fd())
@@ -228,7 +184,6 @@ R("zwait_closed", zcsend.wait(c, "r", 5))
 R("zwait_took", fiber.clock() - t0 < 0.6)
 srv:close()
 ]])
-    check_end(res, out, err)
     assert.are.equal("true", res.writable)
     assert.are.equal("false|nil|nil", res.timeout)
     assert.are.equal("true", res.took:match("^[^|]*"), res.took)
@@ -241,7 +196,7 @@ srv:close()
   end)
 
   it("answers bad input exactly and never crashes", function()
-    local res, out, err = tarantool([[
+    local res = tarantool([[
 local got, first = fiber.channel(1), true
 local srv, port = server(function(c)
   local mine = first -- c's peer: the first connection
@@ -286,7 +241,6 @@ R("peer_got", #peer, peer == all:sub(3))
 f:close()
 srv:close()
 ]])
-    check_end(res, out, err)
     assert.are.equal(
       "false|bad argument #1 to 'sendfile' (socket, fd or object with getfd() expected, got table)", res.nofd)
     assert.are.equal("false|bad argument #1 to 'sendfile' (socket fd must be an integer)", res.number)
@@ -310,7 +264,7 @@ srv:close()
   end)
 
   it("ends a transfer with ETIMEDOUT, ECANCELED (fiber:cancel) or EBADF (closed by another fiber), bytes counted", function()
-    local res, out, err = tarantool([[
+    local res = tarantool([[
 local srv, port = server(function(c) fiber.sleep(3) end) -- never reads
 local path = ROOT .. "/big.bin"
 local function run(name, c, opts, act)
@@ -334,7 +288,6 @@ local c = connect(port)
 run("closed", c, nil, function() c:close() end)
 srv:close()
 ]])
-    check_end(res, out, err)
     assert.are.equal("nil|ETIMEDOUT: no progress for 0.5 s|ETIMEDOUT|true", res.timeout)
     assert.is_true(tonumber(res.timeout_took) < 0.5, res.timeout_took) -- 0.35 s passed before
     assert.are.equal("nil|ECANCELED: fiber is cancelled|ECANCELED|true", res.cancel)
@@ -346,7 +299,7 @@ srv:close()
   it("leaves no epoll registration behind: 1,000 transfers, fds reused, libev never rebuilds its set", function()
     -- every transfer waits (small socket buffers); its dup is closed while the
     -- connection stays open (keep-alive), then the numbers are reused
-    local res, out, err = tarantool([[
+    local res = tarantool([[
 local N = tonumber(arg[1])
 local SIZE = 1048576
 local path = ROOT .. "/one.bin"
@@ -411,7 +364,6 @@ fiber.sleep(0.1)
 R("fds", fdcount() - fds0)
 srv:close()
 ]], 80, "1000")
-    check_end(res, out, err)
     assert.are.equal("true", res.warm)
     assert.is_nil(res.send_failed)
     assert.are.equal("true", res.transfers_ok)
@@ -424,7 +376,7 @@ srv:close()
   it("inside a box transaction yields like Tarantool's own sockets: a wait aborts a memtx transaction", function()
     local dir = H.path("box")
     assert(os.execute("mkdir -p " .. dir))
-    local res, out, err = tarantool([[
+    local res = tarantool([[
 box.cfg{ work_dir = arg[1], wal_mode = "none", log_level = 1 }
 local sp = box.schema.space.create("t")
 sp:create_index("pk")
@@ -445,7 +397,6 @@ R("waits", unpack(sent))
 R("commit_waited", pcall(box.commit))
 R("rows", sp:get{1} ~= nil, sp:get{2} ~= nil)
 ]], 30, dir)
-    check_end(res, out, err)
     assert.are.equal("tarantool|100|nil|nil|nil", res.small)
     assert.are.equal("true", res.commit_small)
     assert.are.equal("1048576|1048576|1048576|1048576", res.waits)
@@ -454,7 +405,7 @@ R("rows", sp:get{1} ~= nil, sp:get{2} ~= nil)
   end)
 
   it("(the measure above is not blind: waiting on the dups themselves makes libev rebuild)", function()
-    local res, out, err = tarantool([[
+    local res = tarantool([[
 A._no_epoll = true
 local SIZE = 1048576
 local srv, port = server(function(c)
@@ -478,29 +429,16 @@ R("rebuilt", bumped(before, epoll_entries()) > 0)
 c:close()
 srv:close()
 ]])
-    check_end(res, out, err)
     assert.are.equal("true", res.rebuilt)
   end)
 end)
 
 -- ---- the example file server ------------------------------------------------------
 
-local function proc_state(pid)
-  local f = io.open("/proc/" .. pid .. "/stat")
-  if not f then
-    return nil
-  end
-  local s = f:read("a")
-  f:close()
-  return s:match("^%d+ %b() (%a)")
-end
-
 -- starts the example on a free port; it exits by itself after `lifetime` s
 local function start_server(env, lifetime)
   local err = H.path("server.err")
-  local p = assert(io.popen(("echo $$; exec env %s %s %s %s 0 %d 2>%s"):format(
-    env or "", TNT, EXAMPLE, ROOT, lifetime or 120, err), "r"))
-  local pid = tonumber(p:read("l"))
+  local pid, p = C.spawn(("env %s %s %s %s 0 %d 2>%s"):format(env or "", TNT, EXAMPLE, ROOT, lifetime or 120, err))
   local line = p:read("l")
   local port = line and tonumber(line:match("^port (%d+)$"))
   assert(port, "the server did not start: " .. tostring(line) .. "\n" .. H.read_file(err))
@@ -509,23 +447,9 @@ end
 
 -- SIGTERM by pid; true if it exited within 5 s (then SIGKILL)
 local function stop_server(srv)
-  os.execute("kill -TERM " .. srv.pid)
-  local deadline = socket.gettime() + 5
-  while socket.gettime() < deadline do
-    local st = proc_state(srv.pid)
-    if st == nil or st == "Z" then
-      srv.p:close()
-      return true
-    end
-    socket.sleep(0.02)
-  end
-  os.execute("kill -KILL " .. srv.pid)
+  local exited = C.stop(srv.pid, "TERM", 5)
   srv.p:close()
-  return false
-end
-
-local function curl(args)
-  return sh("curl -s --max-time 30 " .. args)
+  return exited
 end
 
 local function stats(srv, query)
@@ -548,12 +472,9 @@ local function stats(srv, query)
   return st
 end
 
-local function fds_of(pid)
-  return tonumber(sh("ls /proc/" .. pid .. "/fd | wc -l"))
-end
-
-local function rss_kb(pid)
-  return tonumber(H.read_file("/proc/" .. pid .. "/status"):match("VmRSS:%s*(%d+)"))
+-- how many transfers stats st saw end with ECONNRESET or EPIPE (a peer gone)
+local function resets(st)
+  return (st.errors.ECONNRESET or 0) + (st.errors.EPIPE or 0)
 end
 
 -- a small request's time, in seconds, and its body
@@ -563,30 +484,11 @@ local function small_request(srv)
   return tonumber(t), body, code
 end
 
--- a raw HTTP client (luasocket) asking for path on one connection
-local function raw_get(srv, path)
-  local c = assert(socket.connect("127.0.0.1", srv.port))
-  assert(c:send(("GET %s HTTP/1.1\r\nHost: x\r\n\r\n"):format(path)))
-  return c
-end
-
-local function wait_for(pred, seconds)
-  local deadline = socket.gettime() + seconds
-  while socket.gettime() < deadline do
-    local v = pred()
-    if v then
-      return v
-    end
-    socket.sleep(0.05)
-  end
-  return pred()
-end
-
 describe("the Tarantool example file server, with curl", function()
   local srv
   setup(function()
     assert(sh("command -v curl") ~= "", "curl is not installed")
-    assert(exists(CORE), CORE .. " is missing: make -C lua LUA=luajit")
+    assert(C.exists(CORE), CORE .. " is missing: make -C lua LUA=luajit")
     srv = start_server("FILESERVER_STATS=1", 120)
   end)
   teardown(function()
@@ -611,13 +513,13 @@ describe("the Tarantool example file server, with curl", function()
     assert.are.equal(MID:sub(1000001, 2000000), curl("-r 1000000-1999999 " .. url .. "/mid.bin"))
     assert.are.equal(MID:sub(-5000), curl("-r -5000 " .. url .. "/mid.bin"))
     assert.are.equal(MID:sub(3 * MiB + 1), curl("-r " .. 3 * MiB .. "- " .. url .. "/mid.bin"))
-    assert.are.equal("416", curl("-o /dev/null -w '%{http_code}' -r 99999999- " .. url .. "/mid.bin"))
+    assert.are.equal("416", C.status("-r 99999999- " .. url .. "/mid.bin"))
     assert.are.equal(MID:sub(6, 10), curl("-H 'RANGE: bytes=5-9' " .. url .. "/mid.bin")) -- any case
-    assert.are.equal("200 " .. #MID, curl("-o /dev/null -w '%{http_code} %{size_download}' -r 9-5 " .. url .. "/mid.bin"))
-    assert.are.equal("200 0", curl("-o /dev/null -w '%{http_code} %{size_download}' " .. url .. "/empty"))
-    assert.are.equal("404", curl("-o /dev/null -w '%{http_code}' " .. url .. "/nothing"))
-    assert.are.equal("404", curl("-o /dev/null -w '%{http_code}' " .. url .. "/dir"))
-    assert.are.equal("403", curl("--path-as-is -o /dev/null -w '%{http_code}' " .. url .. "/../etc/passwd"))
+    assert.are.equal("200 " .. #MID, C.status("-r 9-5 " .. url .. "/mid.bin", true))
+    assert.are.equal("200 0", C.status(url .. "/empty", true))
+    assert.are.equal("404", C.status(url .. "/nothing"))
+    assert.are.equal("404", C.status(url .. "/dir"))
+    assert.are.equal("403", C.status("--path-as-is " .. url .. "/../etc/passwd"))
     -- keep-alive: three files on one connection, byte-exact
     local a, b = H.path("ka1"), H.path("ka2")
     assert.are.equal("200 200 ", curl(("-w '%%{http_code} ' -o %s %s/one.bin -o %s %s/small.txt"):format(
@@ -663,8 +565,7 @@ describe("the Tarantool example file server, with curl", function()
     -- the server saw both go: EPIPE or ECONNRESET, with the bytes sent
     local st = wait_for(function()
       local s = stats(srv)
-      local n = (s.errors.ECONNRESET or 0) + (s.errors.EPIPE or 0)
-      return n == (before.errors.ECONNRESET or 0) + (before.errors.EPIPE or 0) + 2 and s
+      return resets(s) == resets(before) + 2 and s
     end, 5)
     assert.is_truthy(st, "the server did not see both downloads end")
   end)
@@ -677,7 +578,7 @@ describe("the Tarantool example file server, with curl", function()
       assert.is_true(stop_server(srv), "the server did not exit on SIGTERM")
     end)
     local before = stats(srv)
-    local c = raw_get(srv, "/big.bin")
+    local c = C.raw_get(srv.port, "/big.bin")
     local t0 = socket.gettime()
     socket.sleep(0.5)
     local t, body = small_request(srv)
@@ -699,7 +600,7 @@ describe("the Tarantool example file server, with curl", function()
 
   it("gives ECONNRESET or EPIPE on a peer reset mid-transfer, and keeps serving", function()
     local before = stats(srv)
-    local c = raw_get(srv, "/big.bin")
+    local c = C.raw_get(srv.port, "/big.bin")
     local got = 0
     while got < MiB do
       local data, _, partial = c:receive(65536)
@@ -707,12 +608,10 @@ describe("the Tarantool example file server, with curl", function()
       assert(data and #data > 0, "connection ended early")
       got = got + #data
     end
-    assert(c:setoption("linger", { on = true, timeout = 0 }))
-    c:close() -- RST
+    C.reset(c)
     local st = wait_for(function()
       local s = stats(srv)
-      local n = (s.errors.ECONNRESET or 0) + (s.errors.EPIPE or 0)
-      return n > (before.errors.ECONNRESET or 0) + (before.errors.EPIPE or 0) and s
+      return resets(s) > resets(before) and s
     end, 5)
     assert.is_truthy(st, "no ECONNRESET/EPIPE")
     assert.is_true(st.last.name == "ECONNRESET" or st.last.name == "EPIPE", st.last.name)
@@ -742,17 +641,17 @@ describe("the Tarantool example file server, with curl", function()
     assert.are.equal(100, transfers(2, 50)) -- warm up
     local function settled_fds(target)
       return wait_for(function()
-        local n = fds_of(srv.pid)
+        local n = C.fd_count(srv.pid)
         return (target == nil or n == target) and n
-      end, 3) or fds_of(srv.pid)
+      end, 3) or C.fd_count(srv.pid)
     end
     local fds0 = settled_fds()
     local st0 = stats(srv, "?gc")
-    local rss0 = rss_kb(srv.pid)
+    local rss0 = C.rss_kb(srv.pid)
     assert.are.equal(1000, transfers(10, 100))
     local fds1 = settled_fds(fds0)
     local st1 = stats(srv, "?gc")
-    local rss1 = rss_kb(srv.pid)
+    local rss1 = C.rss_kb(srv.pid)
     print(("\n[tarantool] 1,000 transfers: fds %d -> %d, Lua heap %.0f -> %.0f KiB, RSS %d -> %d KiB")
       :format(fds0, fds1, st0.lua_kb, st1.lua_kb, rss0, rss1))
     assert.are.equal(fds0, fds1)
@@ -765,10 +664,7 @@ describe("the Tarantool example file server, with curl", function()
   it("exits by itself once its lifetime is over", function()
     local short = start_server("", 1)
     local t0 = socket.gettime()
-    local gone = wait_for(function()
-      local st = proc_state(short.pid)
-      return st == nil or st == "Z"
-    end, 5)
+    local gone = wait_for(function() return C.gone(short.pid) end, 5)
     if not gone then
       os.execute("kill -KILL " .. short.pid)
     end

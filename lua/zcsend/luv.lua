@@ -127,15 +127,6 @@ local QUEUED = "EAGAIN: %d bytes written with uv.write are still queued on the h
   .. "waited for here: call zcsend.sendfile from a coroutine, or use require('zcsend.luv').sendfile"
 local ETIMEDOUT_MSG = "ETIMEDOUT: no progress for %g s"
 
--- resumes a coroutine from a luv callback; its errors go up (luv reports
--- them as a callback's) with the coroutine's traceback
-local function resume(co, ...)
-  local ok, err = coroutine.resume(co, ...)
-  if not ok then
-    error(debug.traceback(co, tostring(err)), 0)
-  end
-end
-
 -- start(wake) arranges for wake(...) to be called from the loop; the running
 -- coroutine sleeps until it is, and gets wake's arguments. A resume from
 -- anyone else meanwhile is ignored (we sleep on).
@@ -147,8 +138,11 @@ local function sleep_until(start)
       return
     end
     res = pack(...)
-    if sleeping then
-      resume(co)
+    if sleeping then -- its errors go up (luv reports them as a callback's) with its traceback
+      local ok, err = coroutine.resume(co)
+      if not ok then
+        error(debug.traceback(co, tostring(err)), 0)
+      end
     end
   end)
   while not res do

@@ -76,17 +76,11 @@ function M.is_socket(sock)
   return is_gc_socket(rawget(sock, "_gc_socket"))
 end
 
+-- a socket that says it is TLS (zcsend.istls: a zcsend_tls field, a
+-- checktls() that answers), or whose checktls() raises: refused either way
 local function claims_tls(sock)
-  local ok, marked = pcall(function() return sock.zcsend_tls end)
-  if ok and marked then
-    return true
-  end
-  local ok2, checktls = pcall(function() return sock.checktls end)
-  if ok2 and type(checktls) == "function" then
-    local ok3, v = pcall(checktls, sock)
-    return not ok3 or v ~= nil
-  end
-  return false
+  local ok, tls = pcall(require("zcsend").istls, sock)
+  return not ok or tls
 end
 
 function M.active()
