@@ -7,7 +7,6 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
-#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -359,30 +358,7 @@ int zcs_job_init_read(zcs_job_t *j, int fd, int64_t offset, size_t len) {
 const void *zcs_job_data(const zcs_job_t *j) { return j->rbuf; }
 
 int zcs_read_cached(int fd, void *buf, size_t len, int64_t offset) {
-#ifdef RWF_NOWAIT
-  static atomic_int unsupported; /* the kernel or filesystem said so once: stop asking */
-  if (offset < 0)
-    return -EINVAL;
-  if (atomic_load_explicit(&unsupported, memory_order_relaxed))
-    return 0;
-  struct iovec v = {.iov_base = buf, .iov_len = len};
-  ssize_t n;
-  do
-    n = preadv2(fd, &v, 1, (off_t)offset, RWF_NOWAIT);
-  while (n < 0 && errno == EINTR);
-  if (n >= 0)
-    return (size_t)n == len;
-  if (errno == EAGAIN)
-    return 0;
-  if (errno == EOPNOTSUPP || errno == ENOSYS || errno == EINVAL) { /* EINVAL: flag unknown here */
-    atomic_store_explicit(&unsupported, 1, memory_order_relaxed);
-    return 0;
-  }
-  return -errno;
-#else
-  (void)fd, (void)buf, (void)len, (void)offset;
-  return 0;
-#endif
+  return zcs__pread_nowait(fd, buf, len, offset);
 }
 
 /* a send job that can't be handed over has ended, with that error */

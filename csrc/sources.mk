@@ -4,7 +4,7 @@
 # Names are relative to csrc/.
 
 # every platform
-ZCS_SOURCES = backend_emulated.c sink_tls.c transfer.c errors.c driver_ev.c engine.c
+ZCS_SOURCES = backend_emulated.c sink_tls.c transfer.c chunks.c errors.c driver_ev.c engine.c
 
 # the one backend per platform, chosen by `uname -s` (Python: platform.system());
 # any other system gets ZCS_PLATFORM_SOURCES_default, which refuses with #error

@@ -41,20 +41,27 @@ void zcs_stats(zcs_stats_t *out) {
   out->active = __atomic_load_n(&stats.active, __ATOMIC_RELAXED);
 }
 
-void zcs_stats_host_begin(void) {
+/* For the other counted things (chunks.c's chunk sources): the same rules. */
+void zcs__stats_start(void) {
   STAT_ADD(started, 1);
   STAT_ADD(active, 1);
 }
 
-void zcs_stats_host_end(int result, uint64_t bytes_written) {
-  STAT_ADD(bytes_fallback, bytes_written);
+void zcs__stats_end(int result) {
   if (result == ZCS_DONE)
     STAT_ADD(completed, 1);
-  else if (result == -ECANCELED)
+  else if (result == ZCS_RUNNING || result == -ECANCELED)
     STAT_ADD(cancelled, 1);
   else
     STAT_ADD(failed, 1);
   __atomic_sub_fetch(&stats.active, 1, __ATOMIC_RELAXED);
+}
+
+void zcs__stats_bytes(int zero_copy, uint64_t n) {
+  if (zero_copy)
+    STAT_ADD(bytes_zero_copy, n);
+  else
+    STAT_ADD(bytes_fallback, n);
 }
 
 /* ---- backend selection ----------------------------------------------------- */
@@ -117,8 +124,7 @@ static int init_common(zcs_transfer_t *t, int sock_fd, int flags) {
 
 static void count_start(zcs_transfer_t *t) {
   t->counted = 1;
-  STAT_ADD(started, 1);
-  STAT_ADD(active, 1);
+  zcs__stats_start();
 }
 
 /* A regular file's count is fixed from its size, so a file that shrinks later
@@ -141,30 +147,41 @@ int64_t zcs_source_count(int fd, int64_t offset, int64_t count, int *sized) {
   return fixed_count(fd, &st, offset, count, sized);
 }
 
+int zcs__source_check(int fd, int64_t offset, int64_t count, int flags, struct stat *st,
+                      int64_t *remaining, int *sized) {
+  *sized = 0;
+  if (offset < 0 || (count < 0 && count != ZCS_COUNT_TO_EOF))
+    return -EINVAL;
+  if (fstat(fd, st) < 0)
+    return -errno;
+  if (S_ISDIR(st->st_mode))
+    return -EISDIR;
+  int fl = fcntl(fd, F_GETFL);
+  if (fl < 0)
+    return -errno;
+  if ((fl & O_ACCMODE) == O_WRONLY)
+    return -EBADF; /* what read(2) would say */
+  *remaining = count;
+  if (S_ISREG(st->st_mode)) {
+    *remaining = fixed_count(fd, st, offset, count, sized);
+    if ((flags & ZCS_F_EXACT_COUNT) && *sized && count != ZCS_COUNT_TO_EOF && *remaining < count)
+      return ZCS_ETRUNCATED; /* never counted as started: nothing was asked of the socket */
+  }
+  return 0;
+}
+
 int zcs_transfer_init(zcs_transfer_t *t, int sock_fd, int file_fd, int64_t offset,
                       int64_t count, int flags) {
   int rc = init_common(t, sock_fd, flags);
   if (rc < 0)
     return rc;
-  if (offset < 0 || (count < 0 && count != ZCS_COUNT_TO_EOF))
-    return -EINVAL;
   struct stat st;
-  if (fstat(file_fd, &st) < 0)
-    return -errno;
-  if (S_ISDIR(st.st_mode))
-    return -EISDIR;
-  int fl = fcntl(file_fd, F_GETFL);
-  if (fl < 0)
-    return -errno;
-  if ((fl & O_ACCMODE) == O_WRONLY)
-    return -EBADF; /* what read(2) would say */
+  rc = zcs__source_check(file_fd, offset, count, flags, &st, &t->remaining, &t->sized);
+  if (rc < 0)
+    return rc;
   t->file_fd = file_fd;
   t->start = t->offset = offset;
-  t->remaining = count;
   if (S_ISREG(st.st_mode)) {
-    t->remaining = fixed_count(file_fd, &st, offset, count, &t->sized);
-    if ((flags & ZCS_F_EXACT_COUNT) && t->sized && count != ZCS_COUNT_TO_EOF && t->remaining < count)
-      return ZCS_ETRUNCATED; /* never counted as started: nothing was asked of the socket */
     t->backend = backend_forced_emulated ? ZCS_BACKEND_EMULATED : ZCS_BACKEND_SENDFILE;
   } else {
     if (lseek(file_fd, 0, SEEK_CUR) < 0)
@@ -229,13 +246,7 @@ static void record_outcome(zcs_transfer_t *t) {
   if (!t->counted)
     return;
   t->counted = 0;
-  if (t->result == ZCS_DONE)
-    STAT_ADD(completed, 1);
-  else if (t->result == ZCS_RUNNING || t->result == -ECANCELED)
-    STAT_ADD(cancelled, 1);
-  else
-    STAT_ADD(failed, 1);
-  __atomic_sub_fetch(&stats.active, 1, __ATOMIC_RELAXED);
+  zcs__stats_end(t->result);
 }
 
 static int finish(zcs_transfer_t *t, int result) {

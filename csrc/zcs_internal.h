@@ -39,6 +39,22 @@ struct stat;
 /* True when a regular file's st_size is not its length (procfs, sysfs...):
    its count can't be fixed from it. */
 int zcs__size_unreliable(int fd, const struct stat *st);
+/* The checks and the sizing zcs_transfer_init() and zcs_chunks_init() share
+   (transfer.c): offset and count valid, fd readable and not a directory; in
+   *remaining the count fixed now (zcs_source_count's rule), ZCS_ETRUNCATED for
+   one past a sized file's end with ZCS_F_EXACT_COUNT. *st is fd's. */
+int zcs__source_check(int fd, int64_t offset, int64_t count, int flags, struct stat *st,
+                      int64_t *remaining, int *sized);
+/* The process-wide counters (transfer.c): a transfer or chunk source started;
+   ended with result (ZCS_DONE completed; ZCS_RUNNING or -ECANCELED cancelled;
+   else failed); n bytes sent one way or the other. */
+void zcs__stats_start(void);
+void zcs__stats_end(int result);
+void zcs__stats_bytes(int zero_copy, uint64_t n);
+/* pread of all len bytes at offset only from the page cache (chunks.c): 1 when
+   all were read; 0 when not (not cached, the file ends sooner, no RWF_NOWAIT
+   here); or -errno. Never waits for the disk. */
+int zcs__pread_nowait(int fd, void *buf, size_t len, int64_t offset);
 /* Ends a running transfer with err now (its outcome is counted). */
 void zcs__transfer_end(zcs_transfer_t *t, int err);
 

@@ -10,6 +10,7 @@
  *   backend_linux.c / backend_bsd.c / backend_emulated.c  move bytes once
  *   sink_tls.c                                            OpenSSL as the destination
  *   transfer.c                                            the state machine, stats, version
+ *   chunks.c                                              chunk sources (the write path)
  *   errors.c                                              names and messages of error codes
  *   driver_ev.c                                           zcsend_ev.h
  *   engine.c                                              zcsend_engine.h
@@ -193,7 +194,8 @@ ZCS_API int zcs_transfer_init(zcs_transfer_t *t, int sock_fd, int file_fd, int64
  * set, a regular file's min(count, bytes left) (an early EOF later means the
  * file shrank); else count itself (ZCS_COUNT_TO_EOF: up to the source's end).
  * For hosts that read the file themselves (a TLS layer zcsend can't reach), so
- * they size it by the same rule. Returns it, or -EINVAL / -EBADF. */
+ * they size it by the same rule (a chunk source, zcs_chunks_init(), applies it
+ * for them). Returns it, or -EINVAL / -EBADF. */
 ZCS_API int64_t zcs_source_count(int fd, int64_t offset, int64_t count, int *sized);
 
 /* Prepares a transfer of len bytes copied from data (no source fd). */
@@ -270,6 +272,90 @@ ZCS_API void zcs_transfer_abort(zcs_transfer_t *t, int err);
  * unfinished counts as cancelled.) */
 ZCS_API void zcs_transfer_release(zcs_transfer_t *t);
 
+/* ---- chunk sources: the write path ------------------------------------------
+ * For a host that must write the bytes itself, through a layer zcsend can't
+ * reach (a TLS object, a transport's write()): a file range handed out in
+ * chunks, sized by zcs_transfer_init()'s rule, ending in ZCS_ETRUNCATED when a
+ * sized file ends early, and counted in zcs_stats() like a transfer. The host
+ * keeps only what only it can do: writing, and waiting its own way.
+ *
+ *   zcs_chunks_init(&c, fd, offset, count, flags)
+ *   while ((n = zcs_chunks_read(&c, buf, cap, 0)) > 0)    or the host reads the
+ *     write n bytes of buf through the host's writer;      bytes elsewhere and
+ *     zcs_chunks_wrote(&c, bytes it took);                  hands them over with
+ *   zcs_chunks_end(&c, n < 0 ? n : ZCS_DONE)                zcs_chunks_take()
+ *   zcs_chunks_release(&c)
+ *
+ * Like a transfer, the struct is the host's (embed it by value); ro members may
+ * be read at any time, the rest is zcsend's. One thread at a time. */
+typedef struct zcs_chunks {
+  int fd;               /* ro: the source; -1: the host reads one zcsend can't see */
+  int sized;            /* ro: the count was fixed from a regular file's size, so an
+                           early end is ZCS_ETRUNCATED */
+  int64_t offset;       /* ro: offset of the next byte (-1: the source has no offsets;
+                           it is read where it stands) */
+  int64_t remaining;    /* ro: bytes still to hand out, ZCS_COUNT_TO_EOF when unknown */
+  uint64_t sent;        /* ro: bytes the host's writer took (zcs_chunks_wrote) */
+  int result;           /* ro: ZCS_RUNNING, then ZCS_DONE or a negative error */
+  union {
+    struct { /* private */
+      int counted;      /* counted as active; its outcome not yet recorded */
+    };
+    uint64_t zcs__reserved[4];
+  };
+} zcs_chunks_t;
+
+/* Prepares to hand out count bytes (ZCS_COUNT_TO_EOF: to the source's end) of fd
+ * from offset, sized as zcs_transfer_init() sizes a transfer (zcs_source_count):
+ * a regular file's count is fixed now; other sources go until count or their
+ * end. With ZCS_F_EXACT_COUNT a count past a sized file's end is ZCS_ETRUNCATED
+ * now, before a byte. fd -1: the host reads a source zcsend can't see (a
+ * language's file object) and hands the bytes over with zcs_chunks_take(); only
+ * count bounds it. The fd stays the caller's. Returns 0 (counted as started),
+ * or -EINVAL / -EBADF (write-only too) / -EISDIR / ZCS_ETRUNCATED, counting
+ * nothing. Release every initialised chunk source (harmless after a failure). */
+ZCS_API int zcs_chunks_init(zcs_chunks_t *c, int fd, int64_t offset, int64_t count, int flags);
+
+/* How many bytes to read next for a buffer of cap: min(cap, remaining); 0 once
+ * the range is done or the source ended. */
+ZCS_API size_t zcs_chunks_want(const zcs_chunks_t *c, size_t cap);
+
+/* zcs_chunks_read() flags */
+#define ZCS_READ_NOWAIT 0x1 /* read only what needs no waiting: from the page cache,
+                               all the chunk or nothing (preadv2 RWF_NOWAIT); a
+                               source without offsets only when poll says it has bytes */
+
+/* Reads the range's next bytes into buf (at most cap, never past the range):
+ * pread at c->offset, or read(2) where a source without offsets stands.
+ * Returns the bytes read; 0 at the end (the range is done, or an unsized source
+ * ended); ZCS_ETRUNCATED when a sized file ended early; -EAGAIN with
+ * ZCS_READ_NOWAIT when the bytes would need waiting for (nothing is consumed:
+ * read them elsewhere, then zcs_chunks_take); or -errno. An error or
+ * ZCS_ETRUNCATED ends the chunk source with it. After the end: 0, or the error
+ * it ended with. -EBADF for fd -1 (the host reads). */
+ZCS_API ssize_t zcs_chunks_read(zcs_chunks_t *c, void *buf, size_t cap, int flags);
+
+/* For a host that read the next bytes elsewhere (off its thread, or from its
+ * own file object): it asked for asked (no more than zcs_chunks_want(c, asked))
+ * and got got. They are consumed as zcs_chunks_read's would be: got 0 of an
+ * unsized source is its end. Returns 0; ZCS_ETRUNCATED when a sized file ended
+ * early (got < asked: the got bytes are its last, and may still be written; the
+ * chunk source has ended with ZCS_ETRUNCATED); after the end, 0 or the error it
+ * ended with; -EINVAL for got > asked, asked 0 or past the range. */
+ZCS_API int zcs_chunks_take(zcs_chunks_t *c, size_t got, size_t asked);
+
+/* The host's writer took n bytes: c->sent and zcs_stats()'s bytes_fallback
+ * count them (also after the end: bytes written after a truncation). */
+ZCS_API void zcs_chunks_wrote(zcs_chunks_t *c, size_t n);
+
+/* Records the outcome, once (the first end, or the error a read or take ended
+ * with, wins): ZCS_DONE completed, -ECANCELED cancelled, another error failed. */
+ZCS_API void zcs_chunks_end(zcs_chunks_t *c, int result);
+
+/* Done with the chunk source: one that never ended counts as cancelled now (it
+ * holds no memory, and closes no fd). Harmless twice, and after a failed init. */
+ZCS_API void zcs_chunks_release(zcs_chunks_t *c);
+
 /* ---- stats ------------------------------------------------------------------- */
 /* Process-wide counters, shared by every binding; safe from any thread. */
 typedef struct zcs_stats {
@@ -282,11 +368,6 @@ typedef struct zcs_stats {
   uint64_t active;
 } zcs_stats_t;
 ZCS_API void zcs_stats(zcs_stats_t *out);
-/* For transfers a binding carries out through the host's own writer (read jobs
- * plus the host's write calls): counted like the core's own. begin once, then
- * end once with ZCS_DONE, -ECANCELED or another error and the bytes written. */
-ZCS_API void zcs_stats_host_begin(void);
-ZCS_API void zcs_stats_host_end(int result, uint64_t bytes_written);
 
 /* ---- backends ---------------------------------------------------------------- */
 /* Reads ZCSEND_BACKEND ("", "auto" or "emulated") once. Returns 0 or ZCS_EBACKEND. */

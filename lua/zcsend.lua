@@ -430,7 +430,6 @@ end
 -- write or read. The file is read through a dup taken now (ffd may be closed
 -- and reused meanwhile).
 local EBADF_CLOSED = "EBADF: socket closed during the transfer"
-local TRUNCATED = "ETRUNCATED: file ended before the requested byte count was sent"
 
 -- luasec's send(data, i) -> last | nil, err, partial, waiting between tries
 local function send_chunk(host, sock, fd, id, data, timeout)
@@ -465,41 +464,20 @@ local function send_chunk(host, sock, fd, id, data, timeout)
   return true
 end
 
-local function send_tls_from(host, sock, fd, ffd, offset, count, timeout)
-  local kind, size, ename = core.fileinfo(ffd)
-  if not kind then
-    return nil, size, ename, 0
-  end
-  if kind == "directory" then
-    return nil, "EISDIR: Is a directory", "EISDIR", 0
-  end
+-- the core's chunk source c sizes, reads and counts the range; here: waiting
+-- and writing the host's way
+local function send_chunks(host, sock, fd, c, timeout)
   local id = core.fdid(fd)
-  local seekable = kind == "file"
-  local total, sized = count, false
-  if seekable then -- the core's rule: a count past a sized file's end is refused
-    local n, s, sname = core.source_count(ffd, offset, count)
-    if not n then
-      return nil, s, sname, 0
-    end
-    sized = s
-    if sized and count and n < count then
-      return nil, TRUNCATED, "ETRUNCATED", 0
-    end
-    total = n >= 0 and n or nil -- procfs and the like: count (or the end) bounds it
-  end
   if host ~= BLOCKING and not host.send and sock.settimeout then
     sock:settimeout(0) -- these hosts need it non-blocking; they wait for us
   end
-  core.host_begin()
-  local sent = 0
   local function fail(msg, name)
-    core.host_end(core[name] or core.EIO, sent)
-    return nil, msg, name, sent
+    c:fail(name)
+    return nil, msg, name, c:sent()
   end
-  while total == nil or sent < total do
-    local want = total and math.min(M.TLS_CHUNK, total - sent) or M.TLS_CHUNK
-    if not seekable and host ~= BLOCKING then
-      local ok, err, name = wait_fd(host, ffd, "r", timeout) -- a pipe: don't block the host in read()
+  while c:remaining() ~= 0 do
+    if not c:seekable() and host ~= BLOCKING then
+      local ok, err, name = wait_fd(host, c:ownfd(), "r", timeout) -- a pipe: don't block the host in read()
       if not ok then
         return fail(err, name)
       end
@@ -507,34 +485,30 @@ local function send_tls_from(host, sock, fd, ffd, offset, count, timeout)
     if core.fdid(fd) ~= id then
       return fail(EBADF_CLOSED, "EBADF")
     end
-    local data, err, name = core.read(ffd, seekable and offset + sent or -1, want)
+    local data, err, name = c:read(M.TLS_CHUNK) -- ETRUNCATED: the file shrank
     if not data then
       return fail(err, name)
     end
     if #data == 0 then
-      if sized then -- it shrank
-        return fail(TRUNCATED, "ETRUNCATED")
-      end
       break
     end
     local ok, serr, sname, partial = send_chunk(host, sock, fd, id, data, timeout)
+    c:wrote(ok and #data or partial or 0)
     if not ok then
-      sent = sent + (partial or 0)
       return fail(serr, sname)
     end
-    sent = sent + #data
   end
-  core.host_end(0, sent)
-  return sent
+  c:finish()
+  return c:sent()
 end
 
 local function send_tls(host, sock, fd, ffd, offset, count, timeout)
-  local dfd, err, name = core.dup(ffd)
-  if not dfd then
-    return nil, err, name, 0
+  local c, err, name, sent = core.chunks(ffd, offset, count)
+  if not c then
+    return nil, err, name, sent
   end
-  local res = { pcall(send_tls_from, host, sock, fd, dfd, offset, count, timeout) }
-  core.close(dfd)
+  local res = { pcall(send_chunks, host, sock, fd, c, timeout) }
+  c:close()
   if not res[1] then
     error(res[2], 0)
   end

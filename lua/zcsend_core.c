@@ -848,51 +848,6 @@ static int l_poll(lua_State *L) {
   return 1;
 }
 
-/* core.read(fd, offset, n) -> string ("" at the end) | nil, msg, name.
-   offset < 0 reads where a non-seekable fd stands. For the TLS path. */
-static int l_read(lua_State *L) {
-  int fd = check_fd(L, 1, "closed fd");
-  int64_t offset = (int64_t)luaL_checkinteger(L, 2);
-  lua_Integer n = luaL_checkinteger(L, 3);
-  luaL_argcheck(L, n > 0 && n <= (64 << 20), 3, "1 to 64 MiB");
-  char *p = (char *)lua_newuserdata(L, (size_t)n); /* collected, even if a push fails */
-  ssize_t got;
-  do
-    got = offset >= 0 ? pread(fd, p, (size_t)n, (off_t)offset) : read(fd, p, (size_t)n);
-  while (got < 0 && errno == EINTR);
-  if (got < 0)
-    return push_error(L, -errno);
-  lua_pushlstring(L, p, (size_t)got);
-  return 1;
-}
-
-/* core.fileinfo(fd) -> kind ("file", "directory", "pipe", "other"), size | nil, msg, name */
-static int l_fileinfo(lua_State *L) {
-  int fd = check_fd(L, 1, "closed fd");
-  struct stat st;
-  if (fstat(fd, &st) < 0)
-    return push_error(L, -errno);
-  lua_pushstring(L, S_ISREG(st.st_mode) ? "file" : S_ISDIR(st.st_mode) ? "directory"
-                    : S_ISFIFO(st.st_mode) ? "pipe" : "other");
-  lua_pushinteger(L, (lua_Integer)st.st_size);
-  return 2;
-}
-
-/* core.source_count(fd, offset, count) -> bytes a transfer would send (-1: to
-   the source's end), sized (the count is fixed from the file's size) | nil, msg, name */
-static int l_source_count(lua_State *L) {
-  int fd = check_fd(L, 1, "closed fd");
-  int64_t offset = opt_int64(L, 2, 0, "offset");
-  int64_t count = opt_int64(L, 3, ZCS_COUNT_TO_EOF, "count");
-  int sized = 0;
-  int64_t n = zcs_source_count(fd, offset, count, &sized);
-  if (n < 0 && n != ZCS_COUNT_TO_EOF)
-    return push_error(L, (int)n);
-  lua_pushinteger(L, (lua_Integer)n);
-  lua_pushboolean(L, sized);
-  return 2;
-}
-
 /* core.fdid(fd) -> a string naming what fd refers to | nil, msg, name: while
    it is the same, fd still names the same socket */
 static int l_fdid(lua_State *L) {
@@ -925,23 +880,138 @@ static int l_stats(lua_State *L) {
   return 1;
 }
 
-/* core.count_host(bytes, ok_or_errname): a TLS transfer done through the
-   object's own send() is counted like the core's own */
-static int l_host_begin(lua_State *L) {
-  (void)L;
-  zcs_stats_host_begin();
+/* ---- chunk sources: the TLS path ------------------------------------------------------ */
+/* core.chunks(fd, offset, count) -> chunks | nil, msg, name, 0: the range of a file
+   that lua/zcsend.lua writes through a TLS object's send(). The core sizes it
+   (a count past a sized file's end is ETRUNCATED now, before a byte), reads it,
+   says ETRUNCATED when the file shrank, and counts it in the stats; it reads
+   through a dup taken now, so the caller's fd may be closed and reused meanwhile. */
+#define CHUNKS_MT "zcsend.chunks"
+
+typedef struct lchunks {
+  zcs_chunks_t c;
+  int fd; /* our dup, -1 once closed */
+} lchunks;
+
+static lchunks *check_chunks(lua_State *L, int i) {
+  lchunks *x = (lchunks *)luaL_checkudata(L, i, CHUNKS_MT);
+  return x;
+}
+
+static void chunks_release(lchunks *x) {
+  if (x->fd >= 0) {
+    zcs_chunks_release(&x->c); /* never ended: cancelled */
+    close(x->fd);
+    x->fd = -1;
+  }
+}
+
+static int l_chunks(lua_State *L) {
+  int file = check_fd(L, 1, "closed file");
+  int64_t offset = opt_int64(L, 2, 0, "offset");
+  int64_t count = opt_int64(L, 3, ZCS_COUNT_TO_EOF, "count");
+  lchunks *x = (lchunks *)lua_newuserdatauv(L, sizeof *x, 0);
+  memset(x, 0, sizeof *x);
+  x->fd = -1;
+  luaL_setmetatable(L, CHUNKS_MT); /* from here __gc closes what we open */
+  int fd = dup_fd(file);
+  int rc = fd < 0 ? -errno : 0;
+  if (rc == 0) {
+    /* a count is exact: past a file's end it is ETRUNCATED before a byte moves */
+    rc = zcs_chunks_init(&x->c, fd, offset, count, count == ZCS_COUNT_TO_EOF ? 0 : ZCS_F_EXACT_COUNT);
+    if (rc < 0)
+      close(fd);
+    else
+      x->fd = fd;
+  }
+  if (rc < 0) {
+    push_error(L, rc);
+    lua_pushinteger(L, 0);
+    return 4;
+  }
+  return 1;
+}
+
+/* c:read(n) -> the next bytes, at most n ("" at the end) | nil, msg, name (ETRUNCATED:
+   the file shrank; the chunk source has ended with the error) */
+static int c_read(lua_State *L) {
+  lchunks *x = check_chunks(L, 1);
+  lua_Integer n = luaL_checkinteger(L, 2);
+  luaL_argcheck(L, n > 0 && n <= (64 << 20), 2, "1 to 64 MiB");
+  luaL_argcheck(L, x->fd >= 0, 1, "chunk source is closed");
+  char *p = (char *)lua_newuserdata(L, (size_t)n); /* collected, even if a push fails */
+  ssize_t got = zcs_chunks_read(&x->c, p, (size_t)n, 0);
+  if (got < 0)
+    return push_error(L, (int)got);
+  lua_pushlstring(L, p, (size_t)got);
+  return 1;
+}
+
+/* c:wrote(n): the TLS object took n bytes */
+static int c_wrote(lua_State *L) {
+  lchunks *x = check_chunks(L, 1);
+  lua_Integer n = luaL_checkinteger(L, 2);
+  luaL_argcheck(L, n >= 0, 2, "must be non-negative");
+  zcs_chunks_wrote(&x->c, (size_t)n);
   return 0;
 }
 
-static int l_host_end(lua_State *L) {
-  lua_Integer result = luaL_checkinteger(L, 1);
-  lua_Integer n = luaL_checkinteger(L, 2);
-  zcs_stats_host_end((int)result, (uint64_t)n);
+/* the code a name ("EPIPE", "ECANCELED") stands for; -EIO for one it doesn't know */
+static int code_of_name(const char *name) {
+#define XX(n, v, msg) if (!strcmp(name, #n)) return v;
+  ZCS_ERRNO_MAP(XX)
+#undef XX
+  for (int e = 1; e < 4096; e++)
+    if (!strcmp(name, zcs_err_name(-e)))
+      return -e;
+  return -EIO;
+}
+
+/* c:finish(): every byte went out; c:fail(name): it ended with the error named so
+   (ECANCELED counts as cancelled, anything else as failed). The first outcome wins. */
+static int c_finish(lua_State *L) {
+  zcs_chunks_end(&check_chunks(L, 1)->c, ZCS_DONE);
+  return 0;
+}
+
+static int c_fail(lua_State *L) {
+  lchunks *x = check_chunks(L, 1);
+  const char *name = lua_tostring(L, 2);
+  zcs_chunks_end(&x->c, name ? code_of_name(name) : -EIO);
+  return 0;
+}
+
+static int c_sent(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)check_chunks(L, 1)->c.sent);
+  return 1;
+}
+
+/* c:remaining() -> bytes still to read (-1: up to the source's end), 0 once done */
+static int c_remaining(lua_State *L) {
+  lchunks *x = check_chunks(L, 1);
+  lua_pushinteger(L, (lua_Integer)(x->c.result == ZCS_RUNNING ? x->c.remaining : 0));
+  return 1;
+}
+
+/* c:seekable() -> false for a source read where it stands (a pipe: wait for it) */
+static int c_seekable(lua_State *L) {
+  lua_pushboolean(L, check_chunks(L, 1)->c.offset >= 0);
+  return 1;
+}
+
+static int c_ownfd(lua_State *L) {
+  lua_pushinteger(L, check_chunks(L, 1)->fd);
+  return 1;
+}
+
+/* c:close(), __gc, __close: closes the dup; a chunk source never ended counts as cancelled */
+static int c_close(lua_State *L) {
+  chunks_release(check_chunks(L, 1));
   return 0;
 }
 
 /* core.dup(fd) -> a new fd (close-on-exec) for the same file | nil, msg, name;
-   core.close(fd): for the dups the Lua layer takes (TLS path) */
+   core.close(fd): for the dups the Lua layer takes */
 static int l_dup(lua_State *L) {
   int fd = dup_fd(check_fd(L, 1, "closed fd"));
   if (fd < 0)
@@ -991,17 +1061,20 @@ static const luaL_Reg transfer_methods[] = {
     {"cancel", t_cancel},   {"close", t_close},   {"ownfd", t_ownfd},   {"blocked", t_blocked},
     {"peek", t_peek},       {"advance", t_advance}, {NULL, NULL}};
 
+static const luaL_Reg chunks_methods[] = {
+    {"read", c_read},   {"wrote", c_wrote},         {"finish", c_finish}, {"fail", c_fail},
+    {"sent", c_sent},   {"remaining", c_remaining}, {"seekable", c_seekable},
+    {"ownfd", c_ownfd}, {"close", c_close},         {NULL, NULL}};
+
 static const luaL_Reg loop_methods[] = {{"drive", lp_drive}, {"wait", lp_wait}, {"run", lp_run},
                                         {"stop", lp_stop},   {"active", lp_active}, {NULL, NULL}};
 
 static const luaL_Reg functions[] = {
     {"transfer", l_transfer}, {"loop", l_loop},         {"poll", l_poll},
-    {"read", l_read},         {"fileinfo", l_fileinfo}, {"fileno", l_fileno},
-    {"fdid", l_fdid},         {"strerror", l_strerror}, {"dup", l_dup},
-    {"close", l_close},       {"now", l_now},       {"source_count", l_source_count},
-    {"nonblocking", l_nonblocking},
-    {"stats", l_stats},       {"backend", l_backend},   {"host_begin", l_host_begin},
-    {"host_end", l_host_end}, {NULL, NULL}};
+    {"chunks", l_chunks},     {"fileno", l_fileno},     {"fdid", l_fdid},
+    {"strerror", l_strerror}, {"dup", l_dup},           {"close", l_close},
+    {"now", l_now},           {"nonblocking", l_nonblocking},
+    {"stats", l_stats},       {"backend", l_backend},   {NULL, NULL}};
 
 static void new_metatable(lua_State *L, const char *name, const luaL_Reg *methods,
                           lua_CFunction gc) {
@@ -1034,6 +1107,7 @@ int luaopen_zcsend_core(lua_State *L) {
   lua_setfield(L, -2, "__tostring");
   lua_pop(L, 1);
   new_metatable(L, LOOP_MT, loop_methods, lp_gc);
+  new_metatable(L, CHUNKS_MT, chunks_methods, c_close);
   lua_newtable(L); /* weak-valued: a loop's entry must not keep it alive */
   lua_createtable(L, 0, 1);
   lua_pushstring(L, "v");

@@ -161,4 +161,70 @@ describe("luasec TLS connections", function()
     H.reader_wait(rd)
     f:close()
   end)
+
+  -- the write path's chunk source (the core's): a wrapper object stands for TLS
+  local function marked(on_send)
+    local srv, port = H.listen()
+    local out = H.path("marked" .. math.random(1e9))
+    local rd = H.reader(port, out, 1)
+    local s = assert(srv:accept())
+    srv:close()
+    local through = { n = 0 }
+    local wrapper = setmetatable({ zcsend_tls = true }, { __index = {
+      getfd = function() return s:getfd() end,
+      send = function(_, data, i)
+        if on_send then on_send(through.n) end
+        through.n = through.n + #data - (i or 1) + 1
+        return s:send(data, i)
+      end,
+    } })
+    return wrapper, function() s:close(); H.reader_wait(rd); return H.read_file(out .. ".1") end, through
+  end
+
+  it("a file that shrinks mid-transfer: its bytes, then ETRUNCATED, counted failed", function()
+    local small = string.rep(DATA:sub(1, 100000), 4)
+    local path = H.file("shrinks.bin", small)
+    local wrapper, finish = marked(function(n)
+      if n == 0 then -- after the first chunk was read: keep 200000 bytes
+        local w = assert(io.open(path, "wb"))
+        w:write(small:sub(1, 200000))
+        w:close()
+      end
+    end)
+    local f = assert(io.open(path, "rb"))
+    local before = zcsend.stats()
+    local n, msg, name, sent = zcsend.sendfile(wrapper, f)
+    local after = zcsend.stats()
+    assert.are.same({ nil, "ETRUNCATED: file ended before the requested byte count was sent", "ETRUNCATED", 200000 },
+      { n, msg, name, sent })
+    assert.are.equal(1, after.started - before.started)
+    assert.are.equal(1, after.failed - before.failed)
+    assert.are.equal(before.active, after.active)
+    assert.are.equal(200000, after.bytes_fallback - before.bytes_fallback)
+    assert.is_true(finish() == small:sub(1, 200000))
+    f:close()
+  end)
+
+  it("a pipe source: read where it stands, until the count or its end", function()
+    local wrapper, finish = marked()
+    local p = assert(io.popen("head -c 300000 /dev/zero", "r"))
+    assert.are.equal(1000, zcsend.sendfile(wrapper, p, 0, 1000))
+    assert.are.equal(299000, zcsend.sendfile(wrapper, p))
+    p:close()
+    assert.are.equal(300000, #finish())
+  end)
+
+  it("a host's send that raises: the transfer counts as cancelled at once", function()
+    local wrapper, finish = marked(function(n)
+      if n > 0 then error("the host gave up", 0) end
+    end)
+    local f = assert(io.open(PATH, "rb"))
+    local before = zcsend.stats()
+    assert.has_error(function() zcsend.sendfile(wrapper, f) end, "the host gave up")
+    local after = zcsend.stats()
+    assert.are.equal(1, after.cancelled - before.cancelled)
+    assert.are.equal(before.active, after.active)
+    finish()
+    f:close()
+  end)
 end)

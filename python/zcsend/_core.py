@@ -320,14 +320,14 @@ def _write_chunk(channel):
 
 
 class _ReadAhead:
-    """Reads the next chunks of a regular file in order: from the page cache
+    """Reads the next chunks of a sized regular file in order: from the page cache
     on the loop thread when it is all there, else in the engine thread, with
-    READ_AHEAD chunks in flight."""
+    READ_AHEAD chunks in flight. The chunk source c checks each one."""
 
-    def __init__(self, channel, loop, fd, offset, total):
-        self.channel, self.loop, self.fd = channel, loop, fd
-        self.next = offset
-        self.end = offset + total
+    def __init__(self, channel, loop, fd, c):
+        self.channel, self.loop, self.fd, self.c = channel, loop, fd, c
+        self.next = c.offset
+        self.end = c.offset + c.remaining
         self.pending = collections.deque()
 
     def _fill(self):
@@ -339,35 +339,43 @@ class _ReadAhead:
             self.next += n
 
     async def chunk(self):
-        """The next chunk (a buffer); shorter than asked only where the file ended."""
+        """The next chunk (a buffer) and c's verdict on it: 0, or ETRUNCATED where
+        the file ended early; None and a negative errno where a read failed."""
         if not self.pending and self.next < self.end:
-            n = min(_write_chunk(self.channel), self.end - self.next)
             # all in the page cache: read here, no disk wait and no thread handoff
-            buf = _zcsend.read_cached(self.fd, self.next, n)
+            buf = self.c.read_cached(_write_chunk(self.channel))
             if buf is not None:
-                self.next += n
-                return memoryview(buf), n
+                self.next += len(buf)
+                return memoryview(buf), 0
         self._fill()
         if not self.pending:
-            return None, 0
+            return b"", 0
         job, n, fut = self.pending.popleft()
         await fut
         if job.result != 0:
-            return job.result, n  # a negative errno
+            return None, job.result
         self._fill()
-        return memoryview(job), n  # the view keeps the job's buffer alive
+        data = memoryview(job)  # the view keeps the job's buffer alive
+        return data, self.c.take(data.nbytes, n)
 
 
-async def _read_other(hold, file, fd, pos, want):
+async def _read_other(hold, c, file, fd, want):
     """A chunk from a source that is not a sized regular file, off the loop
-    thread: at pos where it has offsets, else where it stands."""
-    if fd is not None:
-        if pos is not None:
-            return await hold.loop.run_in_executor(None, os.pread, fd, want, pos)
-        return await hold.loop.run_in_executor(None, os.read, fd, want)
-    if isinstance(file, io.BytesIO):
-        return file.read(want)
-    return _clamp(await hold.loop.run_in_executor(None, file.read, want), want)
+    thread (at c's offset where it has offsets, else where it stands), and c's
+    verdict on it."""
+    try:
+        if fd is None:
+            if isinstance(file, io.BytesIO):
+                data = file.read(want)
+            else:
+                data = _clamp(await hold.loop.run_in_executor(None, file.read, want), want)
+        elif c.offset >= 0:
+            data = await hold.loop.run_in_executor(None, os.pread, fd, want, c.offset)
+        else:
+            data = await hold.loop.run_in_executor(None, os.read, fd, want)
+    except Exception as exc:
+        raise _source_error(exc, file, hold.sent) from exc
+    return data, c.take(len(data), want)
 
 
 def _seekable_fd(fd):
@@ -378,87 +386,70 @@ def _seekable_fd(fd):
         return False
 
 
+async def _write_chunks(hold, channel, c, reader, file, fd, head):
+    """The head, then c's chunks through the transport; the result code."""
+    if head is not None:
+        if hold.ending():
+            return hold.loss_code()
+        hold.write(head)  # the transport keeps the order
+    my_turn = -1
+    while c.remaining:
+        # the turn's budget is spent and this transfer had its share: next turn
+        while channel.turn_bytes >= WRITE_BUDGET and my_turn == channel.turn:
+            await asyncio.sleep(0)
+        if not await hold.writable():
+            return -_errno.ETIMEDOUT if hold.timed_out else hold.loss_code()
+        if reader is not None:
+            data, rc = await reader.chunk()
+        else:
+            data, rc = await _read_other(hold, c, file, fd, c.want(_write_chunk(channel)))
+        if data is None:
+            return rc  # the read failed
+        got = len(data)
+        if got:
+            if hold.ending():
+                return hold.loss_code()
+            hold.write(data)
+            hold.sent += got
+            c.wrote(got)
+            channel.wrote(got, hold.loop)
+            my_turn = channel.turn
+        if rc:
+            return rc  # ETRUNCATED: the file shrank, and what it still had went out
+        if not got:
+            break  # the source's end
+    if not await hold.flushed():
+        return -_errno.ETIMEDOUT if hold.timed_out else hold.loss_code()
+    return 0
+
+
 async def _send_by_write(hold, file, fd, offset, count, head):
     """Writes the file through the transport in bounded chunks, after the head.
     Bytes count as sent once the transport has taken them; flow control is
     honoured; success waits until the transport has passed them all on. The
-    source is sized by the core's rule (zcs_source_count), so a source gives
-    the same result here as on a socket."""
-    channel = _channel(hold.loop)
-    reader, pos, total = None, None, count
-    if fd is not None:
-        total, sized = _zcsend.source_count(fd, offset, -1 if count is None else count)
-        total = None if total < 0 else total
-        if sized:
-            reader = _ReadAhead(channel, hold.loop, fd, offset, total)
-        elif _seekable_fd(fd):
-            pos = offset
-    elif offset:
+    core's chunk source sizes the source by the transfer's rule (so a source
+    gives the same result here as on a socket), checks every chunk against the
+    range and counts the transfer in the stats; the reads stay off the loop."""
+    if fd is None and offset:
         file.seek(offset)
-    _zcsend.host_begin()
-    rc = -_errno.ECANCELED
-    my_turn = -1
+    try:
+        c = _zcsend.Chunks(-1 if fd is None else fd, offset, -1 if count is None else count)
+    except OSError as exc:
+        raise _source_error(exc, file, 0) from None
+    total = None if c.remaining < 0 else c.remaining
+    channel = _channel(hold.loop)
+    reader = _ReadAhead(channel, hold.loop, fd, c) if c.sized else None
     channel.writers += 1
     try:
-        if head is not None:
-            if hold.ending():
-                rc = hold.loss_code()
-                return rc, hold.sent, total
-            hold.write(head)  # the transport keeps the order
-        while total is None or hold.sent < total:
-            # the turn's budget is spent and this transfer had its share: next turn
-            while channel.turn_bytes >= WRITE_BUDGET and my_turn == channel.turn:
-                await asyncio.sleep(0)
-            if not await hold.writable():
-                rc = -_errno.ETIMEDOUT if hold.timed_out else hold.loss_code()
-                return rc, hold.sent, total
-            if reader is not None:
-                data, asked = await reader.chunk()
-                if data is None:
-                    break
-                if isinstance(data, int):
-                    rc = data
-                    return rc, hold.sent, total
-                got = data.nbytes
-                if got < asked:  # the file ended early: it shrank
-                    if got and not hold.ending():
-                        hold.write(data)
-                        hold.sent += got
-                    rc = _zcsend.ETRUNCATED
-                    return rc, hold.sent, total
-            else:
-                want = _write_chunk(channel)
-                want = want if total is None else min(want, total - hold.sent)
-                try:
-                    data = await _read_other(hold, file, fd, pos, want)
-                except Exception as exc:
-                    raise _source_error(exc, file, hold.sent) from exc
-                got = len(data)
-                if not got:
-                    break
-                if pos is not None:
-                    pos += got
-            if hold.ending():
-                rc = hold.loss_code()
-                return rc, hold.sent, total
-            hold.write(data)
-            hold.sent += got
-            channel.wrote(got, hold.loop)
-            my_turn = channel.turn
-        if not await hold.flushed():
-            rc = -_errno.ETIMEDOUT if hold.timed_out else hold.loss_code()
-        else:
-            rc = 0
+        rc = await _write_chunks(hold, channel, c, reader, file, fd, head)
+        c.end(rc)
         return rc, hold.sent, total
-    except OSError as exc:
-        rc = -(exc.errno or _errno.EIO)
-        raise
-    except Exception:
-        rc = -_errno.EIO
+    except Exception as exc:
+        c.end(-(exc.errno or _errno.EIO) if isinstance(exc, OSError) else -_errno.EIO)
         raise
     finally:
         channel.writers -= 1
-        _zcsend.host_end(rc, hold.sent)
+        c.close()  # never ended (cancelled): counted so
 
 
 _MAX_COUNT = (1 << 63) - 1

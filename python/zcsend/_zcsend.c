@@ -8,6 +8,7 @@
 typedef struct {
   PyTypeObject *channel_type;
   PyTypeObject *transfer_type;
+  PyTypeObject *chunks_type;
 } module_state;
 
 /* ---- errors ----------------------------------------------------------------- */
@@ -400,6 +401,158 @@ static PyType_Slot transfer_slots[] = {
 static PyType_Spec transfer_spec = {"zcsend._zcsend.Transfer", sizeof(TransferObject), 0,
                                     Py_TPFLAGS_DEFAULT, transfer_slots};
 
+/* ---- Chunks -------------------------------------------------------------------- */
+/* The core's chunk source (zcs_chunks_t) for the write path: it sizes the range,
+   checks what was read against it (ETRUNCATED), and counts the transfer in the
+   stats. The reads happen where the Python layer puts them (the page cache here,
+   read jobs, an executor); only read_cached() reads, and never waits. */
+typedef struct {
+  PyObject_HEAD
+  zcs_chunks_t c;
+} ChunksObject;
+
+static PyObject *chunks_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
+  static char *kwlist[] = {"fd", "offset", "count", NULL};
+  int fd;
+  long long offset = 0, count = -1;
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "i|LL:Chunks", kwlist, &fd, &offset, &count))
+    return NULL;
+  ChunksObject *self = (ChunksObject *)type->tp_alloc(type, 0);
+  if (!self)
+    return NULL;
+  int rc = zcs_chunks_init(&self->c, fd, offset, count, 0);
+  if (rc < 0) {
+    Py_DECREF(self);
+    return raise_code(rc);
+  }
+  return (PyObject *)self;
+}
+
+static void chunks_dealloc(ChunksObject *self) {
+  PyTypeObject *tp = Py_TYPE(self);
+  zcs_chunks_release(&self->c); /* never ended: cancelled */
+  tp->tp_free(self);
+  Py_DECREF(tp);
+}
+
+static PyObject *chunks_want(ChunksObject *self, PyObject *arg) {
+  Py_ssize_t cap = PyLong_AsSsize_t(arg);
+  if (cap == -1 && PyErr_Occurred())
+    return NULL;
+  return PyLong_FromSize_t(zcs_chunks_want(&self->c, cap < 0 ? 0 : (size_t)cap));
+}
+
+/* read_cached(n): the next min(n, remaining) bytes if all are in the page cache
+   (consumed), else None (nothing consumed: read them elsewhere, then take()) */
+static PyObject *chunks_read_cached(ChunksObject *self, PyObject *arg) {
+  Py_ssize_t n = PyLong_AsSsize_t(arg);
+  if (n == -1 && PyErr_Occurred())
+    return NULL;
+  size_t len = zcs_chunks_want(&self->c, n < 0 ? 0 : (size_t)n);
+  if (len == 0)
+    Py_RETURN_NONE;
+  PyObject *b = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)len); /* every byte is read or dropped */
+  if (!b)
+    return NULL;
+  ssize_t got = zcs_chunks_read(&self->c, PyBytes_AS_STRING(b), len, ZCS_READ_NOWAIT);
+  if (got == (ssize_t)len)
+    return b;
+  Py_DECREF(b);
+  if (got < 0 && got != -EAGAIN)
+    return raise_code((int)got);
+  Py_RETURN_NONE;
+}
+
+static PyObject *chunks_take(ChunksObject *self, PyObject *args) {
+  Py_ssize_t got, asked;
+  if (!PyArg_ParseTuple(args, "nn:take", &got, &asked))
+    return NULL;
+  int rc = got < 0 || asked < 0 ? -EINVAL : zcs_chunks_take(&self->c, (size_t)got, (size_t)asked);
+  if (rc == -EINVAL) {
+    PyErr_Format(PyExc_ValueError, "take(%zd, %zd): not the range's next bytes", got, asked);
+    return NULL;
+  }
+  return PyLong_FromLong(rc);
+}
+
+static PyObject *chunks_wrote(ChunksObject *self, PyObject *arg) {
+  Py_ssize_t n = PyLong_AsSsize_t(arg);
+  if (n == -1 && PyErr_Occurred())
+    return NULL;
+  if (n < 0) {
+    PyErr_SetString(PyExc_ValueError, "wrote: n must be non-negative");
+    return NULL;
+  }
+  zcs_chunks_wrote(&self->c, (size_t)n);
+  Py_RETURN_NONE;
+}
+
+static PyObject *chunks_end(ChunksObject *self, PyObject *arg) {
+  int code = (int)PyLong_AsLong(arg);
+  if (code == -1 && PyErr_Occurred())
+    return NULL;
+  zcs_chunks_end(&self->c, code);
+  Py_RETURN_NONE;
+}
+
+static PyObject *chunks_close(ChunksObject *self, PyObject *unused) {
+  (void)unused;
+  zcs_chunks_release(&self->c);
+  Py_RETURN_NONE;
+}
+
+static PyObject *chunks_get_remaining(ChunksObject *self, void *c) {
+  (void)c;
+  return PyLong_FromLongLong(self->c.result == ZCS_RUNNING ? self->c.remaining : 0);
+}
+static PyObject *chunks_get_offset(ChunksObject *self, void *c) {
+  (void)c;
+  return PyLong_FromLongLong(self->c.offset);
+}
+static PyObject *chunks_get_sized(ChunksObject *self, void *c) {
+  (void)c;
+  return PyBool_FromLong(self->c.sized);
+}
+static PyObject *chunks_get_sent(ChunksObject *self, void *c) {
+  (void)c;
+  return PyLong_FromUnsignedLongLong(self->c.sent);
+}
+static PyObject *chunks_get_result(ChunksObject *self, void *c) {
+  (void)c;
+  return PyLong_FromLong(self->c.result);
+}
+
+static PyGetSetDef chunks_getset[] = {
+    {"remaining", (getter)chunks_get_remaining, NULL, "bytes still to read, -1 if unknown, 0 once done", NULL},
+    {"offset", (getter)chunks_get_offset, NULL, "offset of the next byte, -1: read where the source stands", NULL},
+    {"sized", (getter)chunks_get_sized, NULL, "the count came from a regular file's size", NULL},
+    {"sent", (getter)chunks_get_sent, NULL, "bytes the writer took (wrote())", NULL},
+    {"result", (getter)chunks_get_result, NULL, "RUNNING (1), then DONE (0) or -error", NULL},
+    {NULL}};
+
+static PyMethodDef chunks_methods[] = {
+    {"want", (PyCFunction)chunks_want, METH_O, "want(cap) -> bytes to read next (0: done)"},
+    {"read_cached", (PyCFunction)chunks_read_cached, METH_O,
+     "read_cached(n) -> the next bytes if all are in the page cache, else None; never waits"},
+    {"take", (PyCFunction)chunks_take, METH_VARARGS,
+     "take(got, asked) -> 0, or ETRUNCATED: the file shrank (the got bytes are its last)"},
+    {"wrote", (PyCFunction)chunks_wrote, METH_O, "wrote(n): the writer took n bytes"},
+    {"end", (PyCFunction)chunks_end, METH_O, "end(result): DONE, -ECANCELED or -error; the first wins"},
+    {"close", (PyCFunction)chunks_close, METH_NOARGS, "done with it: never ended counts as cancelled"},
+    {NULL}};
+
+static PyType_Slot chunks_slots[] = {
+    {Py_tp_new, chunks_new},
+    {Py_tp_dealloc, chunks_dealloc},
+    {Py_tp_methods, chunks_methods},
+    {Py_tp_getset, chunks_getset},
+    {Py_tp_doc, "Chunks(fd, offset=0, count=-1): a file range for the write path (fd -1: "
+                "the caller reads a source with no fd)"},
+    {0, NULL}};
+
+static PyType_Spec chunks_spec = {"zcsend._zcsend.Chunks", sizeof(ChunksObject), 0,
+                                  Py_TPFLAGS_DEFAULT, chunks_slots};
+
 /* ---- module functions ----------------------------------------------------------- */
 static PyObject *mod_stats(PyObject *m, PyObject *unused) {
   (void)m;
@@ -442,18 +595,6 @@ static PyObject *mod_read_cached(PyObject *m, PyObject *args) {
   Py_RETURN_NONE;
 }
 
-static PyObject *mod_source_count(PyObject *m, PyObject *args) {
-  (void)m;
-  int fd, sized = 0;
-  long long offset, count;
-  if (!PyArg_ParseTuple(args, "iLL:source_count", &fd, &offset, &count))
-    return NULL;
-  int64_t n = zcs_source_count(fd, offset, count, &sized);
-  if (n < 0 && !(n == ZCS_COUNT_TO_EOF && !sized))
-    return raise_code((int)n);
-  return Py_BuildValue("(LO)", (long long)n, sized ? Py_True : Py_False);
-}
-
 static PyObject *mod_strerror(PyObject *m, PyObject *arg) {
   (void)m;
   int code = (int)PyLong_AsLong(arg);
@@ -470,34 +611,12 @@ static PyObject *mod_errname(PyObject *m, PyObject *arg) {
   return PyUnicode_FromString(zcs_err_name(code));
 }
 
-static PyObject *mod_host_begin(PyObject *m, PyObject *unused) {
-  (void)m;
-  (void)unused;
-  zcs_stats_host_begin();
-  Py_RETURN_NONE;
-}
-
-static PyObject *mod_host_end(PyObject *m, PyObject *args) {
-  (void)m;
-  int result;
-  unsigned long long nbytes;
-  if (!PyArg_ParseTuple(args, "iK:host_end", &result, &nbytes))
-    return NULL;
-  zcs_stats_host_end(result, nbytes);
-  Py_RETURN_NONE;
-}
-
 static PyMethodDef module_methods[] = {
-    {"host_begin", mod_host_begin, METH_NOARGS, "count a transfer the host writes itself"},
-    {"host_end", mod_host_end, METH_VARARGS, "host_end(result, bytes_written): its outcome"},
     {"stats", mod_stats, METH_NOARGS, "process-wide transfer counters"},
     {"backend", mod_backend, METH_NOARGS, "name of the active backend"},
     {"strerror", mod_strerror, METH_O, "message for a negative error code"},
     {"read_cached", mod_read_cached, METH_VARARGS,
      "read_cached(fd, offset, n) -> n bytes if all are in the page cache, else None; never waits for the disk"},
-    {"source_count", mod_source_count, METH_VARARGS,
-     "source_count(fd, offset, count) -> (count, sized): the count a transfer would fix now "
-     "(-1: to the end); sized: an early end means the file shrank"},
     {"errname", mod_errname, METH_O, "name (EPIPE, ETRUNCATED, ...) of a negative error code"},
     {NULL}};
 
@@ -511,9 +630,11 @@ static int module_exec(PyObject *m) {
   }
   st->channel_type = (PyTypeObject *)PyType_FromModuleAndSpec(m, &channel_spec, NULL);
   st->transfer_type = (PyTypeObject *)PyType_FromModuleAndSpec(m, &transfer_spec, NULL);
-  if (!st->channel_type || !st->transfer_type)
+  st->chunks_type = (PyTypeObject *)PyType_FromModuleAndSpec(m, &chunks_spec, NULL);
+  if (!st->channel_type || !st->transfer_type || !st->chunks_type)
     return -1;
-  if (PyModule_AddType(m, st->channel_type) < 0 || PyModule_AddType(m, st->transfer_type) < 0)
+  if (PyModule_AddType(m, st->channel_type) < 0 || PyModule_AddType(m, st->transfer_type) < 0 ||
+      PyModule_AddType(m, st->chunks_type) < 0)
     return -1;
 #define CONST(name, v) if (PyModule_AddIntConstant(m, name, v) < 0) return -1;
   CONST("RUNNING", ZCS_RUNNING)
@@ -534,6 +655,7 @@ static int module_traverse(PyObject *m, visitproc visit, void *arg) {
   module_state *st = PyModule_GetState(m);
   Py_VISIT(st->channel_type);
   Py_VISIT(st->transfer_type);
+  Py_VISIT(st->chunks_type);
   return 0;
 }
 
@@ -541,6 +663,7 @@ static int module_clear(PyObject *m) {
   module_state *st = PyModule_GetState(m);
   Py_CLEAR(st->channel_type);
   Py_CLEAR(st->transfer_type);
+  Py_CLEAR(st->chunks_type);
   return 0;
 }
 

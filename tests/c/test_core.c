@@ -619,6 +619,299 @@ START_TEST(stats_count_outcomes) {
 }
 END_TEST
 
+/* ---- chunk sources (the write path) --------------------------------------------- */
+/* reads every chunk of c into out (cap bytes at a time); returns the last result */
+static ssize_t chunks_read_all(zcs_chunks_t *c, unsigned char *out, size_t cap, size_t *total) {
+  ssize_t n;
+  *total = 0;
+  while ((n = zcs_chunks_read(c, out + *total, cap, 0)) > 0)
+    *total += (size_t)n;
+  return n;
+}
+
+START_TEST(chunks_sizing) {
+  size_t len = 1000, got;
+  unsigned char *data = pattern(len, 41), out[2000];
+  int fd = make_file("s", data, len);
+  zcs_chunks_t c;
+  /* to the end: the count fixed now from the size, read at offsets */
+  ck_assert_int_eq(zcs_chunks_init(&c, fd, 100, ZCS_COUNT_TO_EOF, 0), 0);
+  ck_assert_int_eq(c.sized, 1);
+  ck_assert_int_eq(c.offset, 100);
+  ck_assert_int_eq(c.remaining, 900);
+  ck_assert_uint_eq(zcs_chunks_want(&c, 256), 256);
+  ck_assert_int_eq(chunks_read_all(&c, out, 256, &got), 0);
+  ck_assert_uint_eq(got, 900);
+  ck_assert(memcmp(out, data + 100, 900) == 0);
+  ck_assert_int_eq(c.offset, 1000);
+  ck_assert_int_eq(c.remaining, 0);
+  ck_assert_uint_eq(zcs_chunks_want(&c, 256), 0);
+  ck_assert_int_eq(lseek(fd, 0, SEEK_CUR), 0); /* pread: the fd's position is the caller's */
+  zcs_chunks_end(&c, ZCS_DONE);
+  ck_assert_int_eq(c.result, ZCS_DONE);
+  ck_assert_int_eq(zcs_chunks_read(&c, out, 256, 0), 0);
+  zcs_chunks_release(&c);
+  /* a count inside the file: never past it */
+  ck_assert_int_eq(zcs_chunks_init(&c, fd, 10, 50, 0), 0);
+  ck_assert_uint_eq(zcs_chunks_want(&c, 256), 50);
+  ck_assert_int_eq(chunks_read_all(&c, out, 256, &got), 0);
+  ck_assert_uint_eq(got, 50);
+  ck_assert(memcmp(out, data + 10, 50) == 0);
+  zcs_chunks_release(&c);
+  /* past the end: the rest of the file (asyncio's rule) */
+  ck_assert_int_eq(zcs_chunks_init(&c, fd, 10, 5000, 0), 0);
+  ck_assert_int_eq(c.remaining, 990);
+  ck_assert_int_eq(chunks_read_all(&c, out, 4096, &got), 0);
+  ck_assert_uint_eq(got, 990);
+  zcs_chunks_release(&c);
+  /* an offset past the end: nothing to hand out */
+  ck_assert_int_eq(zcs_chunks_init(&c, fd, 5000, ZCS_COUNT_TO_EOF, 0), 0);
+  ck_assert_int_eq(c.remaining, 0);
+  ck_assert_int_eq(zcs_chunks_read(&c, out, 256, 0), 0);
+  zcs_chunks_release(&c);
+  close(fd);
+  free(data);
+}
+END_TEST
+
+START_TEST(chunks_exact_count) {
+  size_t len = 1000;
+  unsigned char *data = pattern(len, 42);
+  int fd = make_file("e", data, len);
+  zcs_stats_t s0, s1;
+  zcs_stats(&s0);
+  zcs_chunks_t c;
+  ck_assert_int_eq(zcs_chunks_init(&c, fd, 10, 991, ZCS_F_EXACT_COUNT), ZCS_ETRUNCATED);
+  zcs_chunks_release(&c);
+  ck_assert_int_eq(zcs_chunks_init(&c, fd, 2000, 1, ZCS_F_EXACT_COUNT), ZCS_ETRUNCATED);
+  zcs_chunks_release(&c);
+  zcs_stats(&s1); /* refused before a byte: never started */
+  ck_assert_uint_eq(s1.started, s0.started);
+  ck_assert_uint_eq(s1.cancelled, s0.cancelled);
+  ck_assert_uint_eq(s1.failed, s0.failed);
+  ck_assert_int_eq(zcs_chunks_init(&c, fd, 10, 990, ZCS_F_EXACT_COUNT), 0);
+  ck_assert_int_eq(c.remaining, 990);
+  zcs_chunks_release(&c);
+  ck_assert_int_eq(zcs_chunks_init(&c, fd, 10, ZCS_COUNT_TO_EOF, ZCS_F_EXACT_COUNT), 0);
+  ck_assert_int_eq(c.remaining, 990);
+  zcs_chunks_release(&c);
+  close(fd);
+  free(data);
+}
+END_TEST
+
+START_TEST(chunks_bad_inputs) {
+  zcs_stats_t s0, s1;
+  zcs_stats(&s0);
+  zcs_chunks_t c;
+  int dfd = open(tmpdir, O_RDONLY | O_DIRECTORY);
+  ck_assert_int_eq(zcs_chunks_init(&c, dfd, 0, -1, 0), -EISDIR);
+  zcs_chunks_release(&c);
+  char path[256];
+  snprintf(path, sizeof path, "%s/w", tmpdir);
+  int wfd = open(path, O_WRONLY | O_CREAT, 0644);
+  ck_assert_int_eq(zcs_chunks_init(&c, wfd, 0, -1, 0), -EBADF);
+  int rfd = open(path, O_RDONLY);
+  ck_assert_int_eq(zcs_chunks_init(&c, rfd, -1, -1, 0), -EINVAL);
+  ck_assert_int_eq(zcs_chunks_init(&c, rfd, 0, -5, 0), -EINVAL);
+  ck_assert_int_eq(zcs_chunks_init(&c, -1, -1, 10, 0), -EINVAL);
+  close(wfd);
+  ck_assert_int_eq(zcs_chunks_init(&c, wfd, 0, -1, 0), -EBADF); /* closed */
+  zcs_chunks_release(&c);
+  zcs_stats(&s1); /* a failed init counts nothing */
+  ck_assert_uint_eq(s1.started, s0.started);
+  ck_assert_uint_eq(s1.active, s0.active);
+  ck_assert_uint_eq(s1.cancelled, s0.cancelled);
+  /* the host reads (fd -1): zcsend can't; take checks what it hands over */
+  unsigned char buf[16];
+  ck_assert_int_eq(zcs_chunks_init(&c, -1, 0, 10, 0), 0);
+  ck_assert_int_eq(zcs_chunks_read(&c, buf, sizeof buf, 0), -EBADF);
+  ck_assert_int_eq(zcs_chunks_take(&c, 5, 4), -EINVAL); /* more than asked */
+  ck_assert_int_eq(zcs_chunks_take(&c, 0, 0), -EINVAL);
+  ck_assert_int_eq(zcs_chunks_take(&c, 11, 11), -EINVAL); /* past the range */
+  ck_assert_int_eq(c.remaining, 10);
+  ck_assert_int_eq(c.result, ZCS_RUNNING);
+  zcs_chunks_release(&c);
+  close(rfd);
+  close(dfd);
+}
+END_TEST
+
+/* A sized file that shrinks: its bytes, then ZCS_ETRUNCATED, counted failed once */
+START_TEST(chunks_short_file_truncates) {
+  size_t len = 1000, got;
+  unsigned char *data = pattern(len, 43), out[1000];
+  int fd = make_file("t", data, len);
+  char path[256];
+  snprintf(path, sizeof path, "%s/t", tmpdir);
+  zcs_stats_t s0, s1;
+  zcs_stats(&s0);
+  zcs_chunks_t c;
+  ck_assert_int_eq(zcs_chunks_init(&c, fd, 0, ZCS_COUNT_TO_EOF, 0), 0);
+  ck_assert_int_eq(c.remaining, 1000);
+  ck_assert_int_eq(truncate(path, 600), 0);
+  ck_assert_int_eq(chunks_read_all(&c, out, 256, &got), ZCS_ETRUNCATED);
+  ck_assert_uint_eq(got, 600); /* every byte it still had */
+  ck_assert(memcmp(out, data, 600) == 0);
+  ck_assert_int_eq(c.result, ZCS_ETRUNCATED);
+  ck_assert_int_eq(zcs_chunks_read(&c, out, 256, 0), ZCS_ETRUNCATED); /* for good */
+  ck_assert_int_eq(zcs_chunks_take(&c, 1, 1), ZCS_ETRUNCATED);
+  zcs_chunks_wrote(&c, 600);
+  zcs_chunks_end(&c, ZCS_DONE); /* the first outcome stands */
+  ck_assert_int_eq(c.result, ZCS_ETRUNCATED);
+  zcs_chunks_release(&c);
+  /* the host read the range elsewhere (a read job) and got less than it asked */
+  ck_assert_int_eq(zcs_chunks_init(&c, fd, 500, 100, 0), 0);
+  ck_assert_int_eq(c.remaining, 100);
+  ck_assert_int_eq(truncate(path, 550), 0);
+  ck_assert_int_eq(zcs_chunks_take(&c, 50, 100), ZCS_ETRUNCATED);
+  ck_assert_int_eq(c.offset, 550);
+  ck_assert_int_eq(c.result, ZCS_ETRUNCATED);
+  zcs_chunks_release(&c);
+  zcs_stats(&s1);
+  ck_assert_uint_eq(s1.started - s0.started, 2);
+  ck_assert_uint_eq(s1.failed - s0.failed, 2);
+  ck_assert_uint_eq(s1.completed, s0.completed);
+  ck_assert_uint_eq(s1.cancelled, s0.cancelled);
+  ck_assert_uint_eq(s1.active, s0.active);
+  ck_assert_uint_eq(s1.bytes_fallback - s0.bytes_fallback, 600);
+  close(fd);
+  free(data);
+}
+END_TEST
+
+/* A pipe: read where it stands, until count or its end; never past the count */
+START_TEST(chunks_pipe_source) {
+  unsigned char *data = pattern(3000, 44), out[4096];
+  size_t got;
+  int p[2];
+  ck_assert_int_eq(pipe(p), 0);
+  zcs_chunks_t c;
+  ck_assert_int_eq(zcs_chunks_init(&c, p[0], 0, ZCS_COUNT_TO_EOF, 0), 0);
+  ck_assert_int_eq(c.offset, -1);
+  ck_assert_int_eq(c.sized, 0);
+  ck_assert_int_eq(c.remaining, ZCS_COUNT_TO_EOF);
+  ck_assert_int_eq(zcs_chunks_read(&c, out, sizeof out, ZCS_READ_NOWAIT), -EAGAIN); /* empty */
+  ck_assert_int_eq(c.result, ZCS_RUNNING);
+  ck_assert_int_eq(write(p[1], data, 3000), 3000);
+  close(p[1]);
+  ck_assert_int_eq(zcs_chunks_read(&c, out, 1000, ZCS_READ_NOWAIT), 1000);
+  ck_assert_int_eq(chunks_read_all(&c, out + 1000, 700, &got), 0); /* its end is the range's */
+  ck_assert_uint_eq(got, 2000);
+  ck_assert(memcmp(out, data, 3000) == 0);
+  ck_assert_int_eq(c.remaining, 0);
+  ck_assert_int_eq(c.result, ZCS_RUNNING); /* the host ends it once its writer is done */
+  zcs_chunks_end(&c, ZCS_DONE);
+  zcs_chunks_release(&c);
+  close(p[0]);
+  /* a count: the pipe is not read past it */
+  ck_assert_int_eq(pipe(p), 0);
+  ck_assert_int_eq(write(p[1], data, 3000), 3000);
+  ck_assert_int_eq(zcs_chunks_init(&c, p[0], 0, 1000, 0), 0);
+  ck_assert_int_eq(chunks_read_all(&c, out, 4096, &got), 0);
+  ck_assert_uint_eq(got, 1000);
+  ck_assert_int_eq(read(p[0], out, sizeof out), 2000);
+  zcs_chunks_release(&c);
+  close(p[0]);
+  close(p[1]);
+  free(data);
+}
+END_TEST
+
+/* From the page cache only: all of the chunk, or -EAGAIN and nothing consumed */
+START_TEST(chunks_nowait_reads) {
+  size_t len = (256 << 10) + 7;
+  unsigned char *data = pattern(len, 45), *out = malloc(len);
+  int fd = make_file("n", data, len); /* just written: in the page cache */
+  zcs_chunks_t c;
+  ck_assert_int_eq(zcs_chunks_init(&c, fd, 1000, ZCS_COUNT_TO_EOF, 0), 0);
+  ssize_t n = zcs_chunks_read(&c, out, 65536, ZCS_READ_NOWAIT);
+  ck_assert(n == 65536 || n == -EAGAIN);
+  if (n == 65536) {
+    ck_assert(memcmp(out, data + 1000, 65536) == 0);
+    ck_assert_int_eq(c.offset, 1000 + 65536);
+  } else {
+    ck_assert_int_eq(c.offset, 1000);
+  }
+  ck_assert_int_eq(c.result, ZCS_RUNNING);
+  zcs_chunks_release(&c);
+  /* evicted pages would wait for the disk: -EAGAIN, nothing consumed, no error */
+  ck_assert_int_eq(fdatasync(fd), 0);
+  ck_assert_int_eq(posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED), 0);
+  ck_assert_int_eq(zcs_chunks_init(&c, fd, 0, ZCS_COUNT_TO_EOF, 0), 0);
+  n = zcs_chunks_read(&c, out, len, ZCS_READ_NOWAIT);
+  ck_assert(n == (ssize_t)len || n == -EAGAIN);
+  ck_assert_int_eq(c.offset, n == -EAGAIN ? 0 : (int64_t)len);
+  ck_assert_int_eq(c.result, ZCS_RUNNING);
+  zcs_chunks_release(&c);
+  close(fd);
+  free(out);
+  free(data);
+}
+END_TEST
+
+/* The host reads a source zcsend can't see (fd -1) and hands the bytes over */
+START_TEST(chunks_host_reads) {
+  zcs_chunks_t c;
+  ck_assert_int_eq(zcs_chunks_init(&c, -1, 7, 500, 0), 0);
+  ck_assert_int_eq(c.offset, -1);
+  ck_assert_uint_eq(zcs_chunks_want(&c, 256), 256);
+  ck_assert_int_eq(zcs_chunks_take(&c, 256, 256), 0);
+  ck_assert_uint_eq(zcs_chunks_want(&c, 256), 244);
+  ck_assert_int_eq(zcs_chunks_take(&c, 100, 244), 0); /* unsized: short is not the end */
+  ck_assert_int_eq(zcs_chunks_take(&c, 144, 144), 0);
+  ck_assert_uint_eq(zcs_chunks_want(&c, 256), 0);
+  zcs_chunks_release(&c);
+  ck_assert_int_eq(zcs_chunks_init(&c, -1, 0, ZCS_COUNT_TO_EOF, 0), 0);
+  ck_assert_uint_eq(zcs_chunks_want(&c, 256), 256);
+  ck_assert_int_eq(zcs_chunks_take(&c, 0, 256), 0); /* its end */
+  ck_assert_uint_eq(zcs_chunks_want(&c, 256), 0);
+  zcs_chunks_release(&c);
+}
+END_TEST
+
+/* Each outcome counted once, bytes as written, and a release without an end
+   counts as cancelled */
+START_TEST(chunks_stats_counted_once) {
+  zcs_stats_t s0, s1;
+  zcs_stats(&s0);
+  zcs_chunks_t a, b, c, d;
+  ck_assert_int_eq(zcs_chunks_init(&a, -1, 0, 100, 0), 0);
+  ck_assert_int_eq(zcs_chunks_init(&b, -1, 0, 100, 0), 0);
+  ck_assert_int_eq(zcs_chunks_init(&c, -1, 0, 100, 0), 0);
+  ck_assert_int_eq(zcs_chunks_init(&d, -1, 0, 100, 0), 0);
+  zcs_stats(&s1);
+  ck_assert_uint_eq(s1.started - s0.started, 4);
+  ck_assert_uint_eq(s1.active - s0.active, 4);
+  zcs_chunks_wrote(&a, 60);
+  zcs_chunks_wrote(&a, 40);
+  ck_assert_uint_eq(a.sent, 100);
+  zcs_chunks_end(&a, ZCS_DONE);
+  zcs_chunks_end(&a, -EPIPE); /* once */
+  zcs_chunks_end(&b, -EPIPE);
+  zcs_chunks_end(&c, -ECANCELED);
+  zcs_stats(&s1); /* counted when it ends, not when released */
+  ck_assert_uint_eq(s1.completed - s0.completed, 1);
+  ck_assert_uint_eq(s1.failed - s0.failed, 1);
+  ck_assert_uint_eq(s1.cancelled - s0.cancelled, 1);
+  ck_assert_uint_eq(s1.active - s0.active, 1);
+  zcs_chunks_release(&a);
+  zcs_chunks_release(&b);
+  zcs_chunks_release(&c);
+  zcs_chunks_release(&d); /* never ended: cancelled */
+  zcs_chunks_release(&d); /* twice is harmless */
+  ck_assert_int_eq(d.result, -ECANCELED);
+  zcs_stats(&s1);
+  ck_assert_uint_eq(s1.started - s0.started, 4);
+  ck_assert_uint_eq(s1.completed - s0.completed, 1);
+  ck_assert_uint_eq(s1.failed - s0.failed, 1);
+  ck_assert_uint_eq(s1.cancelled - s0.cancelled, 2);
+  ck_assert_uint_eq(s1.active, s0.active);
+  ck_assert_uint_eq(s1.bytes_fallback - s0.bytes_fallback, 100);
+  ck_assert_uint_eq(s1.bytes_zero_copy, s0.bytes_zero_copy);
+}
+END_TEST
+
 /* ---- libev driver ------------------------------------------------------------ */
 struct job { zcs_transfer_t t; zcs_ev_transfer_t w; struct reader r; int sv[2]; int result; int calls; };
 static void on_done(zcs_ev_transfer_t *w, int result) {
@@ -1892,6 +2185,14 @@ int main(void) {
   tcase_add_test(tc, peer_gone_no_sigpipe_emulated);
   tcase_add_test(tc, offsets_past_4gib);
   tcase_add_test(tc, stats_count_outcomes);
+  tcase_add_test(tc, chunks_sizing);
+  tcase_add_test(tc, chunks_exact_count);
+  tcase_add_test(tc, chunks_bad_inputs);
+  tcase_add_test(tc, chunks_short_file_truncates);
+  tcase_add_test(tc, chunks_pipe_source);
+  tcase_add_test(tc, chunks_nowait_reads);
+  tcase_add_test(tc, chunks_host_reads);
+  tcase_add_test(tc, chunks_stats_counted_once);
   tcase_add_test(tc, ev_driver_concurrent);
   tcase_add_test(tc, ev_driver_waits_on_pipe_source);
   tcase_add_test(tc, ev_driver_never_reentrant);

@@ -314,6 +314,54 @@ def test_write_pipe_transport(tmp_path, datafile):
     run(main())
 
 
+def test_chunks_binding(tmp_path):
+    """The core's chunk source, as the write path uses it: sized by the core's
+    rule, each chunk checked against the range (ETRUNCATED where the file
+    shrank), and the transfer counted in the stats exactly once."""
+    from zcsend import _zcsend
+    path = tmp_path / "f"
+    make_file(path, 70000, seed=11)
+    data = open(path, "rb").read()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        s0 = zcsend.stats()
+        c = _zcsend.Chunks(fd, 1000, 100000)  # past the end: the rest of the file
+        assert (c.sized, c.offset, c.remaining) == (True, 1000, 69000)
+        assert c.want(1 << 20) == 69000
+        buf = c.read_cached(4096)
+        if buf is not None:  # in the page cache (just written)
+            assert buf == data[1000:5096] and c.offset == 5096
+        else:
+            assert c.offset == 1000 and c.take(4096, 4096) == 0  # a read job read it
+        c.wrote(4096)
+        with pytest.raises(ValueError):
+            c.take(5, 4)  # more than asked
+        os.truncate(path, 6000)  # the file shrinks
+        assert c.take(904, 4096) == _zcsend.ETRUNCATED
+        assert c.result == _zcsend.ETRUNCATED and c.remaining == 0
+        c.wrote(904)
+        c.end(0)  # the first outcome stands
+        c.close()
+        d = _zcsend.Chunks(-1, 0, 10)  # a source with no fd: the caller reads it
+        assert (d.sized, d.offset, d.want(4)) == (False, -1, 4)
+        del d  # never ended: cancelled
+        s1 = zcsend.stats()
+        assert s1["started"] - s0["started"] == 2
+        assert s1["failed"] - s0["failed"] == 1
+        assert s1["cancelled"] - s0["cancelled"] == 1
+        assert s1["active"] == s0["active"]
+        assert s1["bytes_fallback"] - s0["bytes_fallback"] == 5000
+        os.mkdir(tmp_path / "d")
+        dfd = os.open(tmp_path / "d", os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            with pytest.raises(IsADirectoryError):
+                _zcsend.Chunks(dfd, 0, -1)
+        finally:
+            os.close(dfd)
+    finally:
+        os.close(fd)
+
+
 def test_read_cached_binding(tmp_path):
     """The core's page-cache read, as the TLS path uses it: all the bytes or None,
     never a wait; errors as OSError with the errno."""
