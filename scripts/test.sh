@@ -50,8 +50,10 @@ for P in $(bash scripts/wheels.sh --pythons); do
   step "Contract and error tests on $($P -V) (its wheel, a fresh venv)"
   VENV=$(mktemp -d)
   $P -m venv --system-site-packages "$VENV"
+  # --ignore-installed: a zcsend in that Python's own site-packages must not stand in for it
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-index --no-deps \
-    "$DIST"/zcsend-*-"$TAG"-"$TAG"-*.whl
+    --ignore-installed "$DIST"/zcsend-*-"$TAG"-"$TAG"-*.whl
+  "$VENV/bin/python" -c 'import sys, zcsend; assert zcsend.__file__.startswith(sys.prefix), zcsend.__file__'
   (cd "$VENV" && "$VENV/bin/python" -m pytest -q -p no:cacheprovider \
     "$HERE/tests/python/test_sendfile.py" "$HERE/tests/python/test_errors.py")
   rm -rf "$VENV"
