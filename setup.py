@@ -79,7 +79,13 @@ class BuildExt(build_ext):
 extra_compile = ["-std=gnu11", "-D_FILE_OFFSET_BITS=64", "-pthread", "-Wall", "-Wextra",
                  "-Wno-missing-field-initializers", "-Wno-cast-function-type", "-fvisibility=hidden"]
 extra_link = ["-pthread"]
-if os.environ.get("ZCSEND_SANITIZE"):
+# ZCSEND_SANITIZE=1: AddressSanitizer + UndefinedBehaviorSanitizer; =thread:
+# ThreadSanitizer. Either extension runs under a stock CPython with the
+# sanitizer's runtime in LD_PRELOAD (scripts/test.sh).
+if os.environ.get("ZCSEND_SANITIZE") == "thread":
+    extra_compile += ["-fsanitize=thread", "-fno-omit-frame-pointer", "-O1", "-g"]
+    extra_link += ["-fsanitize=thread"]
+elif os.environ.get("ZCSEND_SANITIZE"):
     san = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=undefined", "-O1", "-g"]
     extra_compile += san
     extra_link += ["-fsanitize=address,undefined"]

@@ -40,7 +40,10 @@ struct zcs_job {
   pid_t pid;              /* set by zcs_job_submit in the host's thread: whose engine runs it */
   char *rbuf;             /* a read job's destination (zcs_job_init_read), else NULL */
   size_t rlen;
-  zcs_job_t *next;        /* engine queue link */
+  zcs_job_t *next;        /* engine queue link (engine lock) */
+  zcs_job_t *wake_next;   /* on_wake's own start/kick lists (engine thread only): a
+                             cancel may queue the job again, rewriting next, while
+                             on_wake still walks these lists outside the lock */
 };
 
 static struct {
@@ -254,11 +257,11 @@ static void on_wake(struct ev_loop *loop, ev_async *w, int revents) {
     zcs_job_t *n = q->next;
     if (q->state == JOB_QUEUED) {
       q->state = JOB_RUNNING;
-      q->next = starts;
+      q->wake_next = starts;
       starts = q;
     } else {
       q->kick = 0;
-      q->next = kicks;
+      q->wake_next = kicks;
       kicks = q;
     }
     q = n;
@@ -266,7 +269,7 @@ static void on_wake(struct ev_loop *loop, ev_async *w, int revents) {
   pthread_mutex_unlock(&engine.lock);
   while (starts) { /* the engine's reference keeps each alive until on_done */
     zcs_job_t *j = starts;
-    starts = j->next;
+    starts = j->wake_next;
     if (j->rbuf) {
       run_read(j);
       continue;
@@ -275,7 +278,7 @@ static void on_wake(struct ev_loop *loop, ev_async *w, int revents) {
   }
   while (kicks) { /* a cancelled job steps once more, to end */
     zcs_job_t *j = kicks;
-    kicks = j->next;
+    kicks = j->wake_next;
     zcs_ev_kick(&j->w);
     job_unref(j); /* the reference zcs_job_cancel took for the kick */
   }

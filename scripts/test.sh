@@ -36,6 +36,20 @@ LD_PRELOAD="$PRELOAD" ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
   UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 PYTHONPATH=build/san-py \
   $PY -m pytest -q -p no:cacheprovider tests/python
 
+step "Python engine-heavy tests against the extension built with ThreadSanitizer"
+rm -rf build/tsan-py
+ZCSEND_SANITIZE=thread $PY setup.py -q build_ext --build-temp build/tsan-tmp --build-lib build/tsan-py >/dev/null
+cp python/zcsend/*.py python/zcsend/*.pyi python/zcsend/py.typed build/tsan-py/zcsend/
+# the interpreter itself (pyenv's shims are bash, which crashes with libtsan preloaded);
+# --capture=sys: a report reaches the terminal before halt_on_error ends the run (exit 66)
+PYREAL=$($PY -c 'import sys; print(sys.executable)')
+LD_PRELOAD="$(gcc -print-file-name=libtsan.so)" \
+  TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 suppressions=$(pwd)/tests/python/tsan.supp" \
+  PYTHONPATH=build/tsan-py "$PYREAL" -m pytest -q -p no:cacheprovider --capture=sys \
+  tests/python/test_errors.py tests/python/test_ownership.py \
+  tests/python/test_scale.py::test_10000_transfers_leave_nothing_behind \
+  tests/python/test_scale.py::test_cancel_while_the_engine_takes_the_batch_in
+
 step "Wheels and sdist (scripts/wheels.sh), then the packaging tests (libev hidden, no headers)"
 DIST=$(mktemp -d)
 bash scripts/wheels.sh --out "$DIST"

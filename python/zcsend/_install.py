@@ -29,7 +29,7 @@ def _for_zcsend(loop, transport):
     (asyncio's or uvloop's, which aren't BaseTransports) on a loop that sends
     the stock way. Anything else (a Mock, a StreamWriter, a loop whose
     _sendfile_native is its own) gets the loop's own answer, errors included."""
-    if not (isinstance(transport, asyncio.BaseTransport) or _transports._is_uvloop(transport)):
+    if not _transports.kind_of(transport).transport:
         return False
     native = getattr(loop, "_sendfile_native", None)
     return native is None or getattr(native, "__func__", native) in _STOCK_NATIVE

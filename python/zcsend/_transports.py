@@ -1,6 +1,7 @@
 """How zcsend takes hold of a transport for the length of a transfer.
 
-Three kinds of transport, three holds:
+Three kinds of transport, three holds (which one a transport gets is decided
+once per transport type, by _classify below):
 - ``SelectorHold``: asyncio's TCP and Unix socket transports. Zero-copy on the
   socket; ``write()`` refuses to interleave (asyncio's own ``_empty_waiter``).
 - ``FlushHold``: uvloop's TCP and Unix transports. Zero-copy on the socket once
@@ -23,27 +24,105 @@ transport, the loop's selector and the dups are shared with the parent)."""
 import asyncio
 import os
 import socket
+import weakref
 
 from ._errors import SendfileConnectionError, SendfileError
 
 import errno as _errno
 
-# uvloop's transport types, by name (uvloop need not be installed)
-_UVLOOP_MODULE = "uvloop.loop"
-_UVLOOP_SOCKET_STREAMS = {"TCPTransport", "UnixTransport"}
-
 _held = set()  # ids of transports held now: one transfer per transport
 
 
-def _is_uvloop(transport):
-    return type(transport).__module__ == _UVLOOP_MODULE
+# ---- what a transport is, to zcsend: decided once per type ----------------------
+# By capability wherever asyncio offers one:
+# - asyncio's selector socket transport says ``_sendfile_compatible =
+#   _SendfileMode.TRY_NATIVE`` (its loop may sendfile on the socket itself; TLS
+#   transports say FALLBACK, pipes and UDP nothing), and SelectorHold uses the
+#   ``_make_empty_waiter``/``_reset_empty_waiter`` pair its loop.sendfile uses;
+# - none for UDP or read-only transports: a DatagramTransport, or no ``write``;
+# - WriteHold needs ``set_protocol``, ``get_protocol``, ``get_write_buffer_size``.
+# What can change per instance stays per call: is_closing(), the socket (and its
+# type: UDP through asyncio 3.11's datagram transport, which isn't a
+# DatagramTransport), the transport being held, the empty-waiter in use.
+#
+# The only names zcsend matches, here and nowhere else: uvloop's transports are
+# extension types outside asyncio's class tree with no _sendfile_compatible, so
+# their module says they are uvloop's (uvloop need not be installed) and the
+# class name which ones sit on a stream socket (TCP, Unix) rather than TLS
+# (_SSLProtocolTransport), a pipe (Read/WriteUnixTransport), UDP or a process.
+_UVLOOP_MODULE = "uvloop.loop"
+_UVLOOP_SOCKET_STREAMS = frozenset({"TCPTransport", "UnixTransport"})
+
+try:
+    from asyncio.constants import _SendfileMode
+    _TRY_NATIVE = _SendfileMode.TRY_NATIVE
+except ImportError:  # gone from some later asyncio: its transports take the write path
+    _TRY_NATIVE = object()
+
+
+class _Kind:
+    """What zcsend makes of one transport type. ``transport``: it is one
+    (asyncio's or uvloop's); ``hold``: the hold class for it, None when zcsend
+    can't send on it (UDP, a read-only or non-transport type)."""
+
+    __slots__ = ("transport", "hold", "_ref")
+
+    def __init__(self, transport, hold):
+        self.transport = transport
+        self.hold = hold
+
+    def __repr__(self):
+        return f"_Kind(transport={self.transport}, hold={getattr(self.hold, '__name__', None)})"
+
+
+def _classify(cls):
+    """The _Kind of type cls: the one place that decides it."""
+    uvloop = getattr(cls, "__module__", None) == _UVLOOP_MODULE
+    if not (uvloop or issubclass(cls, asyncio.BaseTransport)):
+        return _Kind(False, None)
+    if issubclass(cls, asyncio.DatagramTransport) or not hasattr(cls, "write"):
+        return _Kind(True, None)  # UDP, read-only pipes
+    if uvloop and cls.__name__ in _UVLOOP_SOCKET_STREAMS:
+        return _Kind(True, FlushHold)
+    if (getattr(cls, "_sendfile_compatible", None) is _TRY_NATIVE
+            and hasattr(cls, "_make_empty_waiter") and hasattr(cls, "_reset_empty_waiter")):
+        return _Kind(True, SelectorHold)
+    if all(hasattr(cls, name) for name in ("set_protocol", "get_protocol", "get_write_buffer_size")):
+        return _Kind(True, WriteHold)  # TLS (asyncio's and uvloop's), write pipes, others
+    return _Kind(True, None)
+
+
+# id(type) -> its _Kind; an entry goes with its type (a Mock's every instance
+# is a class of its own: a dict keyed by the types would keep them all alive)
+_kinds = {}
+
+
+def _kind_of_type(cls):
+    kind = _kinds.get(id(cls))
+    if kind is None:
+        kind = _classify(cls)
+        key = id(cls)
+        kind._ref = weakref.ref(cls, lambda _, key=key, kinds=_kinds: kinds.pop(key, None))
+        _kinds[key] = kind
+    return kind
+
+
+def kind_of(transport):
+    """The _Kind of ``transport``'s type: a dict lookup (classified on first sight)."""
+    kind = _kinds.get(id(type(transport))) or _kind_of_type(type(transport))
+    if kind.transport:
+        return kind
+    claimed = transport.__class__  # a Mock(spec=...) or a proxy: isinstance() sees this
+    if claimed is not type(transport) and isinstance(claimed, type) and issubclass(claimed, asyncio.BaseTransport):
+        return _kind_of_type(claimed)
+    return kind
 
 
 def resolve(transport):
     """The transport behind ``transport`` (a transport or StreamWriter)."""
     if isinstance(transport, asyncio.StreamWriter):
         transport = transport.transport
-    if not (isinstance(transport, asyncio.BaseTransport) or _is_uvloop(transport)):
+    if not kind_of(transport).transport:
         raise TypeError(
             f"expected an asyncio transport or StreamWriter, got {type(transport).__name__}")
     return transport
@@ -62,7 +141,8 @@ def hold_for(loop, transport):
     """The hold for this transport; RuntimeError when zcsend can't send on it now."""
     if transport.is_closing():
         raise RuntimeError("Transport is closing")
-    if isinstance(transport, asyncio.DatagramTransport) or not hasattr(transport, "write"):
+    hold = kind_of(transport).hold
+    if hold is None:
         raise _unsupported(transport)
     sock = transport.get_extra_info("socket")
     stream = sock is not None and sock.type == socket.SOCK_STREAM
@@ -70,20 +150,13 @@ def hold_for(loop, transport):
         raise _unsupported(transport)  # UDP (asyncio 3.11's datagram transport isn't a DatagramTransport)
     if id(transport) in _held:
         raise RuntimeError("sendfile is already in progress on this transport")
-    if _is_uvloop(transport) and type(transport).__name__ in _UVLOOP_SOCKET_STREAMS:
-        if not stream:
-            raise _unsupported(transport)
-        return FlushHold(loop, transport, sock.fileno())
-    if hasattr(transport, "_make_empty_waiter") and transport.get_extra_info("sslcontext") is None:
-        if not stream:
-            raise _unsupported(transport)
-        if transport._empty_waiter is not None:
-            raise RuntimeError("sendfile is already in progress on this transport")
-        return SelectorHold(loop, transport, sock.fileno())
-    for needed in ("set_protocol", "get_protocol", "get_write_buffer_size"):
-        if not hasattr(transport, needed):
-            raise _unsupported(transport)
-    return WriteHold(loop, transport)
+    if hold is WriteHold:
+        return WriteHold(loop, transport)
+    if not stream:
+        raise _unsupported(transport)
+    if hold is SelectorHold and transport._empty_waiter is not None:
+        raise RuntimeError("sendfile is already in progress on this transport")
+    return hold(loop, transport, sock.fileno())
 
 
 class _GuardProtocol(asyncio.Protocol):

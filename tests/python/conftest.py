@@ -87,6 +87,23 @@ def run(coro, timeout=120):
         return runner.run(bounded())
 
 
+async def until(predicate, timeout=10, what=None):
+    """Waits until predicate() is true, looking at it every turn of the loop
+    (at most every millisecond): for the event itself, not a guessed sleep."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not predicate():
+        if loop.time() > end:
+            raise AssertionError(f"not within {timeout} s: {what or predicate}")
+        await asyncio.sleep(0.001)
+
+
+def held(transport):
+    """Whether a zcsend transfer holds transport now (its drain or its sending began)."""
+    from zcsend import _transports
+    return id(transport) in _transports._held
+
+
 @functools.lru_cache(maxsize=None)
 def tls_files():
     """A self-signed certificate and key for 127.0.0.1, made once per session."""

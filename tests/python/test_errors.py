@@ -9,7 +9,7 @@ import struct
 import pytest
 
 import zcsend
-from conftest import Pair, make_file, run
+from conftest import Pair, held, make_file, run, until
 
 
 def _expect(exc_type, match, coro_factory, kind="tcp"):
@@ -215,7 +215,7 @@ def test_cancel_during_drain_leaves_transport_usable(kind, datafile):
             with open(datafile[0], "rb") as f:
                 f.seek(5)
                 task = asyncio.ensure_future(zcsend.sendfile(p.server, f, 100))
-                await asyncio.sleep(0.1)
+                await until(lambda: held(t), what="the transfer holds the transport")
                 task.cancel()
                 with pytest.raises(asyncio.CancelledError):
                     await task

@@ -16,7 +16,7 @@ import weakref
 import pytest
 
 import zcsend
-from conftest import LOOP, Pair, make_file, run
+from conftest import LOOP, Pair, held, make_file, run, until
 
 
 def _fds():
@@ -39,6 +39,14 @@ def _drain_socketpairs(pairs):
         near.close()
         far.close()
     return got
+
+
+def _fd_open(fd):
+    try:
+        os.fstat(fd)
+        return True
+    except OSError:
+        return False
 
 
 def _grab_numbers(n=8):
@@ -78,7 +86,7 @@ def test_close_during_drain_wait_never_reaches_the_fd_reuser(kind, tmp_path):
             p.server.write(b"x" * (8 << 20))  # the peer reads nothing yet: the drain waits
             with open(path, "rb") as f:
                 task = asyncio.ensure_future(zcsend.sendfile(p.server, f))
-                await asyncio.sleep(0.05)
+                await until(lambda: held(t), what="sendfile waits for the drain")
                 assert not task.done()
                 t.close()
                 head = await _read_exact(p.reader, 8 << 20)
@@ -115,11 +123,13 @@ def test_read_only_source_closed_transport_fd_reused(kind):
     async def main():
         async with Pair(kind) as p:
             t = p.server.transport
+            old = t.get_extra_info("socket").fileno()
             task = asyncio.ensure_future(zcsend.sendfile(p.server, Slow(), count=8 * chunk))
             first = await _read_exact(p.reader, chunk)  # the first chunk is out
             t.close()
-            await asyncio.sleep(0.02)  # the transport has let go of its number
+            await until(lambda: not _fd_open(old), what="the transport lets go of its number")
             grabbed = _grab_numbers()
+            assert any(old in (a.fileno(), b.fileno()) for a, b in grabbed)  # the setup did what it says
             with pytest.raises(zcsend.SendfileConnectionError) as ei:
                 await asyncio.wait_for(task, 10)
             assert ei.value.errno == errno.ECONNABORTED
@@ -359,7 +369,8 @@ def test_closed_loop_stops_the_engine():
     async def start():
         t, _ = await loop.connect_accepted_socket(asyncio.Protocol, a)
         task = asyncio.ensure_future(zcsend.sendfile(t, src))
-        await asyncio.sleep(0.2)
+        await until(lambda: out[0] > 0 and zcsend.stats()["active"] == before + 1,
+                    what="the engine is sending")
         return task
 
     task = loop.run_until_complete(start())
