@@ -231,7 +231,7 @@ end)
 
 describe("zcsend.add_host", function()
   it("a host that waits by writing through its own object: t:peek, t:advance, t:blocked", function()
-    local on, probes, yields = true, 0, 0
+    local on, probes, yields, refused = true, 0, 0, 0
     local a = {
       name = "writer",
       active = function()
@@ -246,7 +246,12 @@ describe("zcsend.add_host", function()
           yields = yields + 1
           return true
         end
-        local data = assert(t:peek(1))
+        local data, _, name = t:peek(1)
+        if not data then -- the emulation's buffer goes first: wait another way
+          assert.are.equal("EAGAIN", name)
+          refused = refused + 1
+          return core.poll(t:ownfd(), "w", timeout)
+        end
         if #data == 0 then
           return true
         end
@@ -268,7 +273,11 @@ describe("zcsend.add_host", function()
     on = false
     assert.are.same({ SIZE - 10 }, r)
     assert.is_true(got == DATA:sub(6, SIZE - 5))
-    assert.is_true(probes > 0)
+    if zcsend.backend() ~= "emulated" then
+      assert.is_true(probes > 0)
+    else -- the emulated backend always holds the bytes it read: peek says EAGAIN
+      assert.is_true(refused > 0 and probes == 0)
+    end
     local after = zcsend.stats()
     if zcsend.backend() ~= "emulated" then
       assert.are.equal(SIZE - 10 - probes, after.bytes_zero_copy - before.bytes_zero_copy)
