@@ -114,6 +114,8 @@ static int init_common(zcs_transfer_t *t, int sock_fd, int flags) {
   int rc = zcs_backend_init();
   if (rc < 0)
     return rc;
+  if (flags & ZCS_F_SOCK_NONBLOCKING)
+    return 0;
   int fl = fcntl(sock_fd, F_GETFL);
   if (fl < 0)
     return -errno;
@@ -156,11 +158,13 @@ int zcs__source_check(int fd, int64_t offset, int64_t count, int flags, struct s
     return -errno;
   if (S_ISDIR(st->st_mode))
     return -EISDIR;
-  int fl = fcntl(fd, F_GETFL);
-  if (fl < 0)
-    return -errno;
-  if ((fl & O_ACCMODE) == O_WRONLY)
-    return -EBADF; /* what read(2) would say */
+  if (!(flags & ZCS_F_SOURCE_READABLE)) {
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0)
+      return -errno;
+    if ((fl & O_ACCMODE) == O_WRONLY)
+      return -EBADF; /* what read(2) would say */
+  }
   *remaining = count;
   if (S_ISREG(st->st_mode)) {
     *remaining = fixed_count(fd, st, offset, count, sized);
@@ -226,6 +230,17 @@ static int sigpipe_block(sigset_t *old) {
   sigemptyset(&set);
   sigaddset(&set, SIGPIPE);
   return pthread_sigmask(SIG_BLOCK, &set, old) == 0;
+}
+
+/* Whether SIGPIPE needs masking for a step: always, unless the caller asked
+   to look first (ZCS_F_SIGPIPE_IF_DEFAULT) and it is ignored. */
+static int sigpipe_needs_mask(int flags) {
+  if (flags & ZCS_F_SIGPIPE_BLOCKED)
+    return 0;
+  if (!(flags & ZCS_F_SIGPIPE_IF_DEFAULT))
+    return 1;
+  struct sigaction sa;
+  return sigaction(SIGPIPE, NULL, &sa) != 0 || sa.sa_handler != SIG_IGN;
 }
 
 static void sigpipe_consume(void) {
@@ -362,7 +377,7 @@ int zcs_transfer_step(zcs_transfer_t *t) {
   if (t->cancelled)
     return finish(t, t->cancelled);
   sigset_t old;
-  int masked = !(t->flags & ZCS_F_SIGPIPE_BLOCKED) && sigpipe_block(&old);
+  int masked = sigpipe_needs_mask(t->flags) && sigpipe_block(&old);
   t->blocked = 0;
   int rc = run(t);
   if (rc == -EPIPE)
@@ -455,6 +470,17 @@ void zcs_transfer_abort(zcs_transfer_t *t, int err) {
 void zcs__transfer_end(zcs_transfer_t *t, int err) {
   if (t->result == ZCS_RUNNING)
     finish(t, err);
+}
+
+void zcs_transfer_move(zcs_transfer_t *dst, zcs_transfer_t *src) {
+  *dst = *src; /* nothing in a transfer points into the transfer itself */
+  src->buf = src->head = NULL;
+  src->buf_len = src->buf_pos = src->head_len = src->head_pos = 0;
+  src->pipe_fds[0] = src->pipe_fds[1] = -1;
+  src->pipe_len = 0;
+  src->ssl = NULL;
+  src->ssl_modes_added = 0;
+  src->counted = 0;
 }
 
 void zcs_transfer_release(zcs_transfer_t *t) {

@@ -118,6 +118,17 @@ enum zcs_backend {
 #define ZCS_F_SIGPIPE_BLOCKED 0x2  /* caller's thread already blocks SIGPIPE: skip the per-step mask */
 #define ZCS_F_EXACT_COUNT 0x4      /* a count past a sized file's end is ZCS_ETRUNCATED at init,
                                       before a byte moves (without it: the rest of the file) */
+#define ZCS_F_SOCK_NONBLOCKING 0x8 /* the caller knows sock_fd is O_NONBLOCK (an asyncio socket):
+                                      init skips its check (one fcntl) */
+#define ZCS_F_SOURCE_READABLE 0x10 /* the caller knows file_fd is open for reading: init skips
+                                      its check (one fcntl); a wrong claim fails with -EBADF
+                                      at the first read instead */
+#define ZCS_F_SIGPIPE_IF_DEFAULT 0x20 /* a step looks at SIGPIPE's disposition (one sigaction)
+                                      and masks it only where it is not ignored, instead of
+                                      masking it always (two mask calls). For hosts that
+                                      ignore SIGPIPE (CPython does at startup); a host that
+                                      may reset it to the default from another thread while
+                                      a step runs must not use it */
 
 #define ZCS_COUNT_TO_EOF (-1)
 #define ZCS_DEFAULT_BUDGET (2u << 20)     /* bytes one step may move: nginx's 2 MiB per event */
@@ -266,6 +277,12 @@ ZCS_API void zcs_transfer_cancel(zcs_transfer_t *t);
  * the host saw (-ECONNRESET: its connection went; -ETIMEDOUT: no progress), and
  * counts as failed; -ECANCELED is zcs_transfer_cancel(). The first call wins. */
 ZCS_API void zcs_transfer_abort(zcs_transfer_t *t, int err);
+
+/* Moves a transfer to other memory (from the C stack into a heap object, say,
+ * when one that was meant to end in its first step must go on): dst takes over
+ * src as it stands, buffers, head, pipe and stats included; src is left empty,
+ * as if released without counting an outcome. dst must not hold a transfer. */
+ZCS_API void zcs_transfer_move(zcs_transfer_t *dst, zcs_transfer_t *src);
 
 /* Frees buffers and the splice pipe; closes none of the caller's fds. (The
  * outcome is in zcs_stats() from the moment the transfer ends; one released

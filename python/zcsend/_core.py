@@ -143,7 +143,11 @@ if hasattr(os, "register_at_fork"):
 
 
 def _check_params(file, offset, count):
-    """asyncio's checks, with asyncio's types and messages, and a few more."""
+    """asyncio's checks, with asyncio's types and messages, and a few more.
+    Returns True when the file was seen open for reading (the core need not look)."""
+    if (type(file) is io.BufferedReader and type(offset) is int and offset >= 0
+            and (count is None or (type(count) is int and count > 0)) and not file.closed):
+        return True  # open(path, "rb") and plain ints: binary and readable by its type
     if isinstance(file, io.TextIOBase) or "b" not in getattr(file, "mode", "b"):
         raise ValueError("file should be opened in binary mode")
     if count is not None:
@@ -160,6 +164,7 @@ def _check_params(file, offset, count):
     readable = getattr(file, "readable", None)
     if readable is not None and not readable():
         raise io.UnsupportedOperation("File not open for reading")
+    return readable is not None
 
 
 def _source_fd(file):
@@ -473,7 +478,7 @@ async def sendfile(transport, file, offset=0, count=None, *, fallback=True, head
     call ends with SendfileConnectionError(ETIMEDOUT). See the README for the
     contract."""
     transport = resolve(transport)
-    _check_params(file, offset, count)
+    readable = _check_params(file, offset, count)
     timeout = _check_timeout(timeout)
     if count is not None and count > _MAX_COUNT:
         count = _MAX_COUNT  # more than any file holds: asyncio takes it too
@@ -505,22 +510,37 @@ async def sendfile(transport, file, offset=0, count=None, *, fallback=True, head
         seekable = None  # the core's transfer, or the fd, will say
     stepped = False
     src = None  # our dup of the source fd, once the call may wait
+    r = None
+    if hold.zero_copy and fd is not None and INLINE_BUDGET > 0 and hold.idle():
+        # The inline step before taking the hold, in one C call: most small files
+        # end in it, and then swapping protocols and pausing reading would be
+        # wasted. Nothing else runs on the loop until it returns, so nothing can
+        # interleave with it and both fds are still the caller's; if it doesn't
+        # end, the transfer goes on over dups. A range not in the page cache is
+        # not stepped here (the disk would hold up the loop: the engine reads it).
+        try:
+            r = _zcsend.send_now(hold.raw_fd, fd, offset, count, fallback, head, INLINE_BUDGET,
+                                 readable)
+        except OSError as exc:
+            r = exc
+        if type(r) is tuple and r[0] == 0:
+            # all sent; nothing ran meanwhile that could close the transport or the file
+            if r[3]:
+                file.seek(offset + r[1])
+            return r[1]
     try:
-        if hold.zero_copy and fd is not None and INLINE_BUDGET > 0 and hold.idle():
-            # The inline step before taking the hold: most small files end in it,
-            # and then swapping protocols and pausing reading would be wasted.
-            # Nothing else runs on the loop until it returns, so nothing can
-            # interleave with it and both fds are still the caller's; if it
-            # doesn't end, the transfer goes on over dups.
-            transfer = _new_transfer(hold.raw_fd, fd, offset, count, fallback, head)
+        if r is not None:
+            if type(r) is tuple:  # it ended with an error
+                rc, hold.sent, total, seekable = r
+                _finish(hold, rc, hold.sent, total)
+            if isinstance(r, OSError):
+                _raise_core(r, 0, count)
+            transfer = r
             seekable = transfer.seekable
             total = transfer.remaining
-            if transfer.cached(INLINE_BUDGET):  # else the disk would hold up the loop: the engine reads it
-                rc = transfer.step(INLINE_BUDGET)
-                hold.sent = transfer.sent
-                if rc <= 0:
-                    _finish(hold, rc, hold.sent, total)
-                    return hold.sent
+            if total >= 0:
+                total += transfer.sent
+            hold.sent = transfer.sent
             stepped = True
         try:
             if fd is not None:

@@ -144,6 +144,13 @@ def hold_for(loop, transport):
     hold = kind_of(transport).hold
     if hold is None:
         raise _unsupported(transport)
+    if hold is SelectorHold:
+        # a stream by its type (asyncio makes one only of a SOCK_STREAM socket),
+        # and its fd is the transport's own while it is not closing: no socket
+        # object and no SocketKind conversion per call
+        if id(transport) in _held or transport._empty_waiter is not None:
+            raise RuntimeError("sendfile is already in progress on this transport")
+        return SelectorHold(loop, transport, transport._sock_fd)
     sock = transport.get_extra_info("socket")
     stream = sock is not None and sock.type == socket.SOCK_STREAM
     if sock is not None and not stream:
@@ -441,10 +448,11 @@ class SelectorHold(_Hold):
     """Holds an asyncio selector socket transport (TCP or Unix)."""
 
     zero_copy = True
+    _waiter = None
 
-    def __init__(self, loop, transport, raw_fd):
-        super().__init__(loop, transport)
-        self._waiter = None
+    def __init__(self, loop, transport, raw_fd):  # made per call: _Hold's, inlined
+        self.loop = loop
+        self.transport = transport
         self.raw_fd = raw_fd  # the transport's own: used only before the first await
 
     def idle(self):

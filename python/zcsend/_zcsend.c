@@ -121,6 +121,7 @@ static PyType_Spec channel_spec = {"zcsend._zcsend.Channel", sizeof(ChannelObjec
                                    Py_TPFLAGS_DEFAULT, channel_slots};
 
 /* ---- Transfer ----------------------------------------------------------------- */
+static uint64_t transfers_made; /* Transfer objects made (the GIL guards it): a debug count */
 typedef struct {
   PyObject_HEAD
   zcs_job_t *job;
@@ -131,6 +132,7 @@ static PyObject *transfer_alloc(PyTypeObject *type) {
   TransferObject *self = (TransferObject *)type->tp_alloc(type, 0);
   if (!self)
     return NULL;
+  transfers_made++;
   self->job = zcs_job_new();
   if (!self->job) {
     Py_DECREF(self);
@@ -611,7 +613,101 @@ static PyObject *mod_errname(PyObject *m, PyObject *arg) {
   return PyUnicode_FromString(zcs_err_name(code));
 }
 
+/* ---- the small-file path ----------------------------------------------------------
+ * send_now(sock_fd, file_fd, offset, count, fallback, head, budget, readable): one
+ * call for a send that ends in its first step. The transfer lives on the C stack:
+ * no job, no lock, no object. sock_fd is an asyncio transport's socket (known
+ * non-blocking); readable: Python has seen the file open for reading. Syscalls
+ * for a small cached file: fstat, cachestat, sigaction (SIGPIPE is ignored in
+ * CPython: no mask then), sendfile.
+ * Returns (result, sent, total, seekable) when the transfer ended (total: -1 when
+ * unknown); else (a range not in the page cache, which the loop thread must not
+ * read; the socket full; the budget spent) a Transfer that goes on from where it
+ * stands, never submitted. Errors of init raise as Transfer() does. */
+static int long_arg(PyObject *o, long long *v) {
+  *v = PyLong_AsLongLong(o);
+  return *v == -1 && PyErr_Occurred() ? -1 : 0;
+}
+
+static PyObject *mod_send_now(PyObject *m, PyObject *const *args, Py_ssize_t nargs) {
+  if (nargs != 8) {
+    PyErr_SetString(PyExc_TypeError, "send_now takes 8 arguments");
+    return NULL;
+  }
+  long long sock_fd, file_fd, offset, count = -1, budget;
+  if (long_arg(args[0], &sock_fd) < 0 || long_arg(args[1], &file_fd) < 0 ||
+      long_arg(args[2], &offset) < 0 || (args[3] != Py_None && long_arg(args[3], &count) < 0) ||
+      long_arg(args[6], &budget) < 0)
+    return NULL;
+  if (sock_fd < 0 || sock_fd > INT32_MAX || file_fd < 0 || file_fd > INT32_MAX || budget <= 0) {
+    PyErr_SetString(PyExc_ValueError, "send_now: bad fd or budget");
+    return NULL;
+  }
+  int flags = ZCS_F_SOCK_NONBLOCKING | ZCS_F_SIGPIPE_IF_DEFAULT;
+  if (!PyObject_IsTrue(args[4]))
+    flags |= ZCS_F_NO_FALLBACK;
+  if (PyObject_IsTrue(args[7]))
+    flags |= ZCS_F_SOURCE_READABLE;
+  zcs_transfer_t t;
+  int rc = zcs_transfer_init(&t, (int)sock_fd, (int)file_fd, offset, count, flags);
+  if (rc < 0) {
+    zcs_transfer_release(&t);
+    return raise_code(rc);
+  }
+  if (args[5] != Py_None) {
+    Py_buffer head;
+    if (PyObject_GetBuffer(args[5], &head, PyBUF_SIMPLE) < 0) {
+      zcs_transfer_release(&t);
+      return NULL;
+    }
+    rc = head.len ? zcs_transfer_set_head(&t, head.buf, (size_t)head.len) : 0;
+    PyBuffer_Release(&head);
+    if (rc < 0) {
+      zcs_transfer_release(&t);
+      return raise_code(rc);
+    }
+  }
+  int64_t total = t.remaining;
+  if (zcs_transfer_cached(&t, (size_t)budget)) {
+    t.budget = (size_t)budget;
+    if (t.remaining >= 0 && t.remaining <= (64 << 10)) {
+      rc = zcs_transfer_step(&t); /* shorter than handing the GIL over and back */
+    } else {
+      Py_BEGIN_ALLOW_THREADS
+      rc = zcs_transfer_step(&t);
+      Py_END_ALLOW_THREADS
+    }
+    t.budget = ZCS_DEFAULT_BUDGET;
+    if (rc <= 0) {
+      int seekable = t.offset >= 0;
+      uint64_t sent = t.sent;
+      zcs_transfer_release(&t);
+      return Py_BuildValue("(iKLO)", rc, (unsigned long long)sent, (long long)total,
+                           seekable ? Py_True : Py_False);
+    }
+  }
+  module_state *st = PyModule_GetState(m);
+  TransferObject *self = (TransferObject *)transfer_alloc(st->transfer_type);
+  if (!self) {
+    zcs_transfer_release(&t); /* counted as cancelled: it never went on */
+    return NULL;
+  }
+  zcs_transfer_move(zcs_job_transfer(self->job), &t);
+  return (PyObject *)self;
+}
+
+static PyObject *mod_debug_counts(PyObject *m, PyObject *unused) {
+  (void)m, (void)unused;
+  return Py_BuildValue("{sK}", "transfers", (unsigned long long)transfers_made);
+}
+
 static PyMethodDef module_methods[] = {
+    {"send_now", (PyCFunction)(void (*)(void))mod_send_now, METH_FASTCALL,
+     "send_now(sock_fd, file_fd, offset, count, fallback, head, budget, readable) -> "
+     "(result, sent, total, seekable) when the send ended in its first step, else a "
+     "Transfer that goes on"},
+    {"debug_counts", mod_debug_counts, METH_NOARGS,
+     "{'transfers': Transfer objects made so far} (send_now makes one only when it must go on)"},
     {"stats", mod_stats, METH_NOARGS, "process-wide transfer counters"},
     {"backend", mod_backend, METH_NOARGS, "name of the active backend"},
     {"strerror", mod_strerror, METH_O, "message for a negative error code"},

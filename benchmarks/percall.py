@@ -1,0 +1,155 @@
+"""CPU per call: one file sent on an asyncio stream, by each way a user could.
+
+A drain process reads a loopback TCP connection as fast as it can; the sender
+sends the same cached file over and over, and the loop thread's own CPU time
+(user + system, CLOCK_THREAD_CPUTIME_ID) per call is what is measured, so the
+reader's work does not count. Ways compared, in the same run:
+
+  os.sendfile   the floor: sendfile(2) in a loop on a blocking socket, nothing else
+  zcsend        await zcsend.sendfile(writer, f, 0, size)
+  read+write    f.seek(0); writer.write(f.read(size)); await writer.drain()
+  loop.sendfile await loop.sendfile(writer.transport, f, 0, size)
+
+Prints, per size, the median of --runs (min-max) of CPU us per call, and the
+issue 13 ratios: zcsend / read+write, and zcsend minus the floor.
+
+    python benchmarks/percall.py [--runs 5] [--loop asyncio|uvloop] [--quick]
+"""
+import argparse
+import asyncio
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+SIZES = [(1 << 10, "1 KiB", 4000), (16 << 10, "16 KiB", 3000), (64 << 10, "64 KiB", 1500),
+         (1 << 20, "1 MiB", 150)]
+WAYS = ["os.sendfile", "zcsend", "read+write", "loop.sendfile"]
+
+DRAIN = r"""
+import socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+buf = bytearray(1 << 20)
+while s.recv_into(buf):
+    pass
+"""
+
+
+def listen():
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    return srv
+
+
+def drained_socket():
+    """A connected TCP socket whose peer is a process that reads everything."""
+    srv = listen()
+    proc = subprocess.Popen([sys.executable, "-c", DRAIN, str(srv.getsockname()[1])])
+    conn, _ = srv.accept()
+    srv.close()
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return conn, proc
+
+
+def floor(f, size, calls):
+    """sendfile(2) alone: a blocking socket, all of each call's bytes."""
+    conn, proc = drained_socket()
+    fd, sfd = f.fileno(), conn.fileno()
+    try:
+        t0 = time.thread_time()
+        for _ in range(calls):
+            off = 0
+            while off < size:
+                off += os.sendfile(sfd, fd, off, size - off)
+        return (time.thread_time() - t0) / calls
+    finally:
+        conn.close()
+        proc.wait()
+
+
+async def on_stream(way, f, size, calls):
+    import zcsend
+    conn, proc = drained_socket()
+    conn.setblocking(False)
+    loop = asyncio.get_running_loop()
+    _, writer = await asyncio.open_connection(sock=conn)
+    try:
+        if way == "zcsend":
+            async def one():
+                await zcsend.sendfile(writer, f, 0, size)
+        elif way == "read+write":
+            async def one():
+                f.seek(0)
+                writer.write(f.read(size))
+                await writer.drain()
+        else:
+            async def one():
+                await loop.sendfile(writer.transport, f, 0, size)
+        for _ in range(min(50, calls)):  # warm: caches, the transport's first-use paths
+            await one()
+        t0 = time.thread_time()
+        for _ in range(calls):
+            await one()
+        return (time.thread_time() - t0) / calls
+    finally:
+        writer.close()
+        try:
+            await writer.wait_closed()
+        except OSError:
+            pass
+        proc.wait()
+
+
+def run_loop(kind, coro):
+    if kind == "uvloop":
+        import uvloop
+        return uvloop.run(coro) if hasattr(uvloop, "run") else asyncio.run(coro)
+    return asyncio.run(coro)
+
+
+def measure(path, size, calls, way, kind):
+    with open(path, "rb") as f:
+        if way == "os.sendfile":
+            return floor(f, size, calls)
+        return run_loop(kind, on_stream(way, f, size, calls))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio")
+    ap.add_argument("--quick", action="store_true", help="1 run, a tenth of the calls (CI smoke)")
+    opts = ap.parse_args()
+    runs = 1 if opts.quick else opts.runs
+    scale = 10 if opts.quick else 1
+    import zcsend
+    with tempfile.TemporaryDirectory() as d:
+        results = {}
+        for size, label, calls in SIZES:
+            path = os.path.join(d, f"f{size}")
+            with open(path, "wb") as out:
+                out.write(os.urandom(size))
+            with open(path, "rb") as f:  # in the page cache
+                f.read()
+            for way in WAYS:
+                samples = [measure(path, size, max(10, calls // scale), way, opts.loop) * 1e6
+                           for _ in range(runs)]
+                results[label, way] = samples
+        print(f"\nCPU us per call on the sending thread ({opts.loop}, backend {zcsend.backend()}, "
+              f"median of {runs} (min-max); Python {sys.version.split()[0]})\n")
+        print("| size | " + " | ".join(WAYS) + " | zcsend / read+write | zcsend - floor (us) |")
+        print("|---" * (len(WAYS) + 3) + "|")
+        for _, label, _ in SIZES:
+            med = {w: statistics.median(results[label, w]) for w in WAYS}
+            cells = [f"{med[w]:.1f} ({min(results[label, w]):.1f}-{max(results[label, w]):.1f})" for w in WAYS]
+            print(f"| {label} | " + " | ".join(cells) +
+                  f" | {med['zcsend'] / med['read+write']:.2f}x | {med['zcsend'] - med['os.sendfile']:.1f} |")
+        print("\nissue 13 targets: 16 KiB zcsend <= 0.8x read+write; zcsend - floor <= 3 us")
+
+
+if __name__ == "__main__":
+    main()
