@@ -3,13 +3,14 @@
  * inside zcs_ev_start() or zcs_ev_kick() (libuv's rule: a callback never runs
  * inside the call that registered it). */
 #include <errno.h>
+#include "zcs_internal.h"
 #include "zcsend_ev.h"
 
 /* zcs_transfer_wait_fd()'s events go to ev_io_set() as they are */
 _Static_assert(ZCS_WAIT_READ == EV_READ && ZCS_WAIT_WRITE == EV_WRITE,
                "ZCS_WAIT_* must be libev's EV_READ/EV_WRITE");
 
-static void step(zcs_ev_transfer_t *w) {
+void zcs__ev_step(zcs_ev_transfer_t *w) {
   if (w->finished)
     return;
   if (w->lock)
@@ -38,7 +39,7 @@ static void step(zcs_ev_transfer_t *w) {
 static void on_ready(struct ev_loop *loop, ev_io *io, int revents) {
   (void)loop;
   (void)revents;
-  step((zcs_ev_transfer_t *)io->data);
+  zcs__ev_step((zcs_ev_transfer_t *)io->data);
 }
 
 int zcs_ev_start(zcs_ev_transfer_t *w, struct ev_loop *loop, zcs_transfer_t *t,

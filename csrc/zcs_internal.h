@@ -58,6 +58,18 @@ int zcs__pread_nowait(int fd, void *buf, size_t len, int64_t offset);
 /* Ends a running transfer with err now (its outcome is counted). */
 void zcs__transfer_end(zcs_transfer_t *t, int err);
 
+/* One step of a driven transfer, as the driver's own ev_io callback takes it
+   (driver_ev.c): the engine installs a callback of its own on w->io that asks
+   first whether the range is in the page cache, then calls this. Engine thread. */
+struct zcs_ev_transfer;
+void zcs__ev_step(struct zcs_ev_transfer *w);
+/* Test hook (engine.c): while hold is set, a prefetch worker that took a
+   prefetch off the queue waits before reading it (the rest stay queued; all
+   count as in flight); for tests that must see a hot job finish, a cancel end
+   or a fork happen while a cold one's prefetch is under way.
+   The prefetch itself is untouched: it still reads the evicted file. */
+void zcs__engine_hold_prefetch(int hold);
+
 /* True when errno from a zero-copy call means "not for this pair of fds". */
 static inline int zcs__is_fallback_errno(int err) {
   switch (err) {

@@ -81,6 +81,26 @@ ZCS_API uint64_t zcs_job_sent_zero_copy(zcs_job_t *j);
 ZCS_API int zcs_job_result(zcs_job_t *j);       /* ZCS_RUNNING until it ended */
 ZCS_API void zcs_job_release(zcs_job_t *j);
 
+/* The engine never waits for the disk itself: before each step of a job (and
+ * before a read job's read) it asks whether the range is in the page cache
+ * (cachestat(2), and preadv2(RWF_NOWAIT) probes for pages still being read);
+ * when it is not, a small pool of prefetch threads (started on first need)
+ * reads the range into the page cache while the engine keeps stepping the other
+ * jobs, and the job steps when they are done, without asking again (so pages
+ * evicted meanwhile can't keep a job waiting for ever). A job waiting for its
+ * prefetch stays cancellable: it ends at the engine's next turn (a read job
+ * then with nothing read and the cancel's error as its result).
+ * ZCSEND_ENGINE_PREFETCH=0 in the environment (read when the engine starts)
+ * turns this off, for measurements. These counters are process-wide and only
+ * grow, but prefetching and workers, which are current values. */
+typedef struct zcs_engine_stats {
+  uint64_t prefetches;     /* cold ranges handed to the prefetch threads */
+  uint64_t prefetch_bytes; /* the bytes those ranges spanned */
+  uint64_t prefetching;    /* prefetches queued or running now */
+  uint64_t workers;        /* prefetch threads running now */
+} zcs_engine_stats_t;
+ZCS_API void zcs_engine_stats(zcs_engine_stats_t *out);
+
 #ifdef __cplusplus
 }
 #endif

@@ -696,6 +696,15 @@ static PyObject *mod_send_now(PyObject *m, PyObject *const *args, Py_ssize_t nar
   return (PyObject *)self;
 }
 
+static PyObject *mod_engine_stats(PyObject *m, PyObject *unused) {
+  (void)m, (void)unused;
+  zcs_engine_stats_t s;
+  zcs_engine_stats(&s);
+  return Py_BuildValue("{sKsKsKsK}", "prefetches", (unsigned long long)s.prefetches,
+                       "prefetch_bytes", (unsigned long long)s.prefetch_bytes, "prefetching",
+                       (unsigned long long)s.prefetching, "workers", (unsigned long long)s.workers);
+}
+
 static PyObject *mod_debug_counts(PyObject *m, PyObject *unused) {
   (void)m, (void)unused;
   return Py_BuildValue("{sK}", "transfers", (unsigned long long)transfers_made);
@@ -706,6 +715,8 @@ static PyMethodDef module_methods[] = {
      "send_now(sock_fd, file_fd, offset, count, fallback, head, budget, readable) -> "
      "(result, sent, total, seekable) when the send ended in its first step, else a "
      "Transfer that goes on"},
+    {"engine_stats", mod_engine_stats, METH_NOARGS,
+     "the engine's prefetch counters: prefetches, prefetch_bytes, prefetching, workers"},
     {"debug_counts", mod_debug_counts, METH_NOARGS,
      "{'transfers': Transfer objects made so far} (send_now makes one only when it must go on)"},
     {"stats", mod_stats, METH_NOARGS, "process-wide transfer counters"},

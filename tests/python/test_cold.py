@@ -133,3 +133,86 @@ def test_a_warm_small_file_still_ends_inline(tmp_path, submits):
     run(main())
     assert submits == []  # one inline step, no engine
     assert file_sha1(path)[0] == sha
+
+
+# ---- issue 13 §3: a cold file never stalls a hot one in the engine -------------
+def prefetch_threads():
+    """The engine's prefetch workers alive in this process (named zcs-prefetch;
+    started on the first cold range, they never exit)."""
+    n = 0
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                n += f.read().strip() == "zcs-prefetch"
+        except OSError:
+            pass
+    return n
+
+
+def engine_prefetches():
+    """The engine's count of cold ranges it handed to its prefetch threads."""
+    return _zcsend.engine_stats()["prefetches"]
+
+
+@pytest.fixture
+def coldfiles():
+    d = tempfile.mkdtemp(prefix="zcs-cold-", dir="/var/tmp")
+    files = []
+    for i in range(4):
+        path = os.path.join(d, f"cold{i}.bin")
+        files.append((path, make_file(path, 64 * MiB, seed=20 + i)))
+    yield files
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def test_a_hot_transfer_in_the_engine_ends_while_cold_files_stream(coldfiles, tmp_path, monkeypatch):
+    """Four 64 MiB cold files stream to slow readers through the engine; a hot
+    file handed to the engine meanwhile (no inline step) comes back while they
+    are still streaming, every byte right: the engine never stepped a cold range
+    itself, its prefetch threads read them. Asserted on what happened (the
+    engine's prefetch counter, which transfer ended first, the bytes), not on
+    how long anything took."""
+    monkeypatch.setattr(_core, "INLINE_BUDGET", 0)  # every transfer goes to the engine
+    hot = str(tmp_path / "hot.bin")
+    hot_sha = make_file(hot, 4 * MiB, seed=30)
+    warm(hot)
+    for path, _ in coldfiles:
+        evict(path)
+        assert cached(path) is False
+    before = engine_prefetches()
+
+    async def main():
+        pairs = [Pair("tcp") for _ in coldfiles]
+        for p in pairs:
+            await p.__aenter__()
+        try:
+            files = [open(path, "rb") for path, _ in coldfiles]
+            cold = [asyncio.ensure_future(zcsend.sendfile(p.server, f)) for p, f in zip(pairs, files)]
+            # slow readers: 256 KiB a turn, a millisecond's sleep between (64 MiB
+            # takes them at least a quarter of a second each)
+            readers = [asyncio.ensure_future(p.read_all(64 * MiB, chunk=256 << 10, delay=0.001))
+                       for p in pairs]
+            for _ in range(5000):  # until the engine has met a cold range
+                if prefetch_threads() and engine_prefetches() > before:
+                    break
+                await asyncio.sleep(0.001)
+            async with Pair("tcp") as hp:
+                with open(hot, "rb") as f:
+                    reading = asyncio.ensure_future(hp.read_all(4 * MiB))
+                    assert await zcsend.sendfile(hp.server, f) == 4 * MiB
+                    assert await reading == (hot_sha, 4 * MiB)
+            still = sum(not t.done() for t in cold)
+            assert still > 0, "every cold stream ended before the hot transfer"
+            assert await asyncio.gather(*cold) == [64 * MiB] * 4
+            got = await asyncio.gather(*readers)
+            assert got == [(sha, 64 * MiB) for _, sha in coldfiles]
+            for f in files:
+                f.close()
+        finally:
+            for p in pairs:
+                await p.__aexit__(None, None, None)
+
+    run(main())
+    assert prefetch_threads() == 2
+    # at least one prefetch per cold file
+    assert engine_prefetches() - before >= 4
