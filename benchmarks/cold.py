@@ -50,15 +50,9 @@ CONTENDERS = [
 # ---- the server (a process of its own) -------------------------------------------
 def prefetch_threads():
     """zcsend's engine prefetch threads in this process (started on the first cold
-    range the engine met)."""
-    n = 0
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            with open(f"/proc/self/task/{tid}/comm") as f:
-                n += f.read().strip() == "zcs-prefetch"
-        except OSError:
-            pass
-    return n
+    range the engine met); 0 where zcsend is not in use."""
+    core = sys.modules.get("zcsend._zcsend")
+    return core.engine_stats()["workers"] if core else 0
 
 
 def serve(mode, hot, cold, hot_inline, lifetime):
