@@ -94,8 +94,9 @@ static int prefetch_on = 1; /* ZCSEND_ENGINE_PREFETCH=0 clears it (engine_start)
 #define PREFETCH_MAX (32u << 20)
 
 struct prefetch {
-  zcs_job_t *j;           /* a reference of its own */
+  zcs_job_t *j;           /* a reference of its own; NULL for a host's (zcs_prefetch) */
   int fd;                 /* the worker's dup of the job's file; -1 once closed */
+  int notify;             /* a host's: the worker's dup of the eventfd it signals; else -1 */
   int64_t off;
   size_t len;
   struct prefetch *next;
@@ -417,11 +418,21 @@ static void *prefetch_main(void *arg) {
     /* unlisted before it is closed: a fork in between leaks the dup in the
        child, never closes a number the child reused (engine_forget) */
     pthread_mutex_lock(&pool.lock);
-    int fd = p->fd;
-    p->fd = -1;
+    int fd = p->fd, notify = p->notify;
+    p->fd = p->notify = -1;
     pool.busy[slot] = NULL;
     pthread_mutex_unlock(&pool.lock);
     close(fd);
+    if (!p->j) { /* a host's: its eventfd says so; the engine has nothing to do */
+      uint64_t one = 1;
+      while (write(notify, &one, sizeof one) < 0 && errno == EINTR) {
+      }
+      close(notify);
+      free(p);
+      pthread_mutex_lock(&pool.lock);
+      pool.inflight--;
+      continue;
+    }
     pthread_mutex_lock(&pool.lock);
     p->next = pool.done;
     pool.done = p;
@@ -433,23 +444,84 @@ static void *prefetch_main(void *arg) {
   return NULL;
 }
 
-/* engine thread, pool.lock held: the workers, started on first need. They
-   inherit the engine thread's mask (every signal blocked). 0, or -errno when
-   none could start. */
+static void engine_forget(void);
+static void pool_atfork(void) { pthread_atfork(NULL, NULL, engine_forget); }
+
+/* pool.lock held (the engine thread, or a host's in zcs_prefetch): the workers,
+   started on first need, with every signal blocked (the host's handlers run in
+   the host's threads). 0, or -errno when none could start. */
 static int pool_start_locked(void) {
+  static pthread_once_t once = PTHREAD_ONCE_INIT;
+  if (pool.threads < POOL_THREADS)
+    pthread_once(&once, pool_atfork); /* a forked child forgets them (engine_forget) */
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  int rc = 0;
   while (pool.threads < POOL_THREADS) {
     pthread_attr_t attr;
     pthread_t th;
     pthread_attr_init(&attr);
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
     pthread_attr_setstacksize(&attr, 256 << 10);
-    int rc = pthread_create(&th, &attr, prefetch_main, (void *)(intptr_t)pool.threads);
+    rc = pthread_create(&th, &attr, prefetch_main, (void *)(intptr_t)pool.threads);
     pthread_attr_destroy(&attr);
     if (rc != 0)
-      return pool.threads ? 0 : -rc;
+      break;
     pool.threads++;
   }
-  return 0;
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  return pool.threads ? 0 : -rc;
+}
+
+/* the queue's tail gets p (pool.lock held) */
+static void pool_enqueue_locked(struct prefetch *p) {
+  if (pool.last)
+    pool.last->next = p;
+  else
+    pool.todo = p;
+  pool.last = p;
+  pool.prefetches++;
+  pool.bytes += p->len;
+  pool.inflight++;
+  pthread_cond_signal(&pool.cond);
+}
+
+int zcs_prefetch(int fd, int64_t off, size_t len) {
+  if (fd < 0 || off < 0 || len == 0)
+    return -EINVAL;
+  struct prefetch *p = malloc(sizeof *p);
+  if (!p)
+    return -ENOMEM;
+  int efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  p->fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  p->notify = efd < 0 ? -1 : fcntl(efd, F_DUPFD_CLOEXEC, 0);
+  if (efd < 0 || p->fd < 0 || p->notify < 0) {
+    int e = -errno;
+    if (efd >= 0)
+      close(efd);
+    if (p->fd >= 0)
+      close(p->fd);
+    free(p);
+    return e;
+  }
+  p->j = NULL;
+  p->off = off;
+  p->len = len;
+  p->next = NULL;
+  pthread_mutex_lock(&pool.lock);
+  int rc = pool_start_locked();
+  if (rc == 0)
+    pool_enqueue_locked(p);
+  pthread_mutex_unlock(&pool.lock);
+  if (rc < 0) {
+    close(p->notify);
+    close(p->fd);
+    close(efd);
+    free(p);
+    return rc;
+  }
+  return efd;
 }
 
 /* engine thread: hands [off, off + len) of j's file to the pool. 0, or -errno
@@ -466,6 +538,7 @@ static int prefetch_submit(zcs_job_t *j, int64_t off, size_t len) {
     return e;
   }
   p->j = j;
+  p->notify = -1;
   p->off = off;
   p->len = len;
   p->next = NULL;
@@ -478,15 +551,7 @@ static int prefetch_submit(zcs_job_t *j, int64_t off, size_t len) {
     return rc;
   }
   __atomic_add_fetch(&j->refs, 1, __ATOMIC_RELAXED);
-  if (pool.last)
-    pool.last->next = p;
-  else
-    pool.todo = p;
-  pool.last = p;
-  pool.prefetches++;
-  pool.bytes += len;
-  pool.inflight++;
-  pthread_cond_signal(&pool.cond);
+  pool_enqueue_locked(p);
   pthread_mutex_unlock(&pool.lock);
   return 0;
 }
@@ -648,12 +713,19 @@ static void engine_forget(void) {
      left as the jobs are: the parent's. */
   struct prefetch *lists[] = {pool.todo, pool.done};
   for (size_t i = 0; i < sizeof lists / sizeof *lists; i++)
-    for (struct prefetch *p = lists[i]; p; p = p->next)
+    for (struct prefetch *p = lists[i]; p; p = p->next) {
       if (p->fd >= 0)
         close(p->fd);
+      if (p->notify >= 0)
+        close(p->notify);
+    }
   for (int i = 0; i < POOL_THREADS; i++)
-    if (pool.busy[i] && pool.busy[i]->fd >= 0)
-      close(pool.busy[i]->fd);
+    if (pool.busy[i]) {
+      if (pool.busy[i]->fd >= 0)
+        close(pool.busy[i]->fd);
+      if (pool.busy[i]->notify >= 0)
+        close(pool.busy[i]->notify);
+    }
   memset(pool.busy, 0, sizeof pool.busy);
   pool.todo = pool.last = pool.done = NULL;
   pool.threads = pool.hold = 0;

@@ -438,8 +438,13 @@ int zcs_transfer_cached(const zcs_transfer_t *t, size_t len) {
   if (t->result != ZCS_RUNNING || !t->sized || t->offset < 0 || t->remaining <= 0 || !len ||
       t->file_fd < 0 || unsupported)
     return 1;
-  if ((uint64_t)t->remaining < len)
-    len = (size_t)t->remaining;
+  /* bytes the transfer holds already (emulation buffer, splice pipe) were read:
+     what is left to read from offset is remaining less those */
+  uint64_t held = (t->buf_len - t->buf_pos) + t->pipe_len;
+  if ((uint64_t)t->remaining <= held)
+    return 1;
+  if ((uint64_t)t->remaining - held < len)
+    len = (size_t)((uint64_t)t->remaining - held);
   struct zcs__cachestat_range r = {(uint64_t)t->offset, len};
   struct zcs__cachestat cs;
   if (syscall(__NR_cachestat, t->file_fd, &r, &cs, 0) < 0) {

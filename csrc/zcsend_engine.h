@@ -101,6 +101,17 @@ typedef struct zcs_engine_stats {
 } zcs_engine_stats_t;
 ZCS_API void zcs_engine_stats(zcs_engine_stats_t *out);
 
+/* For a host whose own thread steps transfers (an event loop) and must not wait
+ * for the disk: when zcs_transfer_cached() says no, this has one of the same
+ * prefetch threads read [off, off + len) of fd into the page cache, on a dup of
+ * fd taken now (fd may be closed at once). Returns an eventfd (non-blocking,
+ * close-on-exec) that becomes readable when the read is over (read, or failed:
+ * the host's next step meets the error); the host waits for it the host's way,
+ * then closes it (closing it sooner is harmless: the thread signals a dup of its
+ * own). Counted in zcs_engine_stats(). -EINVAL, -EMFILE, -ENOMEM or a
+ * pthread_create error when none could start. */
+ZCS_API int zcs_prefetch(int fd, int64_t off, size_t len);
+
 #ifdef __cplusplus
 }
 #endif

@@ -368,6 +368,36 @@ local function wait_fd(host, fd, events, timeout)
   return ok, msg, name
 end
 
+-- A range not in the page cache would hold up the host's thread in the next
+-- step while the disk reads it: a prefetch thread of the core reads it instead
+-- (t:prefetch), and the host waits for that the host's way, on the eventfd it
+-- gives (disk.fd, kept across waits until it says done). true when the step
+-- may go (read in, or no prefetch could start: step as before), false when the
+-- wait timed out, nil, msg, name when it failed.
+local function wait_disk(t, host, disk, timeout)
+  if not disk.fd then
+    disk.fd = t:prefetch()
+    if not disk.fd then
+      return true
+    end
+  end
+  local called, ok, msg, name = pcall(host.wait, disk.fd, "r", timeout)
+  if not called or ok ~= false then -- done, failed or raised: the eventfd goes
+    core.close(disk.fd)
+    disk.fd = nil
+  end
+  if not called then
+    error(ok, 0)
+  end
+  return ok, msg, name
+end
+
+-- whether a step now could wait for the disk (never asked in a plain script,
+-- which blocks anyway)
+local function cold(t, host)
+  return host.name ~= "blocking" and not t:cached()
+end
+
 -- runs a core transfer to its end through host; no progress for timeout
 -- seconds ends it with ETIMEDOUT
 local function drive(t, host, sock, timeout, owner)
@@ -381,6 +411,20 @@ local function drive(t, host, sock, timeout, owner)
     end
   end
   if host.loop then -- zcsend's libev driver steps it and calls back from loop:run()
+    if cold(t, host) then -- its first range (the kernel's readahead then keeps ahead)
+      local disk = {}
+      local ok, msg, name = wait_disk(t, host, disk, timeout)
+      if disk.fd then
+        core.close(disk.fd)
+      end
+      if not ok then
+        if ok == false then
+          msg, name = ETIMEDOUT_MSG:format(timeout), "ETIMEDOUT"
+        end
+        t:cancel(core[name] or core.EIO)
+        return nil, msg, name, 0
+      end
+    end
     local co = coroutine.running()
     host.loop:drive(t, function()
       resume(co)
@@ -389,9 +433,20 @@ local function drive(t, host, sock, timeout, owner)
   else
     local seen, since = t:sent(), core.now()
     local hmsg, hname -- a failed wait ends the transfer with the host's own words
+    local fresh -- just read in, or cancelled: the step goes, whatever the cache says
+    local disk = {} -- the prefetch waited for
     while true do
-      local r = t:step()
+      local r
+      if not fresh and cold(t, host) then
+        r = "disk"
+      else
+        fresh = false
+        r = t:step()
+      end
       if r == "done" or r == nil then
+        if disk.fd then
+          core.close(disk.fd)
+        end
         break
       end
       local now = core.now()
@@ -401,14 +456,21 @@ local function drive(t, host, sock, timeout, owner)
       local left = since + timeout - now
       if left <= 0 then
         t:cancel(core.ETIMEDOUT)
+        fresh = true
       else
         local slice, ok = math.min(left, CHECK), nil
-        if r == "write" and host.wait_transfer then
+        if r == "disk" then
+          ok, hmsg, hname = wait_disk(t, host, disk, slice)
+          fresh = ok
+        elseif r == "write" and host.wait_transfer then
           ok, hmsg, hname = host.wait_transfer(t, sock, slice, left)
         else
           ok, hmsg, hname = host.wait(t:ownfd(), t:events(), slice)
         end
         if ok == nil then
+          if disk.fd then
+            core.close(disk.fd)
+          end
           t:cancel(core[hname] or core.EIO)
           t:step()
           return nil, hmsg, hname, t:sent()

@@ -14,6 +14,7 @@
  * socket it was made on ends with EBADF: checked before every step, every
  * CHECK_INTERVAL while a loop drives or waits, and when it ends. */
 #define _GNU_SOURCE
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -30,6 +31,7 @@
 #include <lua.h>
 #include <lualib.h> /* LUA_FILEHANDLE */
 
+#include "zcsend_engine.h" /* zcs_prefetch */
 #include "zcsend_ev.h" /* the driver, and zcsend.h */
 
 #define TRANSFER_MT "zcsend.transfer"
@@ -460,6 +462,40 @@ static int t_peek(lua_State *L) {
   return 1;
 }
 
+/* t:cached([n]) -> whether a step of up to n bytes (default: the step budget)
+   can't wait for the disk (zcs_transfer_cached: the range is in the page cache,
+   or there is no file behind it) */
+static size_t step_window(ltransfer *x, lua_State *L) {
+  lua_Integer n = luaL_optinteger(L, 2, (lua_Integer)(x->t.budget ? x->t.budget : ZCS_DEFAULT_BUDGET));
+  luaL_argcheck(L, n > 0, 2, "must be positive");
+  return (size_t)n;
+}
+
+static int t_cached(lua_State *L) {
+  ltransfer *x = check_transfer(L, 1);
+  size_t n = step_window(x, L);
+  lua_pushboolean(L, !x->ready || x->ended || x->loop || zcs_transfer_cached(&x->t, n));
+  return 1;
+}
+
+/* t:prefetch([n]) -> fd | nil, msg, name: a prefetch thread reads the next n
+   bytes (default: the step budget) into the page cache (zcs_prefetch); the fd
+   (an eventfd) becomes readable when it is done: wait for it the host's way,
+   then core.close() it. For a host whose thread must not wait for the disk. */
+static int t_prefetch(lua_State *L) {
+  ltransfer *x = check_transfer(L, 1);
+  size_t n = step_window(x, L);
+  if (!x->ready || x->ended || x->loop || x->t.offset < 0 || x->t.file_fd < 0 || x->t.remaining == 0)
+    return push_error(L, -EINVAL);
+  if (x->t.remaining > 0 && (uint64_t)x->t.remaining < n)
+    n = (size_t)x->t.remaining;
+  int fd = zcs_prefetch(x->t.file_fd, x->t.offset, n);
+  if (fd < 0)
+    return push_error(L, fd);
+  lua_pushinteger(L, fd);
+  return 1;
+}
+
 /* t:advance(n): n bytes from t:peek() went out through the host's own write */
 static int t_advance(lua_State *L) {
   ltransfer *x = check_transfer(L, 1);
@@ -870,6 +906,17 @@ static int l_fileno(lua_State *L) {
   return 1;
 }
 
+/* core.engine_stats() -> {prefetches, prefetch_bytes, prefetching, workers} */
+static int l_engine_stats(lua_State *L) {
+  zcs_engine_stats_t s;
+  zcs_engine_stats(&s);
+  lua_createtable(L, 0, 4);
+#define F(name) lua_pushinteger(L, (lua_Integer)s.name); lua_setfield(L, -2, #name);
+  F(prefetches) F(prefetch_bytes) F(prefetching) F(workers)
+#undef F
+  return 1;
+}
+
 static int l_stats(lua_State *L) {
   zcs_stats_t s;
   zcs_stats(&s);
@@ -1059,7 +1106,8 @@ static const luaL_Reg transfer_methods[] = {
     {"step", t_step},       {"pollfd", t_pollfd}, {"events", t_events}, {"timeout", t_timeout},
     {"sent", t_sent},       {"done", t_done},     {"result", t_result}, {"backend", t_backend},
     {"cancel", t_cancel},   {"close", t_close},   {"ownfd", t_ownfd},   {"blocked", t_blocked},
-    {"peek", t_peek},       {"advance", t_advance}, {NULL, NULL}};
+    {"peek", t_peek},       {"advance", t_advance}, {"cached", t_cached},
+    {"prefetch", t_prefetch}, {NULL, NULL}};
 
 static const luaL_Reg chunks_methods[] = {
     {"read", c_read},   {"wrote", c_wrote},         {"finish", c_finish}, {"fail", c_fail},
@@ -1074,7 +1122,8 @@ static const luaL_Reg functions[] = {
     {"chunks", l_chunks},     {"fileno", l_fileno},     {"fdid", l_fdid},
     {"strerror", l_strerror}, {"dup", l_dup},           {"close", l_close},
     {"now", l_now},           {"nonblocking", l_nonblocking},
-    {"stats", l_stats},       {"backend", l_backend},   {NULL, NULL}};
+    {"stats", l_stats},       {"backend", l_backend},   {"engine_stats", l_engine_stats},
+    {NULL, NULL}};
 
 static void new_metatable(lua_State *L, const char *name, const luaL_Reg *methods,
                           lua_CFunction gc) {
@@ -1091,12 +1140,22 @@ static void new_metatable(lua_State *L, const char *name, const luaL_Reg *method
   lua_pop(L, 1);
 }
 
+/* The core's prefetch threads (t:prefetch) run this object's code and never
+   exit, but lua_close() dlcloses C modules: the object stays mapped for good
+   instead (RTLD_NODELETE), as CPython keeps its extensions. */
+static void pin_module(void) {
+  Dl_info info;
+  if (dladdr((void *)pin_module, &info) && info.dli_fname)
+    (void)dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
+}
+
 /* The module's one exported symbol: lua/Makefile builds with -fvisibility=hidden
    and -DZCS_API=, so the core compiled into core.so stays private to it. */
 #if defined(__GNUC__) || defined(__clang__)
 __attribute__((visibility("default")))
 #endif
 int luaopen_zcsend_core(lua_State *L) {
+  pin_module();
   int rc = zcs_backend_init();
   if (rc < 0)
     return luaL_error(L, "ZCSEND_BACKEND=%s: %s (use 'auto' or 'emulated')",

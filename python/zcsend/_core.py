@@ -143,11 +143,10 @@ if hasattr(os, "register_at_fork"):
 
 
 def _check_params(file, offset, count):
-    """asyncio's checks, with asyncio's types and messages, and a few more.
-    Returns True when the file was seen open for reading (the core need not look)."""
+    """asyncio's checks, with asyncio's types and messages, and a few more."""
     if (type(file) is io.BufferedReader and type(offset) is int and offset >= 0
             and (count is None or (type(count) is int and count > 0)) and not file.closed):
-        return True  # open(path, "rb") and plain ints: binary and readable by its type
+        return  # open(path, "rb") and plain ints: binary and readable by its type
     if isinstance(file, io.TextIOBase) or "b" not in getattr(file, "mode", "b"):
         raise ValueError("file should be opened in binary mode")
     if count is not None:
@@ -164,7 +163,6 @@ def _check_params(file, offset, count):
     readable = getattr(file, "readable", None)
     if readable is not None and not readable():
         raise io.UnsupportedOperation("File not open for reading")
-    return readable is not None
 
 
 def _source_fd(file):
@@ -478,7 +476,7 @@ async def sendfile(transport, file, offset=0, count=None, *, fallback=True, head
     call ends with SendfileConnectionError(ETIMEDOUT). See the README for the
     contract."""
     transport = resolve(transport)
-    readable = _check_params(file, offset, count)
+    _check_params(file, offset, count)
     timeout = _check_timeout(timeout)
     if count is not None and count > _MAX_COUNT:
         count = _MAX_COUNT  # more than any file holds: asyncio takes it too
@@ -519,8 +517,12 @@ async def sendfile(transport, file, offset=0, count=None, *, fallback=True, head
         # end, the transfer goes on over dups. A range not in the page cache is
         # not stepped here (the disk would hold up the loop: the engine reads it).
         try:
+            # readable False: the core looks at the fd (one fcntl). The file
+            # object can't vouch for it: FileIO believes its mode string (open(fd,
+            # "rb") of an O_WRONLY fd is "readable"), and a claim the fd belies
+            # would fail at the first read, after the head went out
             r = _zcsend.send_now(hold.raw_fd, fd, offset, count, fallback, head, INLINE_BUDGET,
-                                 readable)
+                                 False)
         except OSError as exc:
             r = exc
         if type(r) is tuple and r[0] == 0:

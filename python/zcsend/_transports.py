@@ -150,7 +150,13 @@ def hold_for(loop, transport):
         # object and no SocketKind conversion per call
         if id(transport) in _held or transport._empty_waiter is not None:
             raise RuntimeError("sendfile is already in progress on this transport")
-        return SelectorHold(loop, transport, transport._sock_fd)
+        # the socket object's number, not _sock_fd: asyncio never clears that one,
+        # and a socket closed under the transport (by whoever holds the object)
+        # frees its number for reuse by another connection; fileno() says -1
+        fd = transport._sock.fileno()
+        if fd < 0:
+            raise OSError(_errno.EBADF, os.strerror(_errno.EBADF))
+        return SelectorHold(loop, transport, fd)
     sock = transport.get_extra_info("socket")
     stream = sock is not None and sock.type == socket.SOCK_STREAM
     if sock is not None and not stream:

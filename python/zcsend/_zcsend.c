@@ -644,9 +644,12 @@ static PyObject *mod_send_now(PyObject *m, PyObject *const *args, Py_ssize_t nar
     return NULL;
   }
   int flags = ZCS_F_SOCK_NONBLOCKING | ZCS_F_SIGPIPE_IF_DEFAULT;
-  if (!PyObject_IsTrue(args[4]))
+  int fallback = PyObject_IsTrue(args[4]), readable = PyObject_IsTrue(args[7]);
+  if (fallback < 0 || readable < 0)
+    return NULL; /* -1 is an exception, not "true": nothing may be sent */
+  if (!fallback)
     flags |= ZCS_F_NO_FALLBACK;
-  if (PyObject_IsTrue(args[7]))
+  if (readable)
     flags |= ZCS_F_SOURCE_READABLE;
   zcs_transfer_t t;
   int rc = zcs_transfer_init(&t, (int)sock_fd, (int)file_fd, offset, count, flags);

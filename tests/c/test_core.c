@@ -2613,6 +2613,46 @@ START_TEST(engine_prefetch_off) {
 }
 END_TEST
 
+/* zcs_prefetch, for hosts that step transfers themselves: the range comes into
+   the page cache on a prefetch thread, the eventfd says when; the fd given may be
+   closed at once (the thread reads a dup); every fd comes back. */
+START_TEST(host_prefetch) {
+  ck_assert_int_eq(zcs_prefetch(-1, 0, 1), -EINVAL);
+  ck_assert_int_eq(zcs_prefetch(0, -1, 1), -EINVAL);
+  ck_assert_int_eq(zcs_prefetch(0, 0, 0), -EINVAL);
+  int fds0 = open_fds();
+  size_t len = 4 << 20;
+  unsigned char *data = pattern(len, 57);
+  int fd = make_cold_file("cold", data, len);
+  ck_assert_int_ge(fd, 0);
+  ck_assert_int_eq(is_cached(fd, len), 0);
+  zcs_engine_stats_t before = engine_stats_now();
+  int efd = zcs_prefetch(fd, 0, len);
+  ck_assert_int_ge(efd, 0);
+  int keep = dup(fd);
+  close(fd); /* the prefetch reads its own dup */
+  struct pollfd pfd = {.fd = efd, .events = POLLIN};
+  ck_assert_int_eq(poll(&pfd, 1, 20000), 1);
+  uint64_t v;
+  ck_assert_int_eq(read(efd, &v, sizeof v), (ssize_t)sizeof v);
+  ck_assert_uint_eq(v, 1);
+  close(efd);
+  ck_assert_int_eq(is_cached(keep, len), 1);
+  zcs_engine_stats_t after = engine_stats_now();
+  ck_assert_uint_eq(after.prefetches - before.prefetches, 1);
+  ck_assert_uint_eq(after.prefetch_bytes - before.prefetch_bytes, len);
+  for (int i = 0; i < 1000 && engine_stats_now().prefetching; i++)
+    usleep(1000); /* the thread closes its dups just after signalling */
+  ck_assert_uint_eq(engine_stats_now().prefetching, 0);
+  ck_assert_uint_eq(engine_stats_now().workers, 2);
+  close(keep);
+  cold_cleanup();
+  /* the two threads stay (as the engine's): fds are what they were */
+  ck_assert_int_eq(open_fds(), fds0);
+  free(data);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("zcsend-core");
   TCase *tc = tcase_create("core");
@@ -2691,6 +2731,7 @@ int main(void) {
   tcase_add_test(eng, engine_cancel_during_prefetch);
   tcase_add_test(eng, engine_fork_during_prefetch);
   tcase_add_test(eng, engine_prefetch_off);
+  tcase_add_test(eng, host_prefetch);
   suite_add_tcase(s, eng);
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import textwrap
@@ -81,10 +82,11 @@ UNDER_SANITIZER = any(lib in os.environ.get("LD_PRELOAD", "") for lib in ("libas
 @pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")
 @pytest.mark.skipif(UNDER_SANITIZER, reason="a sanitizer's allocator makes syscalls of its own")
 def test_syscalls_of_a_small_send(tmp_path):
-    """Per send of a cached small file: fstat, cachestat, one look at SIGPIPE's
+    """Per send of a cached small file: fstat, one fcntl (the fd, not the file
+    object, says whether it is readable), cachestat, one look at SIGPIPE's
     disposition (CPython ignores it: no mask), sendfile (the emulated backend:
     pread + send), and the lseek that puts the file's position where asyncio's
-    contract says. No fcntl, no signal masks."""
+    contract says. No check of the socket's flags, no signal masks."""
     path = str(tmp_path / "small.bin")
     make_file(path, 4096, seed=6)
     trace = str(tmp_path / "trace.txt")
@@ -117,9 +119,10 @@ def test_syscalls_of_a_small_send(tmp_path):
     assert counts.get("rt_sigaction") == 5, lines
     assert sum(counts.get(n, 0) for n in ("newfstatat", "fstat", "statx")) == 5, lines
     assert len(cachestat) == 1 and counts[cachestat[0]] == 5, lines
+    assert counts.get("fcntl") == 5, lines
     # the rest may only be asyncio's own (get_running_loop's getpid)
     assert set(counts) - {*moving, "lseek", "rt_sigaction", "newfstatat", "fstat", "statx",
-                          "getpid", "write", cachestat[0]} == set(), lines
+                          "getpid", "write", "fcntl", cachestat[0]} == set(), lines
 
 
 def test_sigpipe_at_its_default_never_kills_the_process(tmp_path):
@@ -145,3 +148,103 @@ def test_sigpipe_at_its_default_never_kills_the_process(tmp_path):
     """, path)
     assert r.returncode == 0, (r.returncode, r.stderr)
     assert r.stdout.split() == ["raised", "32", "0", "alive", "True"]
+
+
+@pytest.mark.asyncio_only("SelectorHold: asyncio's selector transport")
+def test_a_raw_socket_closed_under_its_transport_sends_nothing_to_the_number_reused(tmp_path):
+    """Another task closes the socket object the transport was made of; the
+    number is reused by another connection at once. The number comes from the
+    socket object (fileno() -1 once closed: EBADF), never from asyncio's
+    _sock_fd, which is never cleared: no byte reaches the other connection."""
+    path = str(tmp_path / "secret.bin")
+    make_file(path, 6000, seed=1)
+
+    async def main():
+        a, b = socket.socketpair()
+        _, w = await asyncio.open_connection(sock=a)
+        num = a.fileno()
+        a.close()  # the transport is not closing: asyncio doesn't know
+        x, y = socket.socketpair()  # lowest free number: a's
+        try:
+            assert num in (x.fileno(), y.fileno())
+            victim = y if x.fileno() == num else x
+            victim.setblocking(False)
+            with open(path, "rb") as f:
+                with pytest.raises(OSError):
+                    await zcsend.sendfile(w, f)
+            try:
+                leaked = victim.recv(1 << 20)
+            except BlockingIOError:
+                leaked = b""
+            assert leaked == b"", f"{len(leaked)} bytes went to another connection"
+        finally:
+            for s in (x, y, b):
+                s.close()
+            w.transport.abort()
+
+    run(main())
+
+
+@pytest.mark.asyncio_only("the inline path of a selector transport")
+def test_a_write_only_fd_behind_an_rb_file_fails_before_the_head_goes_out(tmp_path):
+    """open(fd, "rb") trusts the mode string: readable() is True on an O_WRONLY
+    fd. The core's own check (one fcntl) fails it at init, before the head or a
+    byte, with a plain OSError and nothing counted."""
+    path = str(tmp_path / "w.bin")
+    make_file(path, 4000, seed=2)
+
+    async def main():
+        a, b = socket.socketpair()
+        _, w = await asyncio.open_connection(sock=a)
+        b.setblocking(False)
+        fd = os.open(path, os.O_WRONLY)
+        s0 = zcsend.stats()
+        try:
+            with open(fd, "rb") as f:
+                assert f.readable()
+                with pytest.raises(OSError) as ei:
+                    await zcsend.sendfile(w, f, head=b"HTTP/1.1 200 OK\r\n\r\n")
+            try:
+                got = b.recv(1 << 20)
+            except BlockingIOError:
+                got = b""
+            s1 = zcsend.stats()
+            assert got == b"", f"the peer got {got!r} for a source that can't be read"
+            assert type(ei.value) is OSError  # as before: not a SendfileError after a head
+            assert s1["started"] == s0["started"]
+        finally:
+            w.transport.abort()
+            b.close()
+
+    run(main())
+
+
+def test_send_now_does_not_move_bytes_when_a_flag_has_no_truth(tmp_path):
+    """A flag whose truth raises ends the call before a byte (sendfile() calls
+    bool(fallback) first; send_now itself must not send and then raise)."""
+    path = str(tmp_path / "s.bin")
+    make_file(path, 100, seed=3)
+
+    class NoTruth:
+        def __bool__(self):
+            raise ZeroDivisionError("no truth")
+
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for i in (4, 7):
+            args = [a.fileno(), fd, 0, None, True, None, 1 << 20, True]
+            args[i] = NoTruth()
+            with pytest.raises(ZeroDivisionError):
+                _zcsend.send_now(*args)
+        try:
+            got = b.recv(1000)
+        except BlockingIOError:
+            got = b""
+        assert got == b"", f"{len(got)} bytes sent by calls that raised"
+    finally:
+        os.close(fd)
+        a.close()
+        b.close()
