@@ -493,15 +493,17 @@ int zcs_prefetch(int fd, int64_t off, size_t len) {
   struct prefetch *p = malloc(sizeof *p);
   if (!p)
     return -ENOMEM;
+  /* the eventfd, the worker's dup of it, the worker's dup of fd: the first
+     that fails ends the call, and closes what was made before it */
   int efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-  p->fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
   p->notify = efd < 0 ? -1 : fcntl(efd, F_DUPFD_CLOEXEC, 0);
-  if (efd < 0 || p->fd < 0 || p->notify < 0) {
+  p->fd = p->notify < 0 ? -1 : fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  if (p->fd < 0) {
     int e = -errno;
+    if (p->notify >= 0)
+      close(p->notify);
     if (efd >= 0)
       close(efd);
-    if (p->fd >= 0)
-      close(p->fd);
     free(p);
     return e;
   }

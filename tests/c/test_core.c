@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include "zcsend.h"
@@ -2621,6 +2622,26 @@ START_TEST(host_prefetch) {
   ck_assert_int_eq(zcs_prefetch(0, -1, 1), -EINVAL);
   ck_assert_int_eq(zcs_prefetch(0, 0, 0), -EINVAL);
   int fds0 = open_fds();
+  /* a number that names nothing: -EBADF, and nothing of its own kept */
+  int gone = 1000; /* far above what is open: not the number its own eventfd takes */
+  ck_assert_int_eq(fcntl(gone, F_GETFD), -1);
+  ck_assert_int_eq(zcs_prefetch(gone, 0, 1), -EBADF);
+  ck_assert_int_eq(open_fds(), fds0);
+  /* no fd left for one of its three (eventfd, its dup, the file's dup): room
+     for none, one or two more fds fails each step in turn, -EMFILE, none kept */
+  struct rlimit rl0, rl;
+  ck_assert_int_eq(getrlimit(RLIMIT_NOFILE, &rl0), 0);
+  for (int room = 0; room <= 2; room++) {
+    int low = dup(0); /* the lowest free number: the limit sits room above it */
+    close(low);
+    rl = rl0;
+    rl.rlim_cur = (rlim_t)low + (rlim_t)room;
+    ck_assert_int_eq(setrlimit(RLIMIT_NOFILE, &rl), 0);
+    int rc = zcs_prefetch(0, 0, 1);
+    ck_assert_int_eq(setrlimit(RLIMIT_NOFILE, &rl0), 0);
+    ck_assert_int_eq(rc, -EMFILE);
+    ck_assert_int_eq(open_fds(), fds0);
+  }
   size_t len = 4 << 20;
   unsigned char *data = pattern(len, 57);
   int fd = make_cold_file("cold", data, len);
