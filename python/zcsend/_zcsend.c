@@ -617,9 +617,10 @@ static PyObject *mod_errname(PyObject *m, PyObject *arg) {
  * send_now(sock_fd, file_fd, offset, count, fallback, head, budget, readable): one
  * call for a send that ends in its first step. The transfer lives on the C stack:
  * no job, no lock, no object. sock_fd is an asyncio transport's socket (known
- * non-blocking); readable: Python has seen the file open for reading. Syscalls
- * for a small cached file: fstat, cachestat, sigaction (SIGPIPE is ignored in
- * CPython: no mask then), sendfile.
+ * non-blocking); readable: the caller vouches for file_fd's access mode (the
+ * Python layer passes False: a file object can't, see _core.py). Syscalls for a
+ * small cached file: fstat, fcntl (unless readable), cachestat, sigaction
+ * (SIGPIPE is ignored in CPython: no mask then), sendfile.
  * Returns (result, sent, total, seekable) when the transfer ended (total: -1 when
  * unknown); else (a range not in the page cache, which the loop thread must not
  * read; the socket full; the budget spent) a Transfer that goes on from where it
