@@ -4,7 +4,7 @@
  * channel's eventfd. The engine never calls back into the host.
  *
  * The engine thread never waits for the disk: a job whose next range is not in
- * the page cache (range_ready) waits while one of a few prefetch threads reads
+ * the page cache (zcs__range_ready) waits while one of a few prefetch threads reads
  * that range into the cache, on a dup of the job's file of its own, and the
  * engine steps the other jobs meanwhile (issue 13 §3). */
 #define _GNU_SOURCE
@@ -316,52 +316,6 @@ static int job_cancelled(zcs_job_t *j) {
   return c;
 }
 
-/* Whether [off, off + len) of fd is all in the page cache: zcs_transfer_cached()
-   asked about a stand-in transfer (a read job's own transfer has no count). */
-static int range_cached(int fd, int64_t off, size_t len) {
-  zcs_transfer_t probe;
-  memset(&probe, 0, sizeof probe);
-  probe.file_fd = fd;
-  probe.offset = off;
-  probe.remaining = (int64_t)len;
-  probe.result = ZCS_RUNNING;
-  probe.sized = 1;
-  return zcs_transfer_cached(&probe, len);
-}
-
-/* Whether reading [off, off + len) of fd can't wait for the disk. cachestat(2)
-   answers for the whole range, but counts a page whose read is still under way
-   as cached: readahead the kernel started (8 MiB ahead on this machine's disk)
-   leaves such pages past every prefetch and every step, and a step reaching one
-   waits for the disk (measured: steps of up to 368 ms with reads capped at
-   100 MB/s). So a page every PROBE_EVERY bytes, and the last, are also read
-   with preadv2(RWF_NOWAIT), which fails with EAGAIN on one not yet read. Where
-   RWF_NOWAIT is refused (kernel or filesystem), cachestat's answer stands. */
-#define PROBE_EVERY (256u << 10)
-static int range_ready(int fd, int64_t off, size_t len) {
-  if (!range_cached(fd, off, len))
-    return 0;
-#ifdef RWF_NOWAIT
-  static int unsupported; /* benign race: only ever set */
-  char b;
-  struct iovec v = {.iov_base = &b, .iov_len = 1};
-  for (size_t at = 0; len && !__atomic_load_n(&unsupported, __ATOMIC_RELAXED); at += PROBE_EVERY) {
-    if (at >= len - 1)
-      at = len - 1;
-    ssize_t n;
-    while ((n = preadv2(fd, &v, 1, (off_t)(off + (int64_t)at), RWF_NOWAIT)) < 0 && errno == EINTR) {
-    }
-    if (n < 0 && errno == EAGAIN)
-      return 0;
-    if (n < 0 && (errno == EOPNOTSUPP || errno == ENOSYS || errno == EINVAL))
-      __atomic_store_n(&unsupported, 1, __ATOMIC_RELAXED);
-    if (n <= 0 || at == len - 1)
-      break; /* an error or the end: the step meets and reports it */
-  }
-#endif
-  return 1;
-}
-
 /* a worker: the range into the page cache; errors are left for the job's own
    step or read to meet and report. /dev/null is opened for each prefetch, not
    kept: an fd the engine keeps for good from its first cold range on would
@@ -584,7 +538,7 @@ static int may_step(zcs_job_t *j) {
   int64_t from = j->ready_end > j->t.offset ? j->ready_end : j->t.offset;
   if (from >= end)
     return 1;
-  if (range_ready(j->t.file_fd, from, (size_t)(end - from))) {
+  if (zcs__range_ready(j->t.file_fd, from, (size_t)(end - from))) {
     j->ready_end = end;
     return 1;
   }
@@ -622,7 +576,7 @@ static void go_read(zcs_job_t *j) {
   }
   int64_t left = j->rsize > j->t.offset ? j->rsize - j->t.offset : 0;
   size_t len = (uint64_t)left < j->rlen ? (size_t)left : j->rlen;
-  if (j->pf == PF_NONE && prefetch_on && len && !range_ready(j->t.file_fd, j->t.offset, len)) {
+  if (j->pf == PF_NONE && prefetch_on && len && !zcs__range_ready(j->t.file_fd, j->t.offset, len)) {
     int c = job_cancelled(j);
     if (c) {
       end_read(j, 0, c);

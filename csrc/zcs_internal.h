@@ -55,6 +55,10 @@ void zcs__stats_bytes(int zero_copy, uint64_t n);
    all were read; 0 when not (not cached, the file ends sooner, no RWF_NOWAIT
    here); or -errno. Never waits for the disk. */
 int zcs__pread_nowait(int fd, void *buf, size_t len, int64_t offset);
+/* Whether reading [off, off + len) of fd can't wait for the disk (transfer.c):
+   cachestat(2) says every page is cached, and preadv2(RWF_NOWAIT) probes say
+   none of them is still being read in. 1 also where the kernel can't tell. */
+int zcs__range_ready(int fd, int64_t off, size_t len);
 /* Ends a running transfer with err now (its outcome is counted). */
 void zcs__transfer_end(zcs_transfer_t *t, int err);
 

@@ -216,3 +216,126 @@ def test_a_hot_transfer_in_the_engine_ends_while_cold_files_stream(coldfiles, tm
     assert prefetch_threads() == 2 == _zcsend.engine_stats()["workers"]
     # at least one prefetch per cold file
     assert engine_prefetches() - before >= 4
+
+
+# ---- a range still being read in is cold too ----------------------------------
+# cachestat(2) counts a page whose read is under way (readahead someone else
+# started) as cached; stepping it waits for the disk. The child below reads its
+# disk through a cgroup throttled to 1 MB/s, starts readahead of a 4 MiB file
+# with POSIX_FADV_WILLNEED (every page is then in the cache, locked, being
+# read), checks that cachestat alone would say the last 16 KiB are cached, and
+# sends those 16 KiB: the loop must go on turning (the engine's prefetch thread
+# waits for the read, not the loop thread), the bytes must be right.
+INFLIGHT = r"""
+import asyncio, ctypes, json, os, socket, struct, sys, time
+import zcsend
+from zcsend import _zcsend
+path, cg, kind = sys.argv[1:4]
+OFF, N = 3 << 20, 16 << 10
+libc = ctypes.CDLL(None, use_errno=True)
+
+def cachestat_pages(fd, off, n):
+    rng, out = struct.pack("QQ", off, n), ctypes.create_string_buffer(40)
+    assert libc.syscall(451, fd, ctypes.c_char_p(rng), out, 0) == 0, ctypes.get_errno()
+    return struct.unpack("5Q", out.raw)[0]
+
+with open(path, "rb") as f:
+    want = f.read()[OFF:OFF + N]  # before the throttle; evicted again below
+fd = os.open(path, os.O_RDONLY)
+os.fsync(fd)  # clean pages only can be dropped
+os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+assert cachestat_pages(fd, OFF, N) == 0
+with open(os.path.join(cg, "cgroup.procs"), "w") as f:
+    f.write(str(os.getpid()))
+os.posix_fadvise(fd, 0, 4 << 20, os.POSIX_FADV_WILLNEED)
+out = {"cachestat_pages": cachestat_pages(fd, OFF, N)}
+try:
+    os.preadv(fd, [bytearray(1)], OFF + N - 1, os.RWF_NOWAIT)
+    out["in_flight"] = False
+except BlockingIOError:
+    out["in_flight"] = True
+made, prefetches = _zcsend.debug_counts()["transfers"], _zcsend.engine_stats()["prefetches"]
+
+async def main():
+    a, b = socket.socketpair()
+    _, writer = await asyncio.open_unix_connection(sock=a)
+    gaps, stop = [0.0], False
+    async def tick():
+        last = time.monotonic()
+        while not stop:
+            await asyncio.sleep(0.005)
+            now = time.monotonic()
+            gaps[0], last = max(gaps[0], now - last), now
+    ticker = asyncio.ensure_future(tick())
+    await asyncio.sleep(0.02)
+    t0 = time.monotonic()
+    with open(fd, "rb", closefd=False) as f:
+        out["sent"] = await zcsend.sendfile(writer, f, OFF, N)
+    out["took"] = time.monotonic() - t0
+    out["loop"] = type(asyncio.get_running_loop()).__module__
+    stop = True
+    await ticker
+    out["max_gap"] = gaps[0]
+    b.setblocking(True)
+    got = b""
+    while len(got) < N:
+        got += b.recv(N - len(got))
+    out["right"] = got == want
+    writer.close()
+    b.close()
+
+if kind == "uvloop":
+    import uvloop
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+asyncio.run(main())
+out["transfers_made"] = _zcsend.debug_counts()["transfers"] - made
+out["prefetches"] = _zcsend.engine_stats()["prefetches"] - prefetches
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture
+def slow_disk(diskfile):
+    """A cgroup whose processes read diskfile's device at 1 MB/s (root only)."""
+    if os.geteuid() != 0:
+        pytest.skip("a blkio/io cgroup needs root (CI runs as root)")
+    dev = os.stat(diskfile[0]).st_dev
+    spec = f"{os.major(dev)}:{os.minor(dev)}"
+    if os.path.isdir("/sys/fs/cgroup/blkio"):
+        cg, knob, value = f"/sys/fs/cgroup/blkio/zcs-test-{os.getpid()}", "blkio.throttle.read_bps_device", f"{spec} 1000000"
+    else:
+        cg, knob, value = f"/sys/fs/cgroup/zcs-test-{os.getpid()}", "io.max", f"{spec} rbps=1000000"
+    os.mkdir(cg)
+    try:
+        with open(os.path.join(cg, knob), "w") as f:
+            f.write(value)
+        yield cg
+    finally:
+        for _ in range(100):  # the child has exited; its cgroup empties soon after
+            try:
+                os.rmdir(cg)
+                break
+            except OSError:
+                import time
+                time.sleep(0.05)
+
+
+def test_a_range_still_being_read_in_is_never_stepped_on_the_loop(diskfile, slow_disk, loop_kind):
+    import json
+    import subprocess
+    import sys
+    path, _ = diskfile
+    r = subprocess.run([sys.executable, "-c", INFLIGHT, path, slow_disk, loop_kind], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    # the case this is about: cachestat counts the 4 pages, a read would wait
+    assert out["cachestat_pages"] == 4 and out["in_flight"], out
+    assert out["loop"].startswith(loop_kind), out
+    assert out["sent"] == 16 << 10 and out["right"], out
+    assert out["transfers_made"] == 1, out  # the inline step handed it on before a byte
+    assert out["prefetches"] >= 1, out  # and the engine waited for it on a prefetch thread
+    # the read took the disk's time (at 1 MB/s, most of the 4 MiB ahead of it) while
+    # the loop went on turning every 5 ms; stepped on the loop, one gap would be as long
+    assert out["took"] > 0.5, out
+    assert out["max_gap"] < out["took"] / 4, out
