@@ -442,12 +442,12 @@ struct zcs__cachestat { uint64_t nr_cache, nr_dirty, nr_writeback, nr_evicted, n
    which fails with EAGAIN on a page not yet read: one probe for a small file.
    Where RWF_NOWAIT is refused (kernel or filesystem), cachestat's answer stands. */
 #define PROBE_EVERY ((size_t)256 << 10)
+static int probes_unsupported; /* benign race: only ever set */
 static int range_probed(int fd, int64_t off, size_t len) {
 #ifdef RWF_NOWAIT
-  static int unsupported; /* benign race: only ever set */
   char b;
   struct iovec v = {.iov_base = &b, .iov_len = 1};
-  for (size_t at = 0; at < len && !__atomic_load_n(&unsupported, __ATOMIC_RELAXED); at += PROBE_EVERY) {
+  for (size_t at = 0; at < len && !__atomic_load_n(&probes_unsupported, __ATOMIC_RELAXED); at += PROBE_EVERY) {
     size_t last = len - at > PROBE_EVERY ? at + PROBE_EVERY - 1 : len - 1;
     ssize_t n;
     while ((n = preadv2(fd, &v, 1, (off_t)(off + (int64_t)last), RWF_NOWAIT)) < 0 && errno == EINTR) {
@@ -455,7 +455,7 @@ static int range_probed(int fd, int64_t off, size_t len) {
     if (n < 0 && errno == EAGAIN)
       return 0;
     if (n < 0 && (errno == EOPNOTSUPP || errno == ENOSYS || errno == EINVAL))
-      __atomic_store_n(&unsupported, 1, __ATOMIC_RELAXED);
+      __atomic_store_n(&probes_unsupported, 1, __ATOMIC_RELAXED);
     if (n <= 0)
       break; /* an error or the end: the step meets and reports it */
   }
@@ -469,7 +469,19 @@ static int range_probed(int fd, int64_t off, size_t len) {
 int zcs__range_ready(int fd, int64_t off, size_t len) {
 #ifdef __linux__
   static int unsupported; /* no cachestat here: stays so (a benign race) */
-  if (!len || fd < 0 || off < 0 || __atomic_load_n(&unsupported, __ATOMIC_RELAXED))
+  static long page;
+  if (!page)
+    page = sysconf(_SC_PAGESIZE);
+  if (!len || fd < 0 || off < 0)
+    return 1;
+  if ((uint64_t)off / (uint64_t)page == ((uint64_t)off + len - 1) / (uint64_t)page &&
+      !__atomic_load_n(&probes_unsupported, __ATOMIC_RELAXED)) {
+    /* one page: the probe alone says both (cached, and read in): one syscall */
+    int ready = range_probed(fd, off, len);
+    if (!__atomic_load_n(&probes_unsupported, __ATOMIC_RELAXED))
+      return ready;
+  }
+  if (__atomic_load_n(&unsupported, __ATOMIC_RELAXED))
     return 1;
   struct zcs__cachestat_range r = {(uint64_t)off, len};
   struct zcs__cachestat cs;
@@ -478,9 +490,6 @@ int zcs__range_ready(int fd, int64_t off, size_t len) {
       __atomic_store_n(&unsupported, 1, __ATOMIC_RELAXED);
     return 1; /* can't tell: step, as before */
   }
-  static long page;
-  if (!page)
-    page = sysconf(_SC_PAGESIZE);
   uint64_t pages = (r.off + len - 1) / (uint64_t)page - r.off / (uint64_t)page + 1;
   return cs.nr_cache >= pages && range_probed(fd, off, len);
 #else

@@ -248,7 +248,10 @@ ZCS_API int zcs_transfer_step(zcs_transfer_t *t);
 
 /* Whether a step of up to len bytes can't wait for the disk: 1 when the next
  * len bytes of a regular file's range are all in the page cache (cachestat(2),
- * Linux 6.5+), or the source is no file (a pipe, memory), or nothing is left;
+ * Linux 6.5+) and read in (cachestat counts a page still being read as cached:
+ * a preadv2(RWF_NOWAIT) of one byte every 256 KiB and at the end says so; for
+ * one page that probe alone answers), or the source is no file (a pipe,
+ * memory), or nothing is left;
  * 0 when some of them are not (a host's event thread should hand the transfer
  * to a thread that may block, e.g. the engine, instead of stepping it); 1 also
  * where the kernel can't tell (no cachestat), as before it existed. */

@@ -112,11 +112,13 @@ OUT=$(mktemp -d)
 $PY benchmarks/run.py --quick --out "$OUT" >"$OUT/log" 2>&1 || { cat "$OUT/log"; exit 1; }
 grep -q '^| zcsend, asyncio |' "$OUT/results.md" && test -s "$OUT/chart.png"
 tail -n +2 "$OUT/results.md" | head -20
-step "Per-call and cold-cache benchmark smoke runs (benchmarks/percall.py, cold.py --quick)"
+step "Per-call, cold-cache and bare-server benchmark smoke runs (benchmarks/percall.py, cold.py, bare.py --quick)"
 $PY benchmarks/percall.py --quick >"$OUT/percall.md" 2>"$OUT/percall.log" || { cat "$OUT/percall.log"; exit 1; }
 grep -q '^| 16 KiB |' "$OUT/percall.md" && cat "$OUT/percall.md"
 $PY benchmarks/cold.py --quick >"$OUT/cold.md" 2>"$OUT/cold.log" || { cat "$OUT/cold.log"; exit 1; }
 grep -q '^| zcsend |' "$OUT/cold.md" && cat "$OUT/cold.md"
+$PY benchmarks/bare.py --quick >"$OUT/bare.md" 2>"$OUT/bare.log" || { cat "$OUT/bare.log"; exit 1; }
+grep -q '^| zcsend (open per request) |' "$OUT/bare.md" && cat "$OUT/bare.md"
 step "ASGI benchmark smoke run (benchmarks/asgi.py --quick)"
 $PY benchmarks/asgi.py --quick >"$OUT/asgi.md" 2>"$OUT/asgi.log" || { cat "$OUT/asgi.log"; exit 1; }
 grep -q '^| FastAPI FileResponse, uvicorn + zcsend.uvicorn |' "$OUT/asgi.md"

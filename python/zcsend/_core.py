@@ -475,9 +475,17 @@ async def sendfile(transport, file, offset=0, count=None, *, fallback=True, head
     file bytes sent. ``timeout``: seconds in which no byte goes out before the
     call ends with SendfileConnectionError(ETIMEDOUT). See the README for the
     contract."""
+    if timeout is not None:
+        timeout = _check_timeout(timeout)
+    # the common case whole in one C call: a transport or StreamWriter asyncio or
+    # uvloop made, idle; open(path, "rb"); plain ints. It ends there (an int: all
+    # sent), or nothing was done (None: the checks below say why, or send), or
+    # its inline step went on or failed (r: picked up below, the checks passing)
+    r = _zcsend.fast_send(transport, file, offset, count, fallback, head, INLINE_BUDGET)
+    if type(r) is int:
+        return r
     transport = resolve(transport)
     _check_params(file, offset, count)
-    timeout = _check_timeout(timeout)
     if count is not None and count > _MAX_COUNT:
         count = _MAX_COUNT  # more than any file holds: asyncio takes it too
     if head is not None:
@@ -508,8 +516,7 @@ async def sendfile(transport, file, offset=0, count=None, *, fallback=True, head
         seekable = None  # the core's transfer, or the fd, will say
     stepped = False
     src = None  # our dup of the source fd, once the call may wait
-    r = None
-    if hold.zero_copy and fd is not None and INLINE_BUDGET > 0 and hold.idle():
+    if r is None and hold.zero_copy and fd is not None and INLINE_BUDGET > 0 and hold.idle():
         # The inline step before taking the hold, in one C call: most small files
         # end in it, and then swapping protocols and pausing reading would be
         # wasted. Nothing else runs on the loop until it returns, so nothing can

@@ -22,15 +22,19 @@ for reuse by anything; the dup still names this connection, and the hold sees
 the close and stops. A forked child touches nothing of the parent's (the
 transport, the loop's selector and the dups are shared with the parent)."""
 import asyncio
+import io
 import os
 import socket
 import weakref
 
+from . import _zcsend
 from ._errors import SendfileConnectionError, SendfileError
 
 import errno as _errno
 
 _held = set()  # ids of transports held now: one transfer per transport
+# what _zcsend.fast_send checks sendfile's common case against
+_zcsend.fast_setup(_held, io.BufferedReader, asyncio.StreamWriter, asyncio._get_running_loop)
 
 
 # ---- what a transport is, to zcsend: decided once per type ----------------------
@@ -101,6 +105,9 @@ def _kind_of_type(cls):
     kind = _kinds.get(id(cls))
     if kind is None:
         kind = _classify(cls)
+        if kind.hold is SelectorHold or kind.hold is FlushHold:
+            # sendfile's common case may then go whole in one C call (_zcsend.fast_send)
+            _zcsend.fast_type(cls, 1 if kind.hold is SelectorHold else 2)
         key = id(cls)
         kind._ref = weakref.ref(cls, lambda _, key=key, kinds=_kinds: kinds.pop(key, None))
         _kinds[key] = kind

@@ -3,13 +3,28 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <unistd.h>
 #include "zcsend_engine.h" /* jobs and channels, and zcsend.h */
 
+#define FAST_TYPES 8
 typedef struct {
   PyTypeObject *channel_type;
   PyTypeObject *transfer_type;
   PyTypeObject *chunks_type;
+  /* sendfile()'s whole call for the common case (see mod_fast_send): what the
+     Python layer told it (fast_setup, fast_type) */
+  PyObject *held;              /* _transports._held: ids of transports held now */
+  PyObject *reader_type;       /* io.BufferedReader: open(path, "rb") */
+  PyObject *writer_type;       /* asyncio.StreamWriter */
+  PyObject *running_loop;      /* asyncio._get_running_loop */
+  PyObject *fast_types[FAST_TYPES]; /* transport types whose hold _transports decided */
+  int fast_modes[FAST_TYPES];  /* FAST_SELECTOR or FAST_UVLOOP */
+  int n_fast;
 } module_state;
+
+static PyObject *s_is_closing, *s_get_write_buffer_size, *s_empty_waiter, *s_sock, *s_fileno,
+    *s_closed, *s_seek, *s_transport, *s_get_extra_info, *s_socket;
 
 /* ---- errors ----------------------------------------------------------------- */
 /* OSError(code, message); for zcsend's own codes, the code is positive too
@@ -122,6 +137,7 @@ static PyType_Spec channel_spec = {"zcsend._zcsend.Channel", sizeof(ChannelObjec
 
 /* ---- Transfer ----------------------------------------------------------------- */
 static uint64_t transfers_made; /* Transfer objects made (the GIL guards it): a debug count */
+static uint64_t fast_sends;     /* fast_send calls that ended all sent (the GIL guards it) */
 typedef struct {
   PyObject_HEAD
   zcs_job_t *job;
@@ -630,6 +646,72 @@ static int long_arg(PyObject *o, long long *v) {
   return *v == -1 && PyErr_Occurred() ? -1 : 0;
 }
 
+/* the inline step of (sock_fd, file_fd): a tuple or a Transfer as send_now says;
+   head: None or a bytes-like object */
+static PyObject *step_now(PyObject *m, int sock_fd, int file_fd, long long offset,
+                          long long count, int flags, PyObject *head_obj, long long budget) {
+  zcs_transfer_t t;
+  int rc = zcs_transfer_init(&t, sock_fd, file_fd, offset, count, flags);
+  if (rc < 0) {
+    zcs_transfer_release(&t);
+    return raise_code(rc);
+  }
+  if (head_obj != Py_None) {
+    Py_buffer head;
+    if (PyObject_GetBuffer(head_obj, &head, PyBUF_SIMPLE) < 0) {
+      zcs_transfer_release(&t);
+      return NULL;
+    }
+    rc = head.len ? zcs_transfer_set_head(&t, head.buf, (size_t)head.len) : 0;
+    PyBuffer_Release(&head);
+    if (rc < 0) {
+      zcs_transfer_release(&t);
+      return raise_code(rc);
+    }
+  }
+  int64_t total = t.remaining;
+  if (zcs_transfer_cached(&t, (size_t)budget)) {
+    t.budget = (size_t)budget;
+    int sd = -1, fd = -1;
+    if (t.remaining < 0 || t.remaining > (64 << 10)) {
+      /* a long step lets other threads run: one of them may close either fd and
+         reuse its number; the step works on dups taken while the GIL still
+         proves them the caller's (none to be had: stepped holding the GIL) */
+      sd = fcntl(sock_fd, F_DUPFD_CLOEXEC, 0);
+      fd = sd < 0 ? -1 : fcntl(file_fd, F_DUPFD_CLOEXEC, 0);
+    }
+    if (fd < 0) {
+      if (sd >= 0)
+        close(sd);
+      rc = zcs_transfer_step(&t); /* short: cheaper than handing the GIL over and back */
+    } else {
+      t.sock_fd = sd, t.file_fd = fd;
+      Py_BEGIN_ALLOW_THREADS
+      rc = zcs_transfer_step(&t);
+      Py_END_ALLOW_THREADS
+      t.sock_fd = sock_fd, t.file_fd = file_fd; /* the caller's again: what goes on uses them */
+      close(sd);
+      close(fd);
+    }
+    t.budget = ZCS_DEFAULT_BUDGET;
+    if (rc <= 0) {
+      int seekable = t.offset >= 0;
+      uint64_t sent = t.sent;
+      zcs_transfer_release(&t);
+      return Py_BuildValue("(iKLO)", rc, (unsigned long long)sent, (long long)total,
+                           seekable ? Py_True : Py_False);
+    }
+  }
+  module_state *st = PyModule_GetState(m);
+  TransferObject *self = (TransferObject *)transfer_alloc(st->transfer_type);
+  if (!self) {
+    zcs_transfer_release(&t); /* counted as cancelled: it never went on */
+    return NULL;
+  }
+  zcs_transfer_move(zcs_job_transfer(self->job), &t);
+  return (PyObject *)self;
+}
+
 static PyObject *mod_send_now(PyObject *m, PyObject *const *args, Py_ssize_t nargs) {
   if (nargs != 8) {
     PyErr_SetString(PyExc_TypeError, "send_now takes 8 arguments");
@@ -652,52 +734,190 @@ static PyObject *mod_send_now(PyObject *m, PyObject *const *args, Py_ssize_t nar
     flags |= ZCS_F_NO_FALLBACK;
   if (readable)
     flags |= ZCS_F_SOURCE_READABLE;
-  zcs_transfer_t t;
-  int rc = zcs_transfer_init(&t, (int)sock_fd, (int)file_fd, offset, count, flags);
-  if (rc < 0) {
-    zcs_transfer_release(&t);
-    return raise_code(rc);
+  return step_now(m, (int)sock_fd, (int)file_fd, offset, count, flags, args[5], budget);
+}
+
+/* ---- sendfile()'s whole call, for the common case ---------------------------------
+ * fast_send(transport, file, offset, count, fallback, head, budget): what
+ * zcsend.sendfile does up to and with its inline step, in one C call, where
+ * everything is as most calls have it: a StreamWriter or a transport of a type
+ * _transports registered (fast_type), not closing, not held, nothing queued; a
+ * running loop; open(path, "rb") not closed; plain ints; fallback True; head
+ * None or bytes. Returns None, having done nothing, where any of that is not so
+ * or init fails (the Python path then checks, raises or sends exactly as it
+ * always did); the bytes sent (an int) once all went and the file's position
+ * is offset + sent; else send_now's tuple or Transfer, for the Python path to
+ * go on with (its checks pass: they are the ones made here). Nothing can run
+ * between the checks and the step (no Python code runs but the transport's and
+ * the file's own getters), so both fds are still the caller's. */
+static int fast_setup_done(module_state *st) { return st->held != NULL; }
+
+static int fast_mode(module_state *st, PyTypeObject *tp) {
+  for (int i = 0; i < st->n_fast; i++)
+    if (st->fast_types[i] == (PyObject *)tp)
+      return st->fast_modes[i];
+  return 0;
+}
+#define FAST_SELECTOR 1 /* asyncio's selector socket transports: the fd is t._sock.fileno() */
+#define FAST_UVLOOP 2   /* uvloop's TCP and Unix transports: get_extra_info("socket").fileno() */
+
+/* obj.name(), or NULL (an exception) */
+static PyObject *call0(PyObject *obj, PyObject *name) {
+  return PyObject_VectorcallMethod(name, &obj, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+}
+
+/* an int result of a no-argument method: >= 0, or -1 with an error cleared
+   (anything unexpected means "not the common case") */
+static long long call0_int(PyObject *obj, PyObject *name) {
+  PyObject *r = call0(obj, name);
+  long long v = -1;
+  if (r && PyLong_CheckExact(r))
+    v = PyLong_AsLongLong(r);
+  Py_XDECREF(r);
+  if (PyErr_Occurred())
+    PyErr_Clear(), v = -1;
+  return v;
+}
+
+/* the socket fd of transport t, a mode's transport that may be written now; -1
+   when not (closing, held, queued bytes, no socket) */
+static int fast_sock_fd(module_state *st, PyObject *t, int mode) {
+  PyObject *r = call0(t, s_is_closing);
+  int closing = r ? PyObject_IsTrue(r) : -1;
+  Py_XDECREF(r);
+  if (closing != 0)
+    return -1;
+  PyObject *id = PyLong_FromVoidPtr(t);
+  int held = id ? PySet_Contains(st->held, id) : -1;
+  Py_XDECREF(id);
+  if (held != 0 || call0_int(t, s_get_write_buffer_size) != 0)
+    return -1;
+  PyObject *sock;
+  if (mode == FAST_SELECTOR) {
+    PyObject *w = PyObject_GetAttr(t, s_empty_waiter);
+    int busy = w != Py_None;
+    Py_XDECREF(w);
+    if (busy)
+      return -1; /* asyncio's own loop.sendfile is on it: the Python path says so */
+    sock = PyObject_GetAttr(t, s_sock);
+  } else {
+    sock = PyObject_CallMethodOneArg(t, s_get_extra_info, s_socket);
   }
-  if (args[5] != Py_None) {
-    Py_buffer head;
-    if (PyObject_GetBuffer(args[5], &head, PyBUF_SIMPLE) < 0) {
-      zcs_transfer_release(&t);
-      return NULL;
-    }
-    rc = head.len ? zcs_transfer_set_head(&t, head.buf, (size_t)head.len) : 0;
-    PyBuffer_Release(&head);
-    if (rc < 0) {
-      zcs_transfer_release(&t);
-      return raise_code(rc);
-    }
-  }
-  int64_t total = t.remaining;
-  if (zcs_transfer_cached(&t, (size_t)budget)) {
-    t.budget = (size_t)budget;
-    if (t.remaining >= 0 && t.remaining <= (64 << 10)) {
-      rc = zcs_transfer_step(&t); /* shorter than handing the GIL over and back */
-    } else {
-      Py_BEGIN_ALLOW_THREADS
-      rc = zcs_transfer_step(&t);
-      Py_END_ALLOW_THREADS
-    }
-    t.budget = ZCS_DEFAULT_BUDGET;
-    if (rc <= 0) {
-      int seekable = t.offset >= 0;
-      uint64_t sent = t.sent;
-      zcs_transfer_release(&t);
-      return Py_BuildValue("(iKLO)", rc, (unsigned long long)sent, (long long)total,
-                           seekable ? Py_True : Py_False);
-    }
-  }
+  long long fd = sock && sock != Py_None ? call0_int(sock, s_fileno) : -1;
+  Py_XDECREF(sock);
+  return fd >= 0 && fd <= INT32_MAX ? (int)fd : -1;
+}
+
+static PyObject *mod_fast_send(PyObject *m, PyObject *const *args, Py_ssize_t nargs) {
   module_state *st = PyModule_GetState(m);
-  TransferObject *self = (TransferObject *)transfer_alloc(st->transfer_type);
-  if (!self) {
-    zcs_transfer_release(&t); /* counted as cancelled: it never went on */
+  if (nargs != 7) {
+    PyErr_SetString(PyExc_TypeError, "fast_send takes 7 arguments");
     return NULL;
   }
-  zcs_transfer_move(zcs_job_transfer(self->job), &t);
-  return (PyObject *)self;
+  PyObject *t = args[0], *file = args[1], *off_o = args[2], *count_o = args[3], *head = args[5];
+  if (!fast_setup_done(st) || args[4] != Py_True || (head != Py_None && !PyBytes_CheckExact(head)) ||
+      (PyObject *)Py_TYPE(file) != st->reader_type || !PyLong_CheckExact(off_o) ||
+      (count_o != Py_None && !PyLong_CheckExact(count_o)) || !PyLong_CheckExact(args[6]))
+    Py_RETURN_NONE;
+  int overflow = 0;
+  long long offset = PyLong_AsLongLongAndOverflow(off_o, &overflow), count = -1;
+  if (overflow || offset < 0)
+    Py_RETURN_NONE;
+  if (count_o != Py_None) {
+    count = PyLong_AsLongLongAndOverflow(count_o, &overflow);
+    if (overflow || count <= 0)
+      Py_RETURN_NONE;
+  }
+  long long budget = PyLong_AsLongLongAndOverflow(args[6], &overflow);
+  if (overflow || budget <= 0)
+    Py_RETURN_NONE;
+  PyObject *writer = NULL;
+  if ((PyObject *)Py_TYPE(t) == st->writer_type) {
+    writer = PyObject_GetAttr(t, s_transport);
+    if (!writer) {
+      PyErr_Clear();
+      Py_RETURN_NONE;
+    }
+    t = writer;
+  }
+  PyObject *result = Py_None;
+  Py_INCREF(result);
+  int mode = fast_mode(st, Py_TYPE(t));
+  PyObject *loop = mode ? PyObject_CallNoArgs(st->running_loop) : NULL;
+  int sock_fd = -1;
+  long long file_fd = -1;
+  if (loop && loop != Py_None && (sock_fd = fast_sock_fd(st, t, mode)) >= 0) {
+    PyObject *closed = PyObject_GetAttr(file, s_closed);
+    if (closed == Py_False)
+      file_fd = call0_int(file, s_fileno);
+    Py_XDECREF(closed);
+  }
+  Py_XDECREF(loop);
+  PyErr_Clear();
+  if (file_fd >= 0 && file_fd <= INT32_MAX) {
+    PyObject *r = step_now(m, sock_fd, (int)file_fd, offset, count,
+                           ZCS_F_SOCK_NONBLOCKING | ZCS_F_SIGPIPE_IF_DEFAULT, head, budget);
+    if (!r) {
+      PyErr_Clear(); /* init refused it before a byte: the Python path says why */
+    } else if (PyTuple_CheckExact(r) && PyLong_AsLong(PyTuple_GET_ITEM(r, 0)) == 0) {
+      /* all sent: asyncio's contract puts the file's position after it */
+      PyObject *sent = PyTuple_GET_ITEM(r, 1);
+      Py_INCREF(sent);
+      fast_sends++;
+      Py_SETREF(result, sent);
+      if (PyTuple_GET_ITEM(r, 3) == Py_True) {
+        PyObject *pos = PyLong_FromLongLong(offset + PyLong_AsLongLong(sent));
+        PyObject *seek_args[2] = {file, pos};
+        PyObject *s = pos ? PyObject_VectorcallMethod(s_seek, seek_args,
+                                                      2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL)
+                          : NULL;
+        Py_XDECREF(pos);
+        if (!s)
+          Py_CLEAR(result); /* the seek's own error, as file.seek() in Python raises it */
+        Py_XDECREF(s);
+      }
+      Py_DECREF(r);
+    } else {
+      Py_SETREF(result, r); /* it ended with an error, or goes on */
+    }
+  }
+  Py_XDECREF(writer);
+  return result;
+}
+
+/* fast_setup(held, BufferedReader, StreamWriter, get_running_loop) */
+static PyObject *mod_fast_setup(PyObject *m, PyObject *args) {
+  module_state *st = PyModule_GetState(m);
+  PyObject *held, *reader, *writer, *loop;
+  if (!PyArg_ParseTuple(args, "O!OOO", &PySet_Type, &held, &reader, &writer, &loop))
+    return NULL;
+  Py_INCREF(held), Py_INCREF(reader), Py_INCREF(writer), Py_INCREF(loop);
+  Py_XSETREF(st->held, held);
+  Py_XSETREF(st->reader_type, reader);
+  Py_XSETREF(st->writer_type, writer);
+  Py_XSETREF(st->running_loop, loop);
+  Py_RETURN_NONE;
+}
+
+/* fast_type(cls, mode) -> whether registered (a few types only: kept for good) */
+static PyObject *mod_fast_type(PyObject *m, PyObject *args) {
+  module_state *st = PyModule_GetState(m);
+  PyObject *cls;
+  int mode;
+  if (!PyArg_ParseTuple(args, "O!i", &PyType_Type, &cls, &mode))
+    return NULL;
+  if (mode != FAST_SELECTOR && mode != FAST_UVLOOP) {
+    PyErr_SetString(PyExc_ValueError, "fast_type: mode is 1 (selector) or 2 (uvloop)");
+    return NULL;
+  }
+  if (fast_mode(st, (PyTypeObject *)cls))
+    Py_RETURN_TRUE;
+  if (st->n_fast == FAST_TYPES)
+    Py_RETURN_FALSE;
+  Py_INCREF(cls);
+  st->fast_types[st->n_fast] = cls;
+  st->fast_modes[st->n_fast++] = mode;
+  Py_RETURN_TRUE;
 }
 
 static PyObject *mod_engine_stats(PyObject *m, PyObject *unused) {
@@ -711,7 +931,8 @@ static PyObject *mod_engine_stats(PyObject *m, PyObject *unused) {
 
 static PyObject *mod_debug_counts(PyObject *m, PyObject *unused) {
   (void)m, (void)unused;
-  return Py_BuildValue("{sK}", "transfers", (unsigned long long)transfers_made);
+  return Py_BuildValue("{sKsK}", "transfers", (unsigned long long)transfers_made, "fast_sends",
+                       (unsigned long long)fast_sends);
 }
 
 static PyMethodDef module_methods[] = {
@@ -719,10 +940,19 @@ static PyMethodDef module_methods[] = {
      "send_now(sock_fd, file_fd, offset, count, fallback, head, budget, readable) -> "
      "(result, sent, total, seekable) when the send ended in its first step, else a "
      "Transfer that goes on"},
+    {"fast_send", (PyCFunction)(void (*)(void))mod_fast_send, METH_FASTCALL,
+     "fast_send(transport, file, offset, count, fallback, head, budget) -> None (not the "
+     "common case: nothing done), the bytes sent, or what send_now returns"},
+    {"fast_setup", mod_fast_setup, METH_VARARGS,
+     "fast_setup(held, BufferedReader, StreamWriter, get_running_loop)"},
+    {"fast_type", mod_fast_type, METH_VARARGS,
+     "fast_type(cls, mode) -> registered: fast_send may take transports of type cls "
+     "(mode 1: asyncio selector socket transport; 2: uvloop stream transport)"},
     {"engine_stats", mod_engine_stats, METH_NOARGS,
      "the engine's prefetch counters: prefetches, prefetch_bytes, prefetching, workers"},
     {"debug_counts", mod_debug_counts, METH_NOARGS,
-     "{'transfers': Transfer objects made so far} (send_now makes one only when it must go on)"},
+     "{'transfers': Transfer objects made so far (send_now makes one only when it must go on), "
+     "'fast_sends': fast_send calls that ended all sent}"},
     {"stats", mod_stats, METH_NOARGS, "process-wide transfer counters"},
     {"backend", mod_backend, METH_NOARGS, "name of the active backend"},
     {"strerror", mod_strerror, METH_O, "message for a negative error code"},
@@ -739,6 +969,18 @@ static int module_exec(PyObject *m) {
                  getenv("ZCSEND_BACKEND"), zcs_strerror(rc));
     return -1;
   }
+#define INTERN(var, text) if (!var && !(var = PyUnicode_InternFromString(text))) return -1;
+  INTERN(s_is_closing, "is_closing")
+  INTERN(s_get_write_buffer_size, "get_write_buffer_size")
+  INTERN(s_empty_waiter, "_empty_waiter")
+  INTERN(s_sock, "_sock")
+  INTERN(s_fileno, "fileno")
+  INTERN(s_closed, "closed")
+  INTERN(s_seek, "seek")
+  INTERN(s_transport, "transport")
+  INTERN(s_get_extra_info, "get_extra_info")
+  INTERN(s_socket, "socket")
+#undef INTERN
   st->channel_type = (PyTypeObject *)PyType_FromModuleAndSpec(m, &channel_spec, NULL);
   st->transfer_type = (PyTypeObject *)PyType_FromModuleAndSpec(m, &transfer_spec, NULL);
   st->chunks_type = (PyTypeObject *)PyType_FromModuleAndSpec(m, &chunks_spec, NULL);
@@ -767,6 +1009,12 @@ static int module_traverse(PyObject *m, visitproc visit, void *arg) {
   Py_VISIT(st->channel_type);
   Py_VISIT(st->transfer_type);
   Py_VISIT(st->chunks_type);
+  Py_VISIT(st->held);
+  Py_VISIT(st->reader_type);
+  Py_VISIT(st->writer_type);
+  Py_VISIT(st->running_loop);
+  for (int i = 0; i < st->n_fast; i++)
+    Py_VISIT(st->fast_types[i]);
   return 0;
 }
 
@@ -775,6 +1023,13 @@ static int module_clear(PyObject *m) {
   Py_CLEAR(st->channel_type);
   Py_CLEAR(st->transfer_type);
   Py_CLEAR(st->chunks_type);
+  Py_CLEAR(st->held);
+  Py_CLEAR(st->reader_type);
+  Py_CLEAR(st->writer_type);
+  Py_CLEAR(st->running_loop);
+  for (int i = 0; i < st->n_fast; i++)
+    Py_CLEAR(st->fast_types[i]);
+  st->n_fast = 0;
   return 0;
 }
 

@@ -5,6 +5,7 @@ debug count, strace), not by timing."""
 import asyncio
 import hashlib
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -81,14 +82,17 @@ UNDER_SANITIZER = any(lib in os.environ.get("LD_PRELOAD", "") for lib in ("libas
 
 @pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")
 @pytest.mark.skipif(UNDER_SANITIZER, reason="a sanitizer's allocator makes syscalls of its own")
-def test_syscalls_of_a_small_send(tmp_path):
+@pytest.mark.parametrize("size", [4096, 16 << 10])
+def test_syscalls_of_a_small_send(tmp_path, size):
     """Per send of a cached small file: fstat, one fcntl (the fd, not the file
-    object, says whether it is readable), cachestat, one look at SIGPIPE's
+    object, says whether it is readable), cachestat (not for one page) and one
+    preadv2(RWF_NOWAIT) probe (pages still being read in are not ready; for one
+    page it tells both), one look at SIGPIPE's
     disposition (CPython ignores it: no mask), sendfile (the emulated backend:
     pread + send), and the lseek that puts the file's position where asyncio's
     contract says. No check of the socket's flags, no signal masks."""
     path = str(tmp_path / "small.bin")
-    make_file(path, 4096, seed=6)
+    make_file(path, size, seed=6)
     trace = str(tmp_path / "trace.txt")
     r = child("""
         import asyncio, os, socket, sys
@@ -118,11 +122,15 @@ def test_syscalls_of_a_small_send(tmp_path):
     assert counts.get("lseek") == 5, lines
     assert counts.get("rt_sigaction") == 5, lines
     assert sum(counts.get(n, 0) for n in ("newfstatat", "fstat", "statx")) == 5, lines
-    assert len(cachestat) == 1 and counts[cachestat[0]] == 5, lines
+    if size == 4096:
+        assert cachestat == [], lines
+    else:
+        assert len(cachestat) == 1 and counts[cachestat[0]] == 5, lines
     assert counts.get("fcntl") == 5, lines
+    assert counts.get("preadv2") == 5, lines
     # the rest may only be asyncio's own (get_running_loop's getpid)
     assert set(counts) - {*moving, "lseek", "rt_sigaction", "newfstatat", "fstat", "statx",
-                          "getpid", "write", "fcntl", cachestat[0]} == set(), lines
+                          "getpid", "write", "fcntl", "preadv2", *cachestat} == set(), lines
 
 
 def test_sigpipe_at_its_default_never_kills_the_process(tmp_path):
@@ -248,3 +256,165 @@ def test_send_now_does_not_move_bytes_when_a_flag_has_no_truth(tmp_path):
         os.close(fd)
         a.close()
         b.close()
+
+
+# ---- sendfile()'s common case whole in one C call (_zcsend.fast_send) ----------
+@pytest.mark.parametrize("kind", ["tcp", "unix"])
+@pytest.mark.parametrize("on_writer", [True, False])
+def test_the_common_case_ends_in_one_c_call(tmp_path, kind, on_writer):
+    """A StreamWriter or its transport, idle; open(path, "rb"); plain ints: after
+    the first call (which classifies the transport's type), each send is one
+    fast_send that ends all sent: no Transfer, the position where asyncio puts
+    it, a head in front when given as bytes."""
+    path = str(tmp_path / "small.bin")
+    make_file(path, 16 << 10, seed=8)
+
+    async def main():
+        async with Pair(kind) as p:
+            dest = p.server if on_writer else p.server.transport
+            with open(path, "rb") as f:
+                assert await zcsend.sendfile(dest, f, 0) == 16 << 10
+                c0 = _zcsend.debug_counts()
+                for i in range(10):
+                    assert await zcsend.sendfile(dest, f, 100, 1000 + i, head=b"H" * i) == 1000 + i
+                    assert f.tell() == 1100 + i
+                c1 = _zcsend.debug_counts()
+            p.server.close()
+            return c0, c1, await p.read_all()
+
+    c0, c1, got = run(main())
+    assert c1["fast_sends"] - c0["fast_sends"] == 10
+    assert c1["transfers"] == c0["transfers"]
+    with open(path, "rb") as f:
+        data = f.read()
+    want = data + b"".join(b"H" * i + data[100:1100 + i] for i in range(10))
+    assert got == (hashlib.sha1(want).hexdigest(), len(want))
+
+
+def test_fast_send_does_nothing_where_the_case_is_not_the_common_one(tmp_path):
+    """Every way a call can differ from the common case makes fast_send return
+    None before it touches a socket or counts a transfer: the Python path then
+    checks and raises, or sends, as it always did. The peer gets no byte."""
+    path = str(tmp_path / "s.bin")
+    make_file(path, 4000, seed=9)
+    from zcsend import _transports
+
+    async def main():
+        async with Pair() as p:
+            w = p.server
+            t = w.transport
+            with open(path, "rb") as f:
+                await zcsend.sendfile(w, f)  # its type is registered now
+                assert await p.reader.readexactly(4000)
+                s0, c0 = zcsend.stats(), _zcsend.debug_counts()
+                unbuffered = open(path, "rb", buffering=0)
+                text = open(path, "r")
+                closed = open(path, "rb")
+                closed.close()
+                B = 1 << 20
+                cases = {
+                    "FileIO": (w, unbuffered, 0, None, True, None, B),
+                    "text file": (w, text, 0, None, True, None, B),
+                    "closed file": (w, closed, 0, None, True, None, B),
+                    "negative offset": (w, f, -1, None, True, None, B),
+                    "bool offset": (w, f, True, None, True, None, B),
+                    "float offset": (w, f, 1.0, None, True, None, B),
+                    "huge offset": (w, f, 1 << 64, None, True, None, B),
+                    "zero count": (w, f, 0, 0, True, None, B),
+                    "negative count": (w, f, 0, -5, True, None, B),
+                    "bool count": (w, f, 0, True, True, None, B),
+                    "huge count": (w, f, 0, 1 << 64, True, None, B),
+                    "fallback False": (w, f, 0, None, False, None, B),
+                    "fallback 1": (w, f, 0, None, 1, None, B),
+                    "bytearray head": (w, f, 0, None, True, bytearray(b"x"), B),
+                    "str head": (w, f, 0, None, True, "x", B),
+                    "zero budget": (w, f, 0, None, True, None, 0),
+                    "not a transport": (object(), f, 0, None, True, None, B),
+                    "a socket": (t.get_extra_info("socket"), f, 0, None, True, None, B),
+                }
+                out = {name: _zcsend.fast_send(*args) for name, args in cases.items()}
+                _transports._held.add(id(t))  # another transfer holds it
+                try:
+                    out["held"] = _zcsend.fast_send(w, f, 0, None, True, None, B)
+                finally:
+                    _transports._held.discard(id(t))
+                loop = asyncio.get_running_loop()
+                out["no running loop"] = await loop.run_in_executor(
+                    None, _zcsend.fast_send, w, f, 0, None, True, None, B)
+                t.pause_reading()  # nothing read by the peer: fill the socket, then queue
+                p.reader._transport.pause_reading()
+                while not t.get_write_buffer_size():
+                    t.write(b"q" * 65536)
+                out["bytes queued"] = _zcsend.fast_send(w, f, 0, None, True, None, B)
+                t.close()
+                out["closing"] = _zcsend.fast_send(w, f, 0, None, True, None, B)
+                s1, c1 = zcsend.stats(), _zcsend.debug_counts()
+                for g in (unbuffered, text):
+                    g.close()
+                assert f.tell() == 4000  # untouched
+            return out, s0, s1, c0, c1
+
+    out, s0, s1, c0, c1 = run(main())
+    assert {name: r for name, r in out.items() if r is not None} == {}
+    assert s1["started"] == s0["started"] and c1 == c0
+
+
+def test_fast_send_knows_a_few_transport_types_for_good(tmp_path):
+    """fast_type keeps at most 8 types (each held for good: a few asyncio and
+    uvloop classes in practice); past that a type simply isn't fast. Modes are
+    1 (asyncio selector) and 2 (uvloop)."""
+    r = child("""
+        from zcsend import _zcsend
+        kinds = [type("T%d" % i, (), {}) for i in range(9)]
+        print([_zcsend.fast_type(k, 1 + i % 2) for i, k in enumerate(kinds)], _zcsend.fast_type(kinds[0], 1))
+        try:
+            _zcsend.fast_type(kinds[0], 3)
+        except ValueError as exc:
+            print(exc)
+    """)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["[True, True, True, True, True, True, True, True, False] True",
+                                     "fast_type: mode is 1 (selector) or 2 (uvloop)"]
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")
+@pytest.mark.skipif(UNDER_SANITIZER, reason="a sanitizer's allocator makes syscalls of its own")
+def test_a_long_inline_step_works_on_dups(tmp_path):
+    """A step of more than 64 KiB lets other threads run (the GIL goes); one of
+    them could close the file or the socket and reuse its number. So that step
+    works on dups taken first: no sendfile of it names the caller's fds."""
+    path = str(tmp_path / "big.bin")
+    make_file(path, 512 << 10, seed=10)
+    trace = str(tmp_path / "trace.txt")
+    r = child("""
+        import asyncio, os, socket, sys, threading
+        import zcsend
+        async def main():
+            a, b = socket.socketpair()
+            b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+            a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+            _, w = await asyncio.open_unix_connection(sock=a)
+            got = []
+            th = threading.Thread(target=lambda: got.append(len(b.recv(1 << 30, socket.MSG_WAITALL))))
+            with open(sys.argv[1], "rb") as f:
+                await zcsend.sendfile(w, f, 0, 4096)
+                th.start()
+                os.write(2, b"MARK %d %d\\n" % (a.fileno(), f.fileno()))
+                n = await zcsend.sendfile(w, f, 0)
+                os.write(2, b"MARK\\n")
+            w.close()
+            print(n)
+        asyncio.run(main())
+    """, path, strace=trace)
+    assert r.returncode == 0, r.stderr
+    parts = open(trace).read().split("MARK")
+    sock_fd, file_fd = map(int, re.match(r" (\d+) (\d+)", parts[1]).groups())
+    # the moving calls: sendfile(out, in), or the emulated backend's pread64(in) + sendto(out)
+    moving = {"sendfile": (sock_fd, file_fd), "pread64": (file_fd,), "sendto": (sock_fd,)}
+    calls = [line for line in parts[1].splitlines() if line.split("(")[0] in moving]
+    assert calls, parts[1]
+    for line in calls:
+        name, args = line.split("(", 1)
+        fds = [int(x) for x in args.split(",")[:len(moving[name])]]
+        assert all(fd != own for fd, own in zip(fds, moving[name])), line
+    assert r.stdout.strip() == str(512 << 10)
