@@ -10,6 +10,14 @@ import time
 TICK = os.sysconf("SC_CLK_TCK")
 
 
+def pinned(tool):
+    """--pin (two cores or more): the taskset prefixes that put a server, all its
+    threads with it, on core 0 and the load generators on the other cores."""
+    if os.cpu_count() < 2:
+        raise SystemExit(f"{tool}: --pin needs two cores or more")
+    return ["taskset", "-c", "0"], ["taskset", "-c", f"1-{os.cpu_count() - 1}"]
+
+
 class ServerProcess:
     def __init__(self, name, argv, port, log, *, cwd=None, env=None, start_timeout=20):
         self.name, self.port = name, port

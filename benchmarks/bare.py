@@ -49,7 +49,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _process import ServerProcess  # noqa: E402
+from _process import ServerProcess, pinned  # noqa: E402
 
 SIZE = 16 << 10
 CHUNK = 64 << 10
@@ -190,10 +190,7 @@ SERVER_CPUS, CLIENT_CPUS = [], []
 
 def pin():
     global SERVER_CPUS, CLIENT_CPUS
-    if os.cpu_count() < 2:
-        raise SystemExit("bare.py: --pin needs two cores or more")
-    SERVER_CPUS = ["taskset", "-c", "0"]
-    CLIENT_CPUS = ["taskset", "-c", f"1-{os.cpu_count() - 1}"]
+    SERVER_CPUS, CLIENT_CPUS = pinned("bare.py")
 
 
 class Server(ServerProcess):

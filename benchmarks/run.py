@@ -45,7 +45,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 GIB = 1 << 30
-from _process import ServerProcess  # beside this script
+from _process import ServerProcess, pinned  # beside this script
 STREAMS = 3  # 1 GiB GETs per server and round
 STARVED = 5  # seconds past the latency phase after which the probe counts as starved
 
@@ -146,10 +146,7 @@ SERVER_CPUS, CLIENT_CPUS = [], []
 
 def pin():
     global SERVER_CPUS, CLIENT_CPUS
-    if os.cpu_count() < 2:
-        raise SystemExit("run.py: --pin needs two cores or more")
-    SERVER_CPUS = ["taskset", "-c", "0"]
-    CLIENT_CPUS = ["taskset", "-c", f"1-{os.cpu_count() - 1}"]
+    SERVER_CPUS, CLIENT_CPUS = pinned("run.py")
 
 
 class Running(ServerProcess):

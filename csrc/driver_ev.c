@@ -3,7 +3,9 @@
  * inside zcs_ev_start() or zcs_ev_kick() (libuv's rule: a callback never runs
  * inside the call that registered it). */
 #include <errno.h>
+#include <unistd.h>
 #include "zcs_internal.h"
+#include "zcsend_engine.h" /* zcs_prefetch */
 #include "zcsend_ev.h"
 
 /* zcs_transfer_wait_fd()'s events go to ev_io_set() as they are */
@@ -35,24 +37,75 @@ void zcs__ev_step(zcs_ev_transfer_t *w) {
     ev_io_start(w->loop, &w->io);
 }
 
+/* the prefetch wait over: its eventfd closed */
+static void disk_stop(zcs_ev_transfer_t *w) {
+  if (w->disk_fd >= 0) {
+    ev_io_stop(w->loop, &w->disk);
+    close(w->disk_fd);
+    w->disk_fd = -1;
+  }
+}
+
+/* the prefetch read the range in: step it, without asking again (pages evicted
+   meanwhile cost one step that waits, never an endless loop) */
+static void on_disk(struct ev_loop *loop, ev_io *io, int revents) {
+  (void)revents;
+  zcs_ev_transfer_t *w = io->data;
+  disk_stop(w);
+  w->fresh = 1;
+  ev_feed_event(loop, &w->io, EV_WRITE);
+}
+
+/* ZCS_EV_PREFETCH: 1 when the next step can't wait for the disk; else 0, a
+   prefetch of it under way and the loop waiting on its eventfd instead */
+static int may_step(zcs_ev_transfer_t *w) {
+  zcs_transfer_t *t = w->transfer;
+  if (t->cancelled)
+    return 1; /* the step ends it and reads nothing */
+  if (w->disk_fd >= 0)
+    return 0; /* kicked while a prefetch runs: wait on */
+  size_t n = t->budget ? t->budget : ZCS_DEFAULT_BUDGET;
+  if (zcs_transfer_cached(t, n))
+    return 1;
+  if (t->remaining > 0 && (uint64_t)t->remaining < 2 * n)
+    n = (size_t)t->remaining;
+  else
+    n *= 2; /* the engine's rule: two steps' worth, the kernel's readahead then ahead */
+  int efd = zcs_prefetch(t->file_fd, t->offset, n);
+  if (efd < 0)
+    return 1; /* no prefetch to be had: step, as before */
+  ev_io_stop(w->loop, &w->io);
+  w->disk_fd = efd;
+  ev_io_init(&w->disk, on_disk, efd, EV_READ);
+  w->disk.data = w;
+  ev_io_start(w->loop, &w->disk);
+  return 0;
+}
+
 /* invoked when the fd the last step asked for is ready */
 static void on_ready(struct ev_loop *loop, ev_io *io, int revents) {
   (void)loop;
   (void)revents;
-  zcs__ev_step((zcs_ev_transfer_t *)io->data);
+  zcs_ev_transfer_t *w = io->data;
+  if ((w->flags & ZCS_EV_PREFETCH) && !w->fresh && !w->finished && !may_step(w))
+    return;
+  w->fresh = 0;
+  zcs__ev_step(w);
 }
 
 int zcs_ev_start(zcs_ev_transfer_t *w, struct ev_loop *loop, zcs_transfer_t *t,
                  zcs_ev_done_cb on_done, void *data) {
   if (!w || !loop || !t)
     return -EINVAL;
-  if (w->transfer == t && w->loop == loop && ev_is_active(&w->io))
-    return 0; /* started already */
+  if (w->transfer == t && w->loop == loop && (ev_is_active(&w->io) || w->disk_fd >= 0))
+    return 0; /* started already (or waiting for a prefetch) */
   w->transfer = t;
   w->loop = loop;
   w->on_done = on_done;
   w->data = data;
   w->finished = 0;
+  w->disk_fd = -1;
+  w->fresh = 0;
   ev_io_init(&w->io, on_ready, t->sock_fd, EV_WRITE);
   w->io.data = w;
   ev_io_start(loop, &w->io);
@@ -68,6 +121,8 @@ void zcs_ev_kick(zcs_ev_transfer_t *w) {
 }
 
 void zcs_ev_stop(zcs_ev_transfer_t *w) {
-  if (w->loop)
+  if (w->loop) {
     ev_io_stop(w->loop, &w->io); /* also drops a step queued by start or kick */
+    disk_stop(w);
+  }
 }

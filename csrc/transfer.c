@@ -437,31 +437,46 @@ struct zcs__cachestat { uint64_t nr_cache, nr_dirty, nr_writeback, nr_evicted, n
    machine's disk) leaves such pages past every prefetch and every step, and a
    step reaching one waits for the disk (measured in the engine: steps of up to
    368 ms with reads capped at 100 MB/s; on an event thread a request for a file
-   another transfer is reading in would wait so). So the last byte of every
-   PROBE_EVERY bytes, and of the range, is also read with preadv2(RWF_NOWAIT),
-   which fails with EAGAIN on a page not yet read: one probe for a small file.
-   Where RWF_NOWAIT is refused (kernel or filesystem), cachestat's answer stands. */
+   another transfer is reading in would wait so). So the first and the last byte
+   of every PROBE_EVERY bytes of the range are also read with
+   preadv2(RWF_NOWAIT), which fails with EAGAIN on a page not yet read: a window
+   of reads in flight that covers either end of a chunk is seen (one strictly
+   inside a chunk, shorter than it, is not: readahead windows are larger). */
 #define PROBE_EVERY ((size_t)256 << 10)
-static int probes_unsupported; /* benign race: only ever set */
-static int range_probed(int fd, int64_t off, size_t len) {
+
+/* 1: the page holding byte at is read in (or at is past the end: the step
+   meets that); 0: it is not, or still being read; -1: this file can't be
+   probed (RWF_NOWAIT refused: tmpfs here, some other filesystems), asked anew
+   each time, as it is a property of the file, not of the process */
+static int probe(int fd, int64_t at) {
 #ifdef RWF_NOWAIT
   char b;
   struct iovec v = {.iov_base = &b, .iov_len = 1};
-  for (size_t at = 0; at < len && !__atomic_load_n(&probes_unsupported, __ATOMIC_RELAXED); at += PROBE_EVERY) {
-    size_t last = len - at > PROBE_EVERY ? at + PROBE_EVERY - 1 : len - 1;
-    ssize_t n;
-    while ((n = preadv2(fd, &v, 1, (off_t)(off + (int64_t)last), RWF_NOWAIT)) < 0 && errno == EINTR) {
-    }
-    if (n < 0 && errno == EAGAIN)
-      return 0;
-    if (n < 0 && (errno == EOPNOTSUPP || errno == ENOSYS || errno == EINVAL))
-      __atomic_store_n(&probes_unsupported, 1, __ATOMIC_RELAXED);
-    if (n <= 0)
-      break; /* an error or the end: the step meets and reports it */
+  ssize_t n;
+  while ((n = preadv2(fd, &v, 1, (off_t)at, RWF_NOWAIT)) < 0 && errno == EINTR) {
   }
+  if (n >= 0)
+    return 1;
+  if (errno == EAGAIN)
+    return 0;
+  if (errno == EOPNOTSUPP || errno == EINVAL || errno == ENOSYS)
+    return -1;
+  return 1; /* another error: the step meets and reports it */
 #else
-  (void)fd, (void)off, (void)len;
+  (void)fd, (void)at;
+  return -1;
 #endif
+}
+
+static int range_probed(int fd, int64_t off, size_t len, long page) {
+  for (size_t at = 0; at < len; at += PROBE_EVERY) {
+    size_t last = len - at > PROBE_EVERY ? at + PROBE_EVERY - 1 : len - 1;
+    int r = probe(fd, off + (int64_t)at);
+    if (r > 0 && (off + (int64_t)last) / page != (off + (int64_t)at) / page)
+      r = probe(fd, off + (int64_t)last);
+    if (r <= 0)
+      return r;
+  }
   return 1;
 }
 #endif
@@ -474,12 +489,11 @@ int zcs__range_ready(int fd, int64_t off, size_t len) {
     page = sysconf(_SC_PAGESIZE);
   if (!len || fd < 0 || off < 0)
     return 1;
-  if ((uint64_t)off / (uint64_t)page == ((uint64_t)off + len - 1) / (uint64_t)page &&
-      !__atomic_load_n(&probes_unsupported, __ATOMIC_RELAXED)) {
-    /* one page: the probe alone says both (cached, and read in): one syscall */
-    int ready = range_probed(fd, off, len);
-    if (!__atomic_load_n(&probes_unsupported, __ATOMIC_RELAXED))
-      return ready;
+  if (off / page == (off + (int64_t)len - 1) / page) {
+    /* one page: its first byte's probe says both (cached, and read in) */
+    int r = probe(fd, off);
+    if (r >= 0)
+      return r;
   }
   if (__atomic_load_n(&unsupported, __ATOMIC_RELAXED))
     return 1;
@@ -491,7 +505,8 @@ int zcs__range_ready(int fd, int64_t off, size_t len) {
     return 1; /* can't tell: step, as before */
   }
   uint64_t pages = (r.off + len - 1) / (uint64_t)page - r.off / (uint64_t)page + 1;
-  return cs.nr_cache >= pages && range_probed(fd, off, len);
+  /* where the file can't be probed, cachestat's answer stands */
+  return cs.nr_cache >= pages && range_probed(fd, off, len, page) != 0;
 #else
   (void)fd, (void)off, (void)len;
   return 1;

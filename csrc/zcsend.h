@@ -249,8 +249,9 @@ ZCS_API int zcs_transfer_step(zcs_transfer_t *t);
 /* Whether a step of up to len bytes can't wait for the disk: 1 when the next
  * len bytes of a regular file's range are all in the page cache (cachestat(2),
  * Linux 6.5+) and read in (cachestat counts a page still being read as cached:
- * a preadv2(RWF_NOWAIT) of one byte every 256 KiB and at the end says so; for
- * one page that probe alone answers), or the source is no file (a pipe,
+ * a preadv2(RWF_NOWAIT) of the first and the last byte of every 256 KiB says
+ * so; for one page the first byte's probe alone answers; a file that refuses
+ * the probes, e.g. on tmpfs, is answered by cachestat alone), or the source is no file (a pipe,
  * memory), or nothing is left;
  * 0 when some of them are not (a host's event thread should hand the transfer
  * to a thread that may block, e.g. the engine, instead of stepping it); 1 also

@@ -16,7 +16,14 @@ typedef struct zcs_ev_transfer zcs_ev_transfer_t;
 /* invoked once, when the transfer is done, failed or was cancelled */
 typedef void (*zcs_ev_done_cb)(zcs_ev_transfer_t *w, int result);
 
-/* A watcher for one transfer; the host owns its memory (embed it by value). */
+/* flags: before each step, ask zcs_transfer_cached(); a range not in the page
+ * cache is read in by a prefetch thread (zcs_prefetch(), zcsend_engine.h) while
+ * the loop waits on its eventfd and runs everything else, then stepped without
+ * asking again. For a loop thread that must never wait for the disk. */
+#define ZCS_EV_PREFETCH 1
+
+/* A watcher for one transfer; the host owns its memory (embed it by value:
+ * zero it first, set flags, then zcs_ev_start()). */
 struct zcs_ev_transfer {
   zcs_transfer_t *transfer; /* ro */
   struct ev_loop *loop;     /* ro */
@@ -25,6 +32,10 @@ struct zcs_ev_transfer {
   pthread_mutex_t *lock;    /* rw: if set, held around every step */
   int finished;             /* ro */
   ev_io io;                 /* private */
+  int flags;                /* rw, before zcs_ev_start(): ZCS_EV_PREFETCH */
+  int disk_fd;              /* private: a prefetch's eventfd while the loop waits on it */
+  int fresh;                /* private: just read in; the next step doesn't ask */
+  ev_io disk;               /* private */
 };
 
 /* Thread safety: call these from the thread that runs loop (libev's rule for
@@ -40,7 +51,8 @@ ZCS_API int zcs_ev_start(zcs_ev_transfer_t *w, struct ev_loop *loop, zcs_transfe
 /* Has the loop step the transfer at its next turn (e.g. after
  * zcs_transfer_cancel(), so that it ends); never calls on_done itself. */
 ZCS_API void zcs_ev_kick(zcs_ev_transfer_t *w);
-/* Stops watching without finishing; on_done is not called. Harmless twice. */
+/* Stops watching without finishing (and a prefetch wait, its eventfd closed);
+ * on_done is not called. Harmless twice. */
 ZCS_API void zcs_ev_stop(zcs_ev_transfer_t *w);
 
 #ifdef __cplusplus

@@ -410,21 +410,9 @@ local function drive(t, host, sock, timeout, owner)
       return nil, msg, name, 0
     end
   end
-  if host.loop then -- zcsend's libev driver steps it and calls back from loop:run()
-    if cold(t, host) then -- its first range (the kernel's readahead then keeps ahead)
-      local disk = {}
-      local ok, msg, name = wait_disk(t, host, disk, timeout)
-      if disk.fd then
-        core.close(disk.fd)
-      end
-      if not ok then
-        if ok == false then
-          msg, name = ETIMEDOUT_MSG:format(timeout), "ETIMEDOUT"
-        end
-        t:cancel(core[name] or core.EIO)
-        return nil, msg, name, 0
-      end
-    end
+  if host.loop then -- zcsend's libev driver steps it and calls back from loop:run();
+    -- before each step it asks whether the range is in the page cache, and has a
+    -- prefetch thread read in one that is not while the loop runs the rest
     local co = coroutine.running()
     host.loop:drive(t, function()
       resume(co)

@@ -676,7 +676,9 @@ static int lp_drive(lua_State *L) {
   lp->active++;
   check_timer_update(lp);
   check_owner(x); /* a socket gone already: its first step ends it */
-  /* its first step, and its callback, come from loop:run(), never from here */
+  /* its first step, and its callback, come from loop:run(), never from here;
+     a range not in the page cache is read in by a prefetch thread meanwhile */
+  x->w.flags = ZCS_EV_PREFETCH;
   zcs_ev_start(&x->w, lp->loop, &x->t, on_driven_done, x);
   return 0;
 }

@@ -553,7 +553,14 @@ async def sendfile(transport, file, offset=0, count=None, *, fallback=True, head
             stepped = True
         try:
             if fd is not None:
-                src = _own(fd, hold)
+                # the inline step's transfer goes on over dups it took while the
+                # numbers were provably the caller's (the GIL held since the look
+                # at them): another thread may have closed and reused them since
+                owned = transfer.take_fds() if stepped else None
+                if owned is not None:
+                    hold.sock_fd, src = owned
+                else:
+                    src = _own(fd, hold)
                 if seekable is None:
                     seekable = _seekable_fd(src)
             async with hold:
@@ -579,6 +586,9 @@ async def sendfile(transport, file, offset=0, count=None, *, fallback=True, head
     finally:
         if src is not None and not hold.forked():  # a child may have reused the number
             os.close(src)
+        if hold.pid is None and hold.sock_fd >= 0:  # handed over, never taken: ours
+            os.close(hold.sock_fd)
+            hold.sock_fd = -1
         # the position is offset + bytes sent; not where the file was closed
         # under us, nor from a forked child (it shares the parent's position)
         if not getattr(file, "closed", False) and not hold.forked():

@@ -357,7 +357,9 @@ class _Hold:
     def _take(self):
         t = self.transport
         self.pid = os.getpid()
-        if self.zero_copy:  # before any await: the number is still the transport's
+        # before any await: the number is still the transport's (unless the
+        # inline step's dup was handed over already: _core sets sock_fd then)
+        if self.zero_copy and self.sock_fd < 0:
             try:
                 self.sock_fd = os.dup(self.raw_fd)
             except OSError as exc:

@@ -142,6 +142,11 @@ typedef struct {
   PyObject_HEAD
   zcs_job_t *job;
   int submitted;
+  /* dups of both fds step_now took while the GIL proved the numbers the
+     caller's, for take_fds() to hand over (-1: none); closed by dealloc if
+     never taken, in the process that took them */
+  int own_sock, own_file;
+  long own_pid;
 } TransferObject;
 
 static PyObject *transfer_alloc(PyTypeObject *type) {
@@ -149,6 +154,7 @@ static PyObject *transfer_alloc(PyTypeObject *type) {
   if (!self)
     return NULL;
   transfers_made++;
+  self->own_sock = self->own_file = -1;
   self->job = zcs_job_new();
   if (!self->job) {
     Py_DECREF(self);
@@ -254,6 +260,14 @@ static void transfer_dealloc(TransferObject *self) {
     }
     zcs_job_release(self->job);
   }
+  /* never taken: never submitted either (the Python layer takes them first), so
+     no engine step can still use them */
+  if (!self->submitted && self->own_pid == (long)getpid()) {
+    if (self->own_sock >= 0)
+      close(self->own_sock);
+    if (self->own_file >= 0)
+      close(self->own_file);
+  }
   tp->tp_free(self);
   Py_DECREF(tp);
 }
@@ -319,6 +333,19 @@ static PyObject *transfer_cancel(TransferObject *self, PyObject *args) {
   zcs_job_abort(self->job, code);
   Py_END_ALLOW_THREADS
   Py_RETURN_NONE;
+}
+
+/* take_fds() -> (sock_fd, file_fd), the dups this transfer was made with (by
+   send_now or fast_send, when it had to go on), now the caller's to close; or
+   None: it holds none (the caller dups the numbers it has) */
+static PyObject *transfer_take_fds(TransferObject *self, PyObject *unused) {
+  (void)unused;
+  if (self->own_sock < 0)
+    Py_RETURN_NONE;
+  PyObject *r = Py_BuildValue("(ii)", self->own_sock, self->own_file);
+  if (r)
+    self->own_sock = self->own_file = -1;
+  return r;
 }
 
 /* use_fds(sock_fd, file_fd=-1): the same transfer, from here on over these fds
@@ -403,6 +430,8 @@ static PyMethodDef transfer_methods[] = {
     {"cancel", (PyCFunction)transfer_cancel, METH_VARARGS,
      "cancel([code]): stop; once this returns no further byte is written and sent is final; "
      "the transfer ends with code (default -ECANCELED; another error counts as failed)"},
+    {"take_fds", (PyCFunction)transfer_take_fds, METH_NOARGS,
+     "take_fds() -> (sock_fd, file_fd) dups made with it, now the caller's; or None"},
     {"use_fds", (PyCFunction)transfer_use_fds, METH_VARARGS,
      "use_fds(sock_fd, file_fd=-1): go on over these fds (before submit)"},
     {NULL}};
@@ -646,11 +675,21 @@ static int long_arg(PyObject *o, long long *v) {
   return *v == -1 && PyErr_Occurred() ? -1 : 0;
 }
 
+static int dup_cloexec(int fd) { return fcntl(fd, F_DUPFD_CLOEXEC, 0); }
+
 /* the inline step of (sock_fd, file_fd): a tuple or a Transfer as send_now says;
-   head: None or a bytes-like object */
+   head: None or a bytes-like object. *stepped: a step was taken, so a NULL may
+   follow bytes sent (an allocation failed after it): never "nothing done".
+   The GIL is held from the caller's look at the fds to the end, except in a
+   step of more than 64 KiB, which works on dups taken first: another thread may
+   close either number and reuse it meanwhile. A transfer that goes on gets dups
+   too (taken while the GIL still proves the numbers the caller's) for the
+   caller to go on with (take_fds): never the numbers again. */
 static PyObject *step_now(PyObject *m, int sock_fd, int file_fd, long long offset,
-                          long long count, int flags, PyObject *head_obj, long long budget) {
+                          long long count, int flags, PyObject *head_obj, long long budget,
+                          int *stepped) {
   zcs_transfer_t t;
+  *stepped = 0;
   int rc = zcs_transfer_init(&t, sock_fd, file_fd, offset, count, flags);
   if (rc < 0) {
     zcs_transfer_release(&t);
@@ -670,31 +709,28 @@ static PyObject *step_now(PyObject *m, int sock_fd, int file_fd, long long offse
     }
   }
   int64_t total = t.remaining;
+  int sd = -1, fd = -1; /* our dups, once taken */
   if (zcs_transfer_cached(&t, (size_t)budget)) {
+    *stepped = 1;
     t.budget = (size_t)budget;
-    int sd = -1, fd = -1;
     if (t.remaining < 0 || t.remaining > (64 << 10)) {
-      /* a long step lets other threads run: one of them may close either fd and
-         reuse its number; the step works on dups taken while the GIL still
-         proves them the caller's (none to be had: stepped holding the GIL) */
-      sd = fcntl(sock_fd, F_DUPFD_CLOEXEC, 0);
-      fd = sd < 0 ? -1 : fcntl(file_fd, F_DUPFD_CLOEXEC, 0);
+      sd = dup_cloexec(sock_fd);
+      fd = sd < 0 ? -1 : dup_cloexec(file_fd);
+      if (fd < 0 && sd >= 0)
+        close(sd), sd = -1; /* none to be had: stepped holding the GIL */
     }
     if (fd < 0) {
-      if (sd >= 0)
-        close(sd);
       rc = zcs_transfer_step(&t); /* short: cheaper than handing the GIL over and back */
     } else {
       t.sock_fd = sd, t.file_fd = fd;
       Py_BEGIN_ALLOW_THREADS
       rc = zcs_transfer_step(&t);
       Py_END_ALLOW_THREADS
-      t.sock_fd = sock_fd, t.file_fd = file_fd; /* the caller's again: what goes on uses them */
-      close(sd);
-      close(fd);
     }
     t.budget = ZCS_DEFAULT_BUDGET;
     if (rc <= 0) {
+      if (fd >= 0)
+        close(sd), close(fd);
       int seekable = t.offset >= 0;
       uint64_t sent = t.sent;
       zcs_transfer_release(&t);
@@ -702,11 +738,23 @@ static PyObject *step_now(PyObject *m, int sock_fd, int file_fd, long long offse
                            seekable ? Py_True : Py_False);
     }
   }
+  if (fd < 0) { /* it goes on: over dups of its own, if any can be had */
+    sd = dup_cloexec(sock_fd);
+    fd = sd < 0 ? -1 : dup_cloexec(file_fd);
+    if (fd < 0 && sd >= 0)
+      close(sd), sd = -1;
+  }
   module_state *st = PyModule_GetState(m);
   TransferObject *self = (TransferObject *)transfer_alloc(st->transfer_type);
   if (!self) {
+    if (fd >= 0)
+      close(sd), close(fd);
     zcs_transfer_release(&t); /* counted as cancelled: it never went on */
     return NULL;
+  }
+  if (fd >= 0) {
+    t.sock_fd = sd, t.file_fd = fd;
+    self->own_sock = sd, self->own_file = fd, self->own_pid = (long)getpid();
   }
   zcs_transfer_move(zcs_job_transfer(self->job), &t);
   return (PyObject *)self;
@@ -734,7 +782,8 @@ static PyObject *mod_send_now(PyObject *m, PyObject *const *args, Py_ssize_t nar
     flags |= ZCS_F_NO_FALLBACK;
   if (readable)
     flags |= ZCS_F_SOURCE_READABLE;
-  return step_now(m, (int)sock_fd, (int)file_fd, offset, count, flags, args[5], budget);
+  int stepped;
+  return step_now(m, (int)sock_fd, (int)file_fd, offset, count, flags, args[5], budget, &stepped);
 }
 
 /* ---- sendfile()'s whole call, for the common case ---------------------------------
@@ -766,45 +815,51 @@ static PyObject *call0(PyObject *obj, PyObject *name) {
   return PyObject_VectorcallMethod(name, &obj, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
 }
 
-/* an int result of a no-argument method: >= 0, or -1 with an error cleared
-   (anything unexpected means "not the common case") */
+/* an int result of a no-argument method; -1 for anything else (with the
+   error set if one was raised) */
 static long long call0_int(PyObject *obj, PyObject *name) {
   PyObject *r = call0(obj, name);
-  long long v = -1;
-  if (r && PyLong_CheckExact(r))
-    v = PyLong_AsLongLong(r);
-  Py_XDECREF(r);
-  if (PyErr_Occurred())
-    PyErr_Clear(), v = -1;
+  if (!r)
+    return -1;
+  long long v = PyLong_CheckExact(r) ? PyLong_AsLongLong(r) : -1;
+  Py_DECREF(r);
   return v;
 }
 
 /* the socket fd of transport t, a mode's transport that may be written now; -1
-   when not (closing, held, queued bytes, no socket) */
+   when not (closing, held, queued bytes, no socket), or with an error set */
 static int fast_sock_fd(module_state *st, PyObject *t, int mode) {
   PyObject *r = call0(t, s_is_closing);
-  int closing = r ? PyObject_IsTrue(r) : -1;
-  Py_XDECREF(r);
+  if (!r)
+    return -1;
+  int closing = PyObject_IsTrue(r);
+  Py_DECREF(r);
   if (closing != 0)
     return -1;
   PyObject *id = PyLong_FromVoidPtr(t);
-  int held = id ? PySet_Contains(st->held, id) : -1;
-  Py_XDECREF(id);
+  if (!id)
+    return -1;
+  int held = PySet_Contains(st->held, id);
+  Py_DECREF(id);
   if (held != 0 || call0_int(t, s_get_write_buffer_size) != 0)
     return -1;
   PyObject *sock;
   if (mode == FAST_SELECTOR) {
     PyObject *w = PyObject_GetAttr(t, s_empty_waiter);
+    if (!w)
+      return -1;
     int busy = w != Py_None;
-    Py_XDECREF(w);
+    Py_DECREF(w);
     if (busy)
       return -1; /* asyncio's own loop.sendfile is on it: the Python path says so */
     sock = PyObject_GetAttr(t, s_sock);
   } else {
     sock = PyObject_CallMethodOneArg(t, s_get_extra_info, s_socket);
   }
-  long long fd = sock && sock != Py_None ? call0_int(sock, s_fileno) : -1;
-  Py_XDECREF(sock);
+  if (!sock)
+    return -1;
+  long long fd = sock != Py_None ? call0_int(sock, s_fileno) : -1;
+  Py_DECREF(sock);
   return fd >= 0 && fd <= INT32_MAX ? (int)fd : -1;
 }
 
@@ -831,56 +886,72 @@ static PyObject *mod_fast_send(PyObject *m, PyObject *const *args, Py_ssize_t na
   long long budget = PyLong_AsLongLongAndOverflow(args[6], &overflow);
   if (overflow || budget <= 0)
     Py_RETURN_NONE;
-  PyObject *writer = NULL;
+  PyObject *writer = NULL, *result = NULL;
+  int sock_fd;
+  long long file_fd;
   if ((PyObject *)Py_TYPE(t) == st->writer_type) {
-    writer = PyObject_GetAttr(t, s_transport);
-    if (!writer) {
-      PyErr_Clear();
-      Py_RETURN_NONE;
-    }
+    if (!(writer = PyObject_GetAttr(t, s_transport)))
+      goto not_taken;
     t = writer;
   }
-  PyObject *result = Py_None;
-  Py_INCREF(result);
   int mode = fast_mode(st, Py_TYPE(t));
-  PyObject *loop = mode ? PyObject_CallNoArgs(st->running_loop) : NULL;
-  int sock_fd = -1;
-  long long file_fd = -1;
-  if (loop && loop != Py_None && (sock_fd = fast_sock_fd(st, t, mode)) >= 0) {
-    PyObject *closed = PyObject_GetAttr(file, s_closed);
-    if (closed == Py_False)
-      file_fd = call0_int(file, s_fileno);
-    Py_XDECREF(closed);
+  if (!mode)
+    goto not_taken;
+  PyObject *loop = PyObject_CallNoArgs(st->running_loop);
+  if (!loop)
+    goto not_taken;
+  int no_loop = loop == Py_None;
+  Py_DECREF(loop);
+  if (no_loop || (sock_fd = fast_sock_fd(st, t, mode)) < 0)
+    goto not_taken;
+  PyObject *closed = PyObject_GetAttr(file, s_closed);
+  if (!closed)
+    goto not_taken;
+  int open = closed == Py_False;
+  Py_DECREF(closed);
+  if (!open || (file_fd = call0_int(file, s_fileno)) < 0 || file_fd > INT32_MAX)
+    goto not_taken;
+  int stepped;
+  PyObject *r = step_now(m, sock_fd, (int)file_fd, offset, count,
+                         ZCS_F_SOCK_NONBLOCKING | ZCS_F_SIGPIPE_IF_DEFAULT, head, budget, &stepped);
+  if (!r) {
+    if (stepped)
+      goto out; /* bytes may have gone out: the error, never a second send */
+    goto not_taken; /* init refused it before a byte: the Python path says why */
   }
-  Py_XDECREF(loop);
-  PyErr_Clear();
-  if (file_fd >= 0 && file_fd <= INT32_MAX) {
-    PyObject *r = step_now(m, sock_fd, (int)file_fd, offset, count,
-                           ZCS_F_SOCK_NONBLOCKING | ZCS_F_SIGPIPE_IF_DEFAULT, head, budget);
-    if (!r) {
-      PyErr_Clear(); /* init refused it before a byte: the Python path says why */
-    } else if (PyTuple_CheckExact(r) && PyLong_AsLong(PyTuple_GET_ITEM(r, 0)) == 0) {
-      /* all sent: asyncio's contract puts the file's position after it */
-      PyObject *sent = PyTuple_GET_ITEM(r, 1);
-      Py_INCREF(sent);
-      fast_sends++;
-      Py_SETREF(result, sent);
-      if (PyTuple_GET_ITEM(r, 3) == Py_True) {
-        PyObject *pos = PyLong_FromLongLong(offset + PyLong_AsLongLong(sent));
-        PyObject *seek_args[2] = {file, pos};
-        PyObject *s = pos ? PyObject_VectorcallMethod(s_seek, seek_args,
-                                                      2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL)
-                          : NULL;
-        Py_XDECREF(pos);
-        if (!s)
-          Py_CLEAR(result); /* the seek's own error, as file.seek() in Python raises it */
-        Py_XDECREF(s);
-      }
-      Py_DECREF(r);
-    } else {
-      Py_SETREF(result, r); /* it ended with an error, or goes on */
-    }
+  if (!PyTuple_CheckExact(r) || PyLong_AsLong(PyTuple_GET_ITEM(r, 0)) != 0) {
+    result = r; /* it ended with an error, or goes on */
+    goto out;
   }
+  /* all sent: asyncio's contract puts the file's position after it */
+  result = PyTuple_GET_ITEM(r, 1);
+  Py_INCREF(result);
+  fast_sends++;
+  if (PyTuple_GET_ITEM(r, 3) == Py_True) {
+    PyObject *pos = PyLong_FromLongLong(offset + PyLong_AsLongLong(result));
+    PyObject *seek_args[2] = {file, pos};
+    PyObject *sk = pos ? PyObject_VectorcallMethod(s_seek, seek_args,
+                                                   2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL)
+                       : NULL;
+    Py_XDECREF(pos);
+    if (!sk)
+      Py_CLEAR(result); /* the seek's own error, as file.seek() in Python raises it */
+    Py_XDECREF(sk);
+  }
+  Py_DECREF(r);
+  goto out;
+not_taken:
+  /* nothing was done. An ordinary exception from a getter is the Python path's
+     to meet and raise; KeyboardInterrupt, SystemExit (a signal handler ran in a
+     getter) go on now, as they would have from the Python path */
+  if (PyErr_Occurred()) {
+    if (!PyErr_ExceptionMatches(PyExc_Exception))
+      goto out;
+    PyErr_Clear();
+  }
+  result = Py_None;
+  Py_INCREF(result);
+out:
   Py_XDECREF(writer);
   return result;
 }

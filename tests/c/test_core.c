@@ -2617,6 +2617,73 @@ END_TEST
 /* zcs_prefetch, for hosts that step transfers themselves: the range comes into
    the page cache on a prefetch thread, the eventfd says when; the fd given may be
    closed at once (the thread reads a dup); every fd comes back. */
+/* ZCS_EV_PREFETCH: a libev loop never steps a range not in the page cache; it
+   waits on the prefetch's eventfd, running the rest (here: nothing moves while
+   the prefetch is held), then steps; a cancel during the wait ends it with
+   nothing sent and the eventfd closed. */
+START_TEST(ev_driver_waits_for_a_prefetch) {
+  size_t len = 4 << 20;
+  unsigned char *data = pattern(len, 58);
+  int fds0 = open_fds();
+  for (int cancel = 0; cancel <= 1; cancel++) {
+    int fd = make_cold_file(cancel ? "cold-c" : "cold", data, len);
+    ck_assert_int_ge(fd, 0);
+    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+    static struct job j;
+    memset(&j, 0, sizeof j);
+    make_pair(cancel, j.sv);
+    ck_assert_int_eq(zcs_transfer_init(&j.t, j.sv[0], fd, 0, -1, 0), 0);
+    reader_start(&j.r, j.sv[1]);
+    zcs_engine_stats_t st0 = engine_stats_now();
+    zcs__engine_hold_prefetch(1);
+    j.w.flags = ZCS_EV_PREFETCH;
+    ck_assert_int_eq(zcs_ev_start(&j.w, loop, &j.t, on_done, &j), 0);
+    ev_run(loop, EVRUN_NOWAIT); /* the first turn: cold, a prefetch asked for */
+    wait_prefetching(1);
+    ck_assert_int_ge(j.w.disk_fd, 0);
+    ck_assert_int_eq(zcs_ev_start(&j.w, loop, &j.t, on_done, &j), 0); /* harmless */
+    for (int i = 0; i < 5; i++)
+      ev_run(loop, EVRUN_NOWAIT);
+    ck_assert_uint_eq(j.t.sent, 0); /* never stepped on its cold range */
+    ck_assert_int_eq(j.calls, 0);
+    ck_assert_uint_eq(engine_stats_now().prefetches, st0.prefetches + 1);
+    if (cancel) {
+      zcs_transfer_cancel(&j.t);
+      zcs_ev_kick(&j.w);
+      ev_run(loop, 0);
+      ck_assert_int_eq(j.result, -ECANCELED);
+      ck_assert_uint_eq(j.t.sent, 0);
+      ck_assert_int_eq(j.w.disk_fd, -1); /* its eventfd closed */
+      zcs__engine_hold_prefetch(0);
+    } else {
+      zcs__engine_hold_prefetch(0);
+      ev_run(loop, 0);
+      ck_assert_int_eq(j.result, ZCS_DONE);
+      ck_assert_uint_eq(j.t.sent, len);
+    }
+    ck_assert_int_eq(j.calls, 1);
+    close(j.sv[0]);
+    reader_join(&j.r);
+    if (!cancel) {
+      ck_assert_uint_eq(j.r.len, len);
+      ck_assert(memcmp(j.r.buf, data, len) == 0);
+    }
+    zcs_ev_stop(&j.w);
+    zcs_transfer_release(&j.t);
+    free(j.r.buf);
+    close(j.sv[1]);
+    close(fd);
+    ev_loop_destroy(loop);
+    for (int i = 0; i < 1000 && engine_stats_now().prefetching; i++)
+      usleep(1000);
+  }
+  cold_cleanup();
+  /* the prefetch threads stay (as the engine's): fds are what they were, but theirs */
+  ck_assert_int_eq(open_fds(), fds0);
+  free(data);
+}
+END_TEST
+
 START_TEST(host_prefetch) {
   ck_assert_int_eq(zcs_prefetch(-1, 0, 1), -EINVAL);
   ck_assert_int_eq(zcs_prefetch(0, -1, 1), -EINVAL);
@@ -2753,6 +2820,7 @@ int main(void) {
   tcase_add_test(eng, engine_fork_during_prefetch);
   tcase_add_test(eng, engine_prefetch_off);
   tcase_add_test(eng, host_prefetch);
+  tcase_add_test(eng, ev_driver_waits_for_a_prefetch);
   suite_add_tcase(s, eng);
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);

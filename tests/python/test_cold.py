@@ -339,3 +339,115 @@ def test_a_range_still_being_read_in_is_never_stepped_on_the_loop(diskfile, slow
     # the loop went on turning every 5 ms; stepped on the loop, one gap would be as long
     assert out["took"] > 0.5, out
     assert out["max_gap"] < out["took"] / 4, out
+
+
+# the readiness check's own cases (found by review): run in the throttled
+# cgroup, where a read in flight stays so for a tenth of a second or more
+PROBES = r"""
+import ctypes, json, os, socket, struct, sys, tempfile
+from zcsend import _zcsend
+path, cg = sys.argv[1], sys.argv[2]
+K = 1024
+libc = ctypes.CDLL(None, use_errno=True)
+
+def cachestat_pages(fd, off, n):
+    rng, out = struct.pack("QQ", off, n), ctypes.create_string_buffer(40)
+    assert libc.syscall(451, fd, ctypes.c_char_p(rng), out, 0) == 0, ctypes.get_errno()
+    return struct.unpack("5Q", out.raw)[0]
+
+def read_in(fd, at):
+    try:
+        os.preadv(fd, [bytearray(1)], at, os.RWF_NOWAIT)
+        return True
+    except BlockingIOError:
+        return False
+
+a, b = socket.socketpair()
+a.setblocking(False)
+def cached(fd, off, n):
+    return _zcsend.Transfer(a.fileno(), fd, off, n).cached(n)
+
+out = {}
+# a file of a filesystem that refuses RWF_NOWAIT (tmpfs) is asked first: that
+# must not turn the probes off for the files asked after it
+shm = tempfile.mkdtemp(dir="/dev/shm")
+with open(os.path.join(shm, "t"), "wb") as f:
+    f.write(b"t" * 100)
+sfd = os.open(os.path.join(shm, "t"), os.O_RDONLY)
+out["tmpfs"] = cached(sfd, 0, 100)
+os.close(sfd)
+os.unlink(os.path.join(shm, "t"))
+os.rmdir(shm)
+
+fd = os.open(path, os.O_RDONLY)
+os.fsync(fd)
+os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)  # no readahead of the test's own reads
+with open(os.path.join(cg, "cgroup.procs"), "w") as f:
+    f.write(str(os.getpid()))
+
+# [128K, 256K) read in earlier; a read of [0, 128K) in flight (another reader at
+# the file's start): cachestat counts all 64 pages, the chunk's last byte is
+# read in, its first is not
+os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+os.pread(fd, 128 * K, 128 * K)
+libc.readahead(fd, ctypes.c_int64(0), ctypes.c_size_t(128 * K))
+out["head_in_flight"] = [cachestat_pages(fd, 0, 256 * K), read_in(fd, 0), read_in(fd, 256 * K - 1),
+                         cached(fd, 0, 256 * K)]
+os.pread(fd, 1, 0)  # waits for it
+
+# a read of [1M, 1M + 256K) in flight: the range, and one page of it
+libc.readahead(fd, ctypes.c_int64(1 << 20), ctypes.c_size_t(256 * K))
+out["range_in_flight"] = [cachestat_pages(fd, 1 << 20, 256 * K), read_in(fd, (1 << 20) + 256 * K - 1),
+                          cached(fd, 1 << 20, 256 * K), cached(fd, (1 << 20) + 100, 100)]
+os.pread(fd, 1, (1 << 20) + 256 * K - 1)
+print(json.dumps(out))
+"""
+
+
+def test_the_readiness_check_sees_reads_in_flight_where_cachestat_cannot(diskfile, slow_disk):
+    import json
+    import subprocess
+    import sys
+    path, _ = diskfile
+    r = subprocess.run([sys.executable, "-c", PROBES, path, slow_disk], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["tmpfs"] is True  # can't be probed: cachestat (a tmpfs is all in memory) says so
+    # cachestat counts them all, the chunk's last byte is read in, its first is
+    # not: ready only once the first byte's probe says so too
+    assert out["head_in_flight"] == [64, False, True, False], out
+    # pages being read: not ready, for the range and for a page of it, even after
+    # a file that refuses the probes (the refusal is that file's, not the process's)
+    assert out["range_in_flight"] == [64, False, False, False], out
+
+
+def test_one_page_past_a_shrunk_end_is_not_ready_until_read_in(tmp_path):
+    """A range inside one page is asked with one probe, of its first byte: where
+    the file shrank under the transfer, its last byte lies past the end (a read
+    there says 0 bytes, not "not read in")."""
+    d = tempfile.mkdtemp(prefix="zcs-cold-", dir="/var/tmp")
+    p = os.path.join(d, "f.bin")
+    try:
+        with open(p, "wb") as f:
+            f.write(b"x" * 16384)
+            f.flush()
+            os.fsync(f.fileno())
+        a, b = socket.socketpair()
+        a.setblocking(False)
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            t1 = _zcsend.Transfer(a.fileno(), fd, 4096 + 100, 100)  # sized: 100 bytes
+            t2 = _zcsend.Transfer(a.fileno(), fd, 4096 + 100, 4096)  # two pages
+            os.truncate(p, 4096 + 150)  # the file shrinks under them
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            assert (t1.cached(100), t2.cached(4096)) == (False, False)
+            os.pread(fd, 50, 4096 + 100)
+            assert t1.cached(100) is True
+        finally:
+            os.close(fd)
+            a.close()
+            b.close()
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
