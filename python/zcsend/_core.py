@@ -173,11 +173,12 @@ def _source_fd(file):
         return None
 
 
-def _own(fd, hold):
-    """A dup of fd, taken while fd is provably the caller's (no await since it
-    was seen open): a close and reuse of the number can't change what is read."""
+def _own(file, hold):
+    """A dup of the file's fd, its number read and dup'ed in one C call (no other
+    thread between) and no await since the file was seen open: a close and reuse
+    of the number can't change what is read."""
     try:
-        return os.dup(fd)
+        return _zcsend.dup_of(file)
     except OSError as exc:
         raise SendfileError(exc.errno, f"{exc.strerror} (after {hold.sent} bytes)", hold.sent) from None
 
@@ -208,7 +209,12 @@ async def _run(hold, transfer, stepped=False):
                 return rc
         try:
             fut = _channel(hold.loop).submit(transfer, hold.loop)
-        except OSError:  # no fd left for the engine's dups: the core ended the transfer
+        except OSError as exc:
+            # no fd left for the channel's eventfd or the engine's dups: submit
+            # ended the transfer; where the channel failed first, end it here
+            if transfer.result == _zcsend.RUNNING:
+                transfer.cancel(-(exc.errno or _errno.EMFILE))
+                transfer.step()  # a cancelled step ends it and touches no fd
             return transfer.result
         try:
             if not await hold.wait(fut, lambda: transfer.sent):
@@ -528,8 +534,10 @@ async def sendfile(transport, file, offset=0, count=None, *, fallback=True, head
             # object can't vouch for it: FileIO believes its mode string (open(fd,
             # "rb") of an O_WRONLY fd is "readable"), and a claim the fd belies
             # would fail at the first read, after the head went out
-            r = _zcsend.send_now(hold.raw_fd, fd, offset, count, fallback, head, INLINE_BUDGET,
-                                 False)
+            # the objects, not the numbers: send_now reads both just before the
+            # step, so no other thread's close and reuse can come between
+            r = _zcsend.send_now(hold.raw_sock, file, offset, count, fallback, head,
+                                 INLINE_BUDGET, False)
         except OSError as exc:
             r = exc
         if type(r) is tuple and r[0] == 0:
@@ -556,11 +564,11 @@ async def sendfile(transport, file, offset=0, count=None, *, fallback=True, head
                 # the inline step's transfer goes on over dups it took while the
                 # numbers were provably the caller's (the GIL held since the look
                 # at them): another thread may have closed and reused them since
-                owned = transfer.take_fds() if stepped else None
-                if owned is not None:
-                    hold.sock_fd, src = owned
+                # (one statement: nothing can run between taking them and keeping them)
+                if stepped and transfer.owns_fds:
+                    hold.sock_fd, src = transfer.take_fds()
                 else:
-                    src = _own(fd, hold)
+                    src = _own(file, hold)
                 if seekable is None:
                     seekable = _seekable_fd(src)
             async with hold:

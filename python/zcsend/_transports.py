@@ -160,10 +160,10 @@ def hold_for(loop, transport):
         # the socket object's number, not _sock_fd: asyncio never clears that one,
         # and a socket closed under the transport (by whoever holds the object)
         # frees its number for reuse by another connection; fileno() says -1
-        fd = transport._sock.fileno()
-        if fd < 0:
+        sock = transport._sock
+        if sock.fileno() < 0:
             raise OSError(_errno.EBADF, os.strerror(_errno.EBADF))
-        return SelectorHold(loop, transport, fd)
+        return SelectorHold(loop, transport, sock)
     sock = transport.get_extra_info("socket")
     stream = sock is not None and sock.type == socket.SOCK_STREAM
     if sock is not None and not stream:
@@ -176,7 +176,7 @@ def hold_for(loop, transport):
         raise _unsupported(transport)
     if hold is SelectorHold and transport._empty_waiter is not None:
         raise RuntimeError("sendfile is already in progress on this transport")
-    return hold(loop, transport, sock.fileno())
+    return hold(loop, transport, sock)
 
 
 class _GuardProtocol(asyncio.Protocol):
@@ -355,13 +355,23 @@ class _Hold:
 
     # -- taking and giving back
     def _take(self):
+        try:
+            self._take_it()
+        except BaseException:  # not taken after all: nothing of it left behind
+            self._unwatch()
+            self._drop_fd()  # our dup, or the one handed over: ours either way
+            _held.discard(id(self.transport))
+            raise
+
+    def _take_it(self):
         t = self.transport
         self.pid = os.getpid()
         # before any await: the number is still the transport's (unless the
         # inline step's dup was handed over already: _core sets sock_fd then)
         if self.zero_copy and self.sock_fd < 0:
             try:
-                self.sock_fd = os.dup(self.raw_fd)
+                # the number read and dup'ed in one C call: no thread between
+                self.sock_fd = _zcsend.dup_of(self.raw_sock)
             except OSError as exc:
                 raise SendfileError(exc.errno, f"{exc.strerror} (after {self.sent} bytes)",
                                     self.sent) from None
@@ -465,10 +475,12 @@ class SelectorHold(_Hold):
     zero_copy = True
     _waiter = None
 
-    def __init__(self, loop, transport, raw_fd):  # made per call: _Hold's, inlined
+    def __init__(self, loop, transport, raw_sock):  # made per call: _Hold's, inlined
         self.loop = loop
         self.transport = transport
-        self.raw_fd = raw_fd  # the transport's own: used only before the first await
+        # the transport's socket object: its fileno() is read only in C, at the
+        # dup or the inline step, before the first await
+        self.raw_sock = raw_sock
 
     def idle(self):
         """Nothing queued in the transport: the socket may be written now."""
@@ -512,9 +524,9 @@ class FlushHold(_Hold):
 
     zero_copy = True
 
-    def __init__(self, loop, transport, raw_fd):
+    def __init__(self, loop, transport, raw_sock):
         super().__init__(loop, transport)
-        self.raw_fd = raw_fd  # the transport's own: used only before the first await
+        self.raw_sock = raw_sock  # the transport's socket object: as SelectorHold's
 
     idle = SelectorHold.idle
 

@@ -369,6 +369,10 @@ static PyObject *transfer_use_fds(TransferObject *self, PyObject *args) {
   Py_RETURN_NONE;
 }
 
+static PyObject *transfer_get_owns_fds(TransferObject *self, void *c) {
+  (void)c;
+  return PyBool_FromLong(self->own_sock >= 0);
+}
 static PyObject *transfer_get_sent(TransferObject *self, void *c) {
   (void)c;
   return PyLong_FromUnsignedLongLong(zcs_job_sent(self->job));
@@ -406,6 +410,7 @@ static PyGetSetDef transfer_getset[] = {
     {"sent", (getter)transfer_get_sent, NULL, "bytes delivered to the socket", NULL},
     {"sent_zero_copy", (getter)transfer_get_sent_zc, NULL, "part of sent that was not copied", NULL},
     {"result", (getter)transfer_get_result, NULL, "RUNNING (1) while running, DONE (0) done, else -error", NULL},
+    {"owns_fds", (getter)transfer_get_owns_fds, NULL, "it holds dups for take_fds()", NULL},
     {"id", (getter)transfer_get_id, NULL, "id that Channel.drain() reports", NULL},
     {"backend", (getter)transfer_get_backend, NULL, "sendfile, splice, emulated or memory", NULL},
     {"remaining", (getter)transfer_get_remaining, NULL, "bytes left to send, -1 if unknown", NULL},
@@ -659,17 +664,20 @@ static PyObject *mod_errname(PyObject *m, PyObject *arg) {
 }
 
 /* ---- the small-file path ----------------------------------------------------------
- * send_now(sock_fd, file_fd, offset, count, fallback, head, budget, readable): one
- * call for a send that ends in its first step. The transfer lives on the C stack:
- * no job, no lock, no object. sock_fd is an asyncio transport's socket (known
- * non-blocking); readable: the caller vouches for file_fd's access mode (the
- * Python layer passes False: a file object can't, see _core.py). Syscalls for a
- * small cached file: fstat, fcntl (unless readable), cachestat, sigaction
- * (SIGPIPE is ignored in CPython: no mask then), sendfile.
+ * send_now(sock, file, offset, count, fallback, head, budget, readable): one
+ * call for a send that ends in its first step. sock and file: fds, or objects
+ * whose fileno() is read here, just before the step (no other thread runs in
+ * between). The transfer lives on the C stack: no job, no lock, no object. sock
+ * is an asyncio transport's socket (known non-blocking); readable: the caller
+ * vouches for file's access mode (the Python layer passes False: a file object
+ * can't, see _core.py). Syscalls for a small cached file: fstat, fcntl (unless
+ * readable), cachestat and the RWF_NOWAIT probes, sigaction (SIGPIPE is ignored
+ * in CPython: no mask then), sendfile.
  * Returns (result, sent, total, seekable) when the transfer ended (total: -1 when
  * unknown); else (a range not in the page cache, which the loop thread must not
  * read; the socket full; the budget spent) a Transfer that goes on from where it
- * stands, never submitted. Errors of init raise as Transfer() does. */
+ * stands over dups of its own (take_fds), never submitted. Errors of init raise
+ * as Transfer() does. */
 static int long_arg(PyObject *o, long long *v) {
   *v = PyLong_AsLongLong(o);
   return *v == -1 && PyErr_Occurred() ? -1 : 0;
@@ -738,11 +746,23 @@ static PyObject *step_now(PyObject *m, int sock_fd, int file_fd, long long offse
                            seekable ? Py_True : Py_False);
     }
   }
-  if (fd < 0) { /* it goes on: over dups of its own, if any can be had */
+  if (fd < 0) { /* it goes on: over dups of its own */
     sd = dup_cloexec(sock_fd);
     fd = sd < 0 ? -1 : dup_cloexec(file_fd);
-    if (fd < 0 && sd >= 0)
-      close(sd), sd = -1;
+    if (fd < 0) {
+      /* none to be had (EMFILE): it ends here, never going on over the numbers
+         (once this returns, another thread may have closed and reused them) */
+      int err = errno ? -errno : -EMFILE;
+      if (sd >= 0)
+        close(sd);
+      zcs_transfer_abort(&t, err);
+      rc = zcs_transfer_step(&t); /* a cancelled step ends it and touches no fd */
+      int seekable = t.offset >= 0;
+      uint64_t sent = t.sent;
+      zcs_transfer_release(&t);
+      return Py_BuildValue("(iKLO)", rc, (unsigned long long)sent, (long long)total,
+                           seekable ? Py_True : Py_False);
+    }
   }
   module_state *st = PyModule_GetState(m);
   TransferObject *self = (TransferObject *)transfer_alloc(st->transfer_type);
@@ -760,18 +780,43 @@ static PyObject *step_now(PyObject *m, int sock_fd, int file_fd, long long offse
   return (PyObject *)self;
 }
 
+/* the fd an int is, or an object's fileno() says now; -1 with OSError(EBADF)
+   set for a negative one (a socket object closed: fileno() is -1) */
+static int fd_of(PyObject *o) {
+  int fd = PyObject_AsFileDescriptor(o);
+  if (fd < 0 && PyErr_ExceptionMatches(PyExc_ValueError)) {
+    PyErr_Clear();
+    errno = EBADF;
+    PyErr_SetFromErrno(PyExc_OSError);
+  }
+  return fd;
+}
+
+/* dup_of(fd or object with fileno()) -> a close-on-exec dup of the fd it names
+   now: read and dup'ed in one C call, so no other thread's close and reuse of
+   the number can come between the look at it and the dup */
+static PyObject *mod_dup_of(PyObject *m, PyObject *o) {
+  (void)m;
+  int fd = fd_of(o);
+  if (fd < 0)
+    return NULL;
+  int d = dup_cloexec(fd);
+  if (d < 0)
+    return PyErr_SetFromErrno(PyExc_OSError);
+  return PyLong_FromLong(d);
+}
+
 static PyObject *mod_send_now(PyObject *m, PyObject *const *args, Py_ssize_t nargs) {
   if (nargs != 8) {
     PyErr_SetString(PyExc_TypeError, "send_now takes 8 arguments");
     return NULL;
   }
-  long long sock_fd, file_fd, offset, count = -1, budget;
-  if (long_arg(args[0], &sock_fd) < 0 || long_arg(args[1], &file_fd) < 0 ||
-      long_arg(args[2], &offset) < 0 || (args[3] != Py_None && long_arg(args[3], &count) < 0) ||
+  long long offset, count = -1, budget;
+  if (long_arg(args[2], &offset) < 0 || (args[3] != Py_None && long_arg(args[3], &count) < 0) ||
       long_arg(args[6], &budget) < 0)
     return NULL;
-  if (sock_fd < 0 || sock_fd > INT32_MAX || file_fd < 0 || file_fd > INT32_MAX || budget <= 0) {
-    PyErr_SetString(PyExc_ValueError, "send_now: bad fd or budget");
+  if (budget <= 0) {
+    PyErr_SetString(PyExc_ValueError, "send_now: bad budget");
     return NULL;
   }
   int flags = ZCS_F_SOCK_NONBLOCKING | ZCS_F_SIGPIPE_IF_DEFAULT;
@@ -782,8 +827,13 @@ static PyObject *mod_send_now(PyObject *m, PyObject *const *args, Py_ssize_t nar
     flags |= ZCS_F_NO_FALLBACK;
   if (readable)
     flags |= ZCS_F_SOURCE_READABLE;
+  /* the numbers read last, just before the step: from here to the end of the
+     call no other thread runs unless the step lets it, on dups */
+  int sock_fd = fd_of(args[0]), file_fd = sock_fd < 0 ? -1 : fd_of(args[1]);
+  if (file_fd < 0)
+    return NULL;
   int stepped;
-  return step_now(m, (int)sock_fd, (int)file_fd, offset, count, flags, args[5], budget, &stepped);
+  return step_now(m, sock_fd, file_fd, offset, count, flags, args[5], budget, &stepped);
 }
 
 /* ---- sendfile()'s whole call, for the common case ---------------------------------
@@ -1007,8 +1057,10 @@ static PyObject *mod_debug_counts(PyObject *m, PyObject *unused) {
 }
 
 static PyMethodDef module_methods[] = {
+    {"dup_of", mod_dup_of, METH_O,
+     "dup_of(fd or object with fileno()) -> a close-on-exec dup of the fd it names now"},
     {"send_now", (PyCFunction)(void (*)(void))mod_send_now, METH_FASTCALL,
-     "send_now(sock_fd, file_fd, offset, count, fallback, head, budget, readable) -> "
+     "send_now(sock, file, offset, count, fallback, head, budget, readable) -> "
      "(result, sent, total, seekable) when the send ended in its first step, else a "
      "Transfer that goes on"},
     {"fast_send", (PyCFunction)(void (*)(void))mod_fast_send, METH_FASTCALL,

@@ -3,6 +3,7 @@ makes no Transfer object (no job, no lock), makes only the syscalls it needs,
 and still never lets SIGPIPE kill the process. Checked by what happened (a
 debug count, strace), not by timing."""
 import asyncio
+import errno
 import hashlib
 import os
 import re
@@ -15,7 +16,7 @@ import textwrap
 import pytest
 
 import zcsend
-from zcsend import _zcsend
+from zcsend import _core, _zcsend
 from conftest import Pair, make_file, run
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -159,6 +160,16 @@ def test_sigpipe_at_its_default_never_kills_the_process(tmp_path):
     assert r.stdout.split() == ["raised", "32", "0", "alive", "True"]
 
 
+def assert_nothing_reached(victim):
+    """The connection that took a closed socket's number got no byte."""
+    victim.setblocking(False)
+    try:
+        leaked = victim.recv(1 << 20)
+    except BlockingIOError:
+        leaked = b""
+    assert leaked == b"", f"{len(leaked)} bytes went to another connection"
+
+
 @pytest.mark.asyncio_only("SelectorHold: asyncio's selector transport")
 def test_a_raw_socket_closed_under_its_transport_sends_nothing_to_the_number_reused(tmp_path):
     """Another task closes the socket object the transport was made of; the
@@ -177,15 +188,10 @@ def test_a_raw_socket_closed_under_its_transport_sends_nothing_to_the_number_reu
         try:
             assert num in (x.fileno(), y.fileno())
             victim = y if x.fileno() == num else x
-            victim.setblocking(False)
             with open(path, "rb") as f:
                 with pytest.raises(OSError):
                     await zcsend.sendfile(w, f)
-            try:
-                leaked = victim.recv(1 << 20)
-            except BlockingIOError:
-                leaked = b""
-            assert leaked == b"", f"{len(leaked)} bytes went to another connection"
+            assert_nothing_reached(victim)
         finally:
             for s in (x, y, b):
                 s.close()
@@ -422,6 +428,15 @@ def test_a_long_inline_step_works_on_dups(tmp_path):
 
 
 # ---- found by review: what the one-call path must never do ----------------------
+# for child code: reads socket b on loop into got until EOF
+COLLECT = """
+        async def collect(loop, b, got):
+            while True:
+                x = await loop.sock_recv(b, 1 << 20)
+                if not x:
+                    return
+                got.extend(x)
+"""
 def test_an_allocation_failing_after_the_step_never_sends_twice(tmp_path):
     """Each allocation of a one-call send fails in turn (_testcapi.set_nomemory):
     where bytes went out before the failure, the call raises (MemoryError); it
@@ -535,7 +550,7 @@ def test_a_file_number_reused_by_another_thread_never_feeds_the_rest(tmp_path):
         f.write(b"A" * N)
     with open(b_path, "wb") as f:
         f.write(b"B" * N)
-    r = child("""
+    r = child(COLLECT + """
         import asyncio, os, socket, sys, threading
         import zcsend
         A, B, N = sys.argv[1], sys.argv[2], 1 << 20
@@ -561,13 +576,7 @@ def test_a_file_number_reused_by_another_thread_never_feeds_the_rest(tmp_path):
             th = threading.Thread(target=other)
             th.start()
             got = bytearray()
-            async def reader():
-                while True:
-                    x = await loop.sock_recv(b, 1 << 20)
-                    if not x:
-                        return
-                    got.extend(x)
-            rt = asyncio.ensure_future(reader())
+            rt = asyncio.ensure_future(collect(loop, b, got))
             go.set()
             try:
                 res = await zcsend.sendfile(w, f, 0)
@@ -600,3 +609,136 @@ def test_a_file_number_reused_by_another_thread_never_feeds_the_rest(tmp_path):
     kinds = eval(r.stdout.strip())
     assert set(kinds) <= {"A", "B-only"}, kinds
     assert "A" in kinds
+
+
+def test_no_fd_for_the_dups_ends_it_never_over_the_numbers(tmp_path):
+    """The inline step can't end (64 KiB socket buffer) and no fd is left for its
+    dups: the call ends with EMFILE and the bytes it sent, never going on over
+    the numbers. (Before: the Python layer dup'ed the file's number later, after
+    another thread could have closed it and opened another file under it; here
+    that thread is played at a point where Python code runs: the peer got file B
+    after A, and success.)"""
+    N = 1 << 20
+    a_path, b_path = str(tmp_path / "A"), str(tmp_path / "B")
+    for p, c in ((a_path, b"A"), (b_path, b"B")):
+        with open(p, "wb") as f:
+            f.write(c * N)
+    r = child(COLLECT + """
+        import asyncio, os, socket, sys
+        import zcsend
+        from zcsend import _core
+        A, B = sys.argv[1], sys.argv[2]
+        for p in (A, B):
+            open(p, "rb").read()
+        async def main():
+            loop = asyncio.get_running_loop()
+            a, b = socket.socketpair()
+            a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 << 10)
+            b.setblocking(False)
+            _, w = await asyncio.open_unix_connection(sock=a)
+            f = open(A, "rb")
+            await zcsend.sendfile(w, f, 0, 1)
+            assert await loop.sock_recv(b, 10) == b"A"
+            fillers = []
+            while True:  # no fd left
+                try:
+                    fillers.append(os.open("/dev/null", os.O_RDONLY))
+                except OSError:
+                    break
+            real = _core.resolve
+            def resolve(t):  # "another thread": frees some, reuses the file's number
+                nr = f.fileno()
+                for _ in range(8):
+                    os.close(fillers.pop())
+                os.close(nr)
+                assert os.open(B, os.O_RDONLY) == nr
+                _core.resolve = real
+                return real(t)
+            _core.resolve = resolve
+            got = bytearray()
+            rt = asyncio.ensure_future(collect(loop, b, got))
+            try:
+                res = await zcsend.sendfile(w, f, 0)
+            except Exception as exc:
+                res = exc
+            for fd in fillers:
+                os.close(fd)
+            w.close()
+            await rt
+            data = bytes(got)
+            print(type(res).__name__, getattr(res, "errno", None), getattr(res, "bytes_sent", None),
+                  len(data), data.count(b"B"))
+        asyncio.run(main())
+    """, a_path, b_path)
+    assert r.returncode == 0, r.stderr
+    kind, err, sent, received, bs = r.stdout.split()
+    assert (kind, err, bs) == ("SendfileError", "24", "0"), r.stdout
+    assert sent == received != "0", r.stdout  # the bytes it sent, said
+
+
+@pytest.mark.parametrize("size", [4096, 1 << 20])
+def test_no_fd_for_the_channel_is_an_error_with_the_bytes_sent(tmp_path, monkeypatch, size):
+    """The engine's channel can't be made (no fd for its eventfd) when a transfer
+    must go to the engine, before or after an inline step: the call ends with
+    that error and the bytes sent (before: a ValueError from cancel(1))."""
+    path = str(tmp_path / "f.bin")
+    make_file(path, 1 << 20, seed=13)
+    if size == 4096:
+        monkeypatch.setattr(_core, "INLINE_BUDGET", 0)  # no inline step: the engine at once
+
+    def no_channel(loop):
+        raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+
+    monkeypatch.setattr(_core, "_channel", no_channel)
+
+    async def main():
+        async with Pair("unix", sndbuf=65536) as p:
+            with open(path, "rb") as f:
+                with pytest.raises(zcsend.SendfileError) as ei:
+                    await zcsend.sendfile(p.server, f)
+            return ei.value
+
+    exc = run(main())
+    assert exc.errno == errno.EMFILE
+    assert exc.bytes_sent == (0 if size == 4096 else exc.bytes_sent) and exc.bytes_sent < 1 << 20
+
+
+@pytest.mark.asyncio_only("the selector transport's socket object")
+def test_a_socket_closed_between_the_checks_and_the_step_sends_nothing_elsewhere(tmp_path, monkeypatch):
+    """The Python path (a bytearray head: not the one-call case) reads the
+    socket's number only in C, at the step: a socket object closed after the
+    transport was looked at, its number taken by another connection at once
+    (another thread, played here in hold.idle(), the last Python code before the
+    step), gets EBADF; the other connection gets no byte."""
+    from zcsend import _transports
+    path = str(tmp_path / "secret.bin")
+    make_file(path, 6000, seed=14)
+    real_idle = _transports.SelectorHold.idle
+    swapped = {}
+
+    def idle(hold):
+        sock = hold.transport._sock
+        num = sock.fileno()
+        sock.close()  # the number is free: the next socket takes it
+        x, y = socket.socketpair()
+        victim = y if x.fileno() == num else x
+        assert num in (x.fileno(), y.fileno())
+        swapped.update(pair=(x, y), victim=victim)
+        return real_idle(hold)
+
+    async def main():
+        a, b = socket.socketpair()
+        _, w = await asyncio.open_connection(sock=a)
+        monkeypatch.setattr(_transports.SelectorHold, "idle", idle)
+        try:
+            with open(path, "rb") as f:
+                with pytest.raises(OSError):
+                    await zcsend.sendfile(w, f, head=bytearray(b"HEAD "))
+            assert_nothing_reached(swapped["victim"])
+        finally:
+            for s in swapped.get("pair", ()):
+                s.close()
+            b.close()
+            w.transport.abort()
+
+    run(main())
