@@ -828,9 +828,10 @@ static PyObject *mod_send_now(PyObject *m, PyObject *const *args, Py_ssize_t nar
   if (readable)
     flags |= ZCS_F_SOURCE_READABLE;
   /* the numbers read last, just before the step: from here to the end of the
-     call no other thread runs unless the step lets it, on dups */
-  int sock_fd = fd_of(args[0]), file_fd = sock_fd < 0 ? -1 : fd_of(args[1]);
-  if (file_fd < 0)
+     call no other thread runs unless the step lets it, on dups. The file's
+     first: its fileno() may be Python code, during which another thread may run */
+  int file_fd = fd_of(args[1]), sock_fd = file_fd < 0 ? -1 : fd_of(args[0]);
+  if (sock_fd < 0)
     return NULL;
   int stepped;
   return step_now(m, sock_fd, file_fd, offset, count, flags, args[5], budget, &stepped);
