@@ -28,6 +28,11 @@ end
 local function never_read(call)
   local s, c = pair()
   local f = assert(io.open(BIG, "rb"))
+  -- its first ranges in the page cache: the transfer's first wait is then the
+  -- socket's, never a disk wait (hosts that step themselves wait for the disk
+  -- through the same waiter, and these tests count the bytes before the first)
+  assert(f:read(16 * 1024 * 1024))
+  f:seek("set", 0)
   local t0 = core.now()
   local r = { call(s, f) }
   local took = core.now() - t0
