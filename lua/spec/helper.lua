@@ -51,6 +51,9 @@ end
 
 -- fds open here, but for the listing's own pipe (both of its ends: popen may
 -- not have closed the child's end yet when ls looks)
+-- The fds this process has open (but the listing's own pipe), and their
+-- targets, for a message. Takes no garbage out: a count after a transfer must
+-- not lean on the collector.
 function H.fd_count()
   local p = io.popen("ls -l /proc/" .. H.pid() .. "/fd")
   local mine = tostring(require("zcsend.core").fileno(p))
@@ -65,13 +68,22 @@ function H.fd_count()
     end
   end
   p:close()
-  local n = 0
+  local n, kept = 0, {}
   for _, target in ipairs(links) do
     if target ~= own then
       n = n + 1
+      kept[#kept + 1] = target
     end
   end
-  return n
+  return n, table.concat(kept, " ")
+end
+
+-- H.fd_count as a baseline: earlier tests' garbage (loops, pipes, cqueues)
+-- is collected first, or the collector may close it mid-test
+function H.fd_baseline()
+  collectgarbage("collect") -- finalizers run, then their memory goes
+  collectgarbage("collect")
+  return H.fd_count()
 end
 
 function H.pid()
