@@ -35,6 +35,7 @@ variant's CPU per request over read+write's with the same file handling
 (target: <= 1.00x).
 
     python benchmarks/bare.py [--runs 5] [--secs 2] [--loop asyncio|uvloop] [--pin] [--quick]
+                              [--size KiB]
 """
 import argparse
 import asyncio
@@ -51,10 +52,18 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _process import ServerProcess, pinned  # noqa: E402
 
-SIZE = 16 << 10
+# the file's size: --size KiB (16 by default), handed to the server processes
+# through the environment
+SIZE = int(os.environ.get("ZCS_BARE_SIZE", 16 << 10))
 CHUNK = 64 << 10
-HEAD = (b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
-        b"Content-Length: %d\r\n\r\n" % SIZE)
+
+
+def _head(size):
+    return (b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
+            b"Content-Length: %d\r\n\r\n" % size)
+
+
+HEAD = _head(SIZE)
 BODIES = ["zcsend", "zcsend, head=", "read+write", "loop.sendfile"]
 OPENS = {"request": "open per request", "connection": "file kept open"}
 CONTENDERS = [(b, o) for b in BODIES for o in OPENS]
@@ -299,6 +308,7 @@ def main():
     ap.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio")
     ap.add_argument("--pin", action="store_true", help="servers on core 0, wrk on the others")
     ap.add_argument("--quick", action="store_true", help="1 run of 1 s per contender (CI smoke)")
+    ap.add_argument("--size", type=int, help="KiB per file (default 16)")
     ap.add_argument("--serve", nargs=5, metavar=("BODY", "OPEN", "PATH", "LOOP", "DEADLINE"),
                     help=argparse.SUPPRESS)
     opts = ap.parse_args()
@@ -306,6 +316,11 @@ def main():
         body, how, path, kind, deadline = opts.serve
         return serve(body, how, path, kind, float(deadline))
     runs, secs = (1, 1) if opts.quick else (opts.runs, opts.secs)
+    if opts.size:  # this process's, and (through the environment) the servers'
+        global SIZE, HEAD
+        SIZE = opts.size << 10
+        HEAD = _head(SIZE)
+        os.environ["ZCS_BARE_SIZE"] = str(SIZE)
     if opts.pin:
         pin()
     if opts.loop == "uvloop":
@@ -348,7 +363,7 @@ def main():
             os.unlink(os.path.join(tmp, name))
         os.rmdir(tmp)
 
-    print(f"\nBare asyncio protocol server, 16 KiB file, wrk -t1 -c100 -d{secs}s "
+    print(f"\nBare asyncio protocol server, {SIZE / 1024:g} KiB file, wrk -t1 -c100 -d{secs}s "
           f"({opts.loop}, backend {zcsend.backend()}, {'pinned: server core 0, wrk the others' if opts.pin else 'unpinned'}; "
           f"median of {runs} (min-max); Python {sys.version.split()[0]}, {os.cpu_count()} cores)\n")
     print("| contender | server CPU us/request | requests/s |")

@@ -135,10 +135,10 @@ def main():
                 out.write(os.urandom(size))
             with open(path, "rb") as f:  # in the page cache
                 f.read()
-            for way in WAYS:
-                samples = [measure(path, size, max(10, calls // scale), way, opts.loop) * 1e6
-                           for _ in range(runs)]
-                results[label, way] = samples
+            for _ in range(runs):  # round-robin: the machine's drift spreads over every way
+                for way in WAYS:
+                    t = measure(path, size, max(10, calls // scale), way, opts.loop) * 1e6
+                    results.setdefault((label, way), []).append(t)
         print(f"\nCPU us per call on the sending thread ({opts.loop}, backend {zcsend.backend()}, "
               f"median of {runs} (min-max); Python {sys.version.split()[0]})\n")
         print("| size | " + " | ".join(WAYS) + " | zcsend / read+write | zcsend - floor (us) |")

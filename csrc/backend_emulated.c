@@ -21,7 +21,7 @@ ssize_t zcs__flush_buffer(zcs_transfer_t *t) {
   }
   ssize_t n = send(t->sock_fd, t->buf + t->buf_pos, len, MSG_NOSIGNAL | MSG_DONTWAIT);
   if (n < 0 && errno == ENOTSOCK)
-    n = write(t->sock_fd, t->buf + t->buf_pos, len); /* a pipe as destination */
+    n = zcs__write_nosigpipe(t->sock_fd, t->buf + t->buf_pos, len); /* a pipe as destination */
   if (n < 0)
     return -errno;
   t->buf_pos += (size_t)n;

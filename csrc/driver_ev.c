@@ -65,7 +65,7 @@ static int may_step(zcs_ev_transfer_t *w) {
   if (w->disk_fd >= 0)
     return 0; /* kicked while a prefetch runs: wait on */
   size_t n = t->budget ? t->budget : ZCS_DEFAULT_BUDGET;
-  if (zcs_transfer_cached(t, n))
+  if (zcs_transfer_ready(t, n))
     return 1;
   if (t->remaining > 0 && (uint64_t)t->remaining < 2 * n)
     n = (size_t)t->remaining;

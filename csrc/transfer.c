@@ -255,6 +255,19 @@ static void sigpipe_consume(void) {
   }
 }
 
+ssize_t zcs__write_nosigpipe(int fd, const void *buf, size_t len) {
+  sigset_t old;
+  int masked = sigpipe_block(&old);
+  ssize_t n = write(fd, buf, len);
+  int err = errno;
+  if (n < 0 && err == EPIPE)
+    sigpipe_consume();
+  if (masked)
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+  errno = err;
+  return n;
+}
+
 /* ---- the step -------------------------------------------------------------- */
 /* Records how a transfer ended, once: when it ends, or at release for one that
    never did (so the counters don't wait for the owner to free it). */
@@ -318,10 +331,44 @@ int zcs_transfer_set_head(zcs_transfer_t *t, const void *data, size_t len) {
 
 size_t zcs_transfer_head_sent(const zcs_transfer_t *t) { return t->head_pos; }
 
+/* bytes a sendfile transfer read ahead (zcs_transfer_ready) go before the
+   backend's, and count as copied */
+static int holds_copy(const zcs_transfer_t *t) {
+  return t->buf_pos < t->buf_len && t->backend == ZCS_BACKEND_SENDFILE;
+}
+
+/* the head and the held bytes in one sendmsg: the head's rest, then as many
+   of them as the socket takes */
+static int send_head_and_held(zcs_transfer_t *t) {
+  struct iovec v[2] = {{t->head + t->head_pos, t->head_len - t->head_pos},
+                       {t->buf + t->buf_pos, t->buf_len - t->buf_pos}};
+  struct msghdr m = {.msg_iov = v, .msg_iovlen = 2};
+  ssize_t n;
+  while ((n = sendmsg(t->sock_fd, &m, MSG_NOSIGNAL | MSG_DONTWAIT)) < 0 && errno == EINTR) {
+  }
+  if (n < 0) {
+    if (errno == EAGAIN || errno == EWOULDBLOCK)
+      return t->blocked = 1, ZCS_WANT_WRITE;
+    return finish(t, -errno);
+  }
+  size_t h = (size_t)n < v[0].iov_len ? (size_t)n : v[0].iov_len;
+  t->head_pos += h;
+  size_t b = (size_t)n - h;
+  if (b) {
+    t->buf_pos += b;
+    if (t->buf_pos == t->buf_len)
+      t->buf_pos = t->buf_len = 0;
+    t->sent += b;
+    t->remaining -= (int64_t)b;
+    STAT_ADD(bytes_fallback, b);
+  }
+  return t->head_pos < t->head_len ? (t->blocked = 1, ZCS_WANT_WRITE) : 0;
+}
+
 static int run(zcs_transfer_t *t) {
   size_t budget = t->budget ? t->budget : ZCS_DEFAULT_BUDGET;
   if (t->head_pos < t->head_len) {
-    int rc = send_head(t);
+    int rc = holds_copy(t) && !t->ssl ? send_head_and_held(t) : send_head(t);
     if (rc)
       return rc;
   }
@@ -333,10 +380,11 @@ static int run(zcs_transfer_t *t) {
     size_t len = budget;
     if (t->remaining > 0 && (uint64_t)t->remaining < len)
       len = (size_t)t->remaining;
-    ssize_t n = call_backend(t, len);
+    int copied = holds_copy(t);
+    ssize_t n = copied ? zcs__flush_buffer(t) : call_backend(t, len);
     if (n > 0) {
-      int zc = t->backend == ZCS_BACKEND_SENDFILE || t->backend == ZCS_BACKEND_SPLICE ||
-               t->backend == ZCS_BACKEND_KTLS;
+      int zc = !copied && (t->backend == ZCS_BACKEND_SENDFILE || t->backend == ZCS_BACKEND_SPLICE ||
+                           t->backend == ZCS_BACKEND_KTLS);
       t->sent += (uint64_t)n;
       if (zc) {
         t->sent_zero_copy += (uint64_t)n;
@@ -378,7 +426,11 @@ int zcs_transfer_step(zcs_transfer_t *t) {
   if (t->cancelled)
     return finish(t, t->cancelled);
   sigset_t old;
-  int masked = sigpipe_needs_mask(t->flags) && sigpipe_block(&old);
+  /* a step that only sends bytes it holds sends with MSG_NOSIGNAL (a pipe as
+     the destination: zcs__write_nosigpipe): no mask, no look at SIGPIPE */
+  int copy_only = holds_copy(t) && !t->ssl && t->remaining > 0 &&
+                  (uint64_t)t->remaining <= t->buf_len - t->buf_pos;
+  int masked = !copy_only && sigpipe_needs_mask(t->flags) && sigpipe_block(&old);
   t->blocked = 0;
   int rc = run(t);
   if (rc == -EPIPE)
@@ -511,6 +563,48 @@ int zcs__range_ready(int fd, int64_t off, size_t len) {
   (void)fd, (void)off, (void)len;
   return 1;
 #endif
+}
+
+/* 1: the whole rest read into the buffer; 0: not (left as it was) */
+static int load_small(zcs_transfer_t *t) {
+#ifdef RWF_NOWAIT
+  /* ZCS_F_NO_FALLBACK: the caller asked for zero-copy only, and gets it */
+  if (t->result != ZCS_RUNNING || t->cancelled || t->backend != ZCS_BACKEND_SENDFILE || t->ssl ||
+      (t->flags & ZCS_F_NO_FALLBACK) ||
+      !t->sized || t->offset < 0 || t->remaining <= 0 || t->remaining > (int64_t)ZCS_SMALL_COPY ||
+      t->buf_pos != t->buf_len || t->pipe_len)
+    return 0;
+  if (!t->buf) {
+    if (!(t->buf = malloc(ZCS_SMALL_COPY)))
+      return 0; /* the step copes, or meets it */
+    t->buf_cap = ZCS_SMALL_COPY;
+  }
+  if ((uint64_t)t->remaining > t->buf_cap)
+    return 0;
+  size_t want = (size_t)t->remaining;
+  struct iovec v = {.iov_base = t->buf, .iov_len = want};
+  ssize_t n;
+  while ((n = preadv2(t->file_fd, &v, 1, (off_t)t->offset, RWF_NOWAIT)) < 0 && errno == EINTR) {
+  }
+  if (n == (ssize_t)want) {
+    t->buf_pos = 0;
+    t->buf_len = want;
+    t->offset += (int64_t)want;
+    return 1;
+  }
+  /* EAGAIN or short: a page not read in, or the file shrank (the step meets
+     that), or a cached page that carries the readahead mark (RWF_NOWAIT reads
+     start no I/O, so they stop there: the zero-copy step would not wait).
+     zcs_transfer_cached tells which. Any other error is the step's to meet. */
+  return 0;
+#else
+  (void)t;
+  return 0;
+#endif
+}
+
+int zcs_transfer_ready(zcs_transfer_t *t, size_t len) {
+  return (len && load_small(t)) || zcs_transfer_cached(t, len);
 }
 
 int zcs_transfer_cached(const zcs_transfer_t *t, size_t len) {

@@ -27,6 +27,8 @@ void zcs__splice_close(zcs_transfer_t *t);
 ssize_t zcs__emulated(zcs_transfer_t *t, size_t len);
 /* send or write whatever is buffered in t->buf */
 ssize_t zcs__flush_buffer(zcs_transfer_t *t);
+/* write(2) that can't raise SIGPIPE in this thread (a pipe whose reader went) */
+ssize_t zcs__write_nosigpipe(int fd, const void *buf, size_t len);
 
 /* TLS sink (sink_tls.c): SSL_write buf; SSL_sendfile on kernel TLS */
 ssize_t zcs__tls_write(zcs_transfer_t *t, const void *buf, size_t len);

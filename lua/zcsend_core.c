@@ -463,8 +463,8 @@ static int t_peek(lua_State *L) {
 }
 
 /* t:cached([n]) -> whether a step of up to n bytes (default: the step budget)
-   can't wait for the disk (zcs_transfer_cached: the range is in the page cache,
-   or there is no file behind it) */
+   can't wait for the disk (zcs_transfer_ready: the range is in the page cache,
+   or there is no file behind it; a small rest is read in now, for the step) */
 static size_t step_window(ltransfer *x, lua_State *L) {
   lua_Integer n = luaL_optinteger(L, 2, (lua_Integer)(x->t.budget ? x->t.budget : ZCS_DEFAULT_BUDGET));
   luaL_argcheck(L, n > 0, 2, "must be positive");
@@ -474,7 +474,7 @@ static size_t step_window(ltransfer *x, lua_State *L) {
 static int t_cached(lua_State *L) {
   ltransfer *x = check_transfer(L, 1);
   size_t n = step_window(x, L);
-  lua_pushboolean(L, !x->ready || x->ended || x->loop || zcs_transfer_cached(&x->t, n));
+  lua_pushboolean(L, !x->ready || x->ended || x->loop || zcs_transfer_ready(&x->t, n));
   return 1;
 }
 
@@ -1191,5 +1191,7 @@ int luaopen_zcsend_core(lua_State *L) {
   lua_setfield(L, -2, "version");
   lua_pushinteger(L, -ECANCELED);
   lua_setfield(L, -2, "ECANCELED");
+  lua_pushinteger(L, ZCS_SMALL_COPY); /* a rest this small goes as one copy (t:cached) */
+  lua_setfield(L, -2, "SMALL_COPY");
   return 1;
 }

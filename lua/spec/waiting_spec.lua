@@ -286,7 +286,12 @@ describe("zcsend.add_host", function()
     end
     local after = zcsend.stats()
     if zcsend.backend() ~= "emulated" then
-      assert.are.equal(SIZE - 10 - probes, after.bytes_zero_copy - before.bytes_zero_copy)
+      -- copied: the probes, and the rest read at once where it was at most
+      -- SMALL_COPY bytes when a step came (t:cached)
+      local zc = after.bytes_zero_copy - before.bytes_zero_copy
+      local fb = after.bytes_fallback - before.bytes_fallback
+      assert.are.equal(SIZE - 10, zc + fb)
+      assert.is_true(fb >= probes and fb - probes <= core.SMALL_COPY, ("%d copied, %d probes"):format(fb, probes))
     end
     assert.are.equal(1, after.completed - before.completed)
   end)

@@ -298,7 +298,8 @@ static PyObject *transfer_cached(TransferObject *self, PyObject *args) {
     return NULL;
   if (self->submitted)
     Py_RETURN_TRUE; /* the engine steps it: nothing for the caller to decide */
-  return PyBool_FromLong(zcs_transfer_cached(zcs_job_transfer(self->job), len > 0 ? (size_t)len : 0));
+  /* about to be stepped: a small rest may be read in now (zcs_transfer_ready) */
+  return PyBool_FromLong(zcs_transfer_ready(zcs_job_transfer(self->job), len > 0 ? (size_t)len : 0));
 }
 
 static PyObject *transfer_submit(TransferObject *self, PyObject *arg) {
@@ -431,7 +432,8 @@ static PyMethodDef transfer_methods[] = {
     {"submit", (PyCFunction)transfer_submit, METH_O, "hand the transfer to the engine thread"},
     {"cached", (PyCFunction)transfer_cached, METH_VARARGS,
      "cached(nbytes) -> False when some of the next nbytes of a file are not in the page "
-     "cache (a step would wait for the disk: let the engine take it)"},
+     "cache (a step would wait for the disk: let the engine take it); a small rest is read "
+     "in now, for the step"},
     {"cancel", (PyCFunction)transfer_cancel, METH_VARARGS,
      "cancel([code]): stop; once this returns no further byte is written and sent is final; "
      "the transfer ends with code (default -ECANCELED; another error counts as failed)"},
@@ -718,7 +720,7 @@ static PyObject *step_now(PyObject *m, int sock_fd, int file_fd, long long offse
   }
   int64_t total = t.remaining;
   int sd = -1, fd = -1; /* our dups, once taken */
-  if (zcs_transfer_cached(&t, (size_t)budget)) {
+  if (zcs_transfer_ready(&t, (size_t)budget)) {
     *stepped = 1;
     t.budget = (size_t)budget;
     if (t.remaining < 0 || t.remaining > (64 << 10)) {
@@ -1121,6 +1123,7 @@ static int module_exec(PyObject *m) {
   CONST("WANT_SOURCE", ZCS_WANT_SOURCE)
   CONST("ECANCELED", -ECANCELED)
   CONST("ETIMEDOUT", -ETIMEDOUT)
+  CONST("SMALL_COPY", ZCS_SMALL_COPY)
 #define XX(name, value, msg) CONST(#name, value)
   ZCS_ERRNO_MAP(XX)
 #undef XX

@@ -83,15 +83,19 @@ UNDER_SANITIZER = any(lib in os.environ.get("LD_PRELOAD", "") for lib in ("libas
 
 @pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")
 @pytest.mark.skipif(UNDER_SANITIZER, reason="a sanitizer's allocator makes syscalls of its own")
-@pytest.mark.parametrize("size", [4096, 16 << 10])
+@pytest.mark.parametrize("size", [1000, 4096, 16 << 10])
 def test_syscalls_of_a_small_send(tmp_path, size):
     """Per send of a cached small file: fstat, one fcntl (the fd, not the file
-    object, says whether it is readable), cachestat (not for one page) and
-    preadv2(RWF_NOWAIT) probes of the first and last byte (pages still being
-    read in are not ready; for one page a probe tells both), one look at SIGPIPE's
-    disposition (CPython ignores it: no mask), sendfile (the emulated backend:
-    pread + send), and the lseek that puts the file's position where asyncio's
-    contract says. No check of the socket's flags, no signal masks."""
+    object, says whether it is readable), and the lseek that puts the file's
+    position where asyncio's contract says. Then, for at most 4 KiB
+    (ZCS_SMALL_COPY) on the sendfile backend, the copy: one
+    preadv2(RWF_NOWAIT) of the whole range (it fails or reads short where a
+    page is not read in) and one send with MSG_NOSIGNAL, no look at SIGPIPE.
+    Past 4 KiB (and on the emulated backend), the zero-copy step's checks:
+    cachestat, preadv2(RWF_NOWAIT) probes of the first and last byte (pages
+    still being read in are not ready), one look at SIGPIPE's disposition
+    (CPython ignores it: no mask), and sendfile (emulated: pread + send). No
+    check of the socket's flags, no signal masks."""
     path = str(tmp_path / "small.bin")
     make_file(path, size, seed=6)
     trace = str(tmp_path / "trace.txt")
@@ -100,6 +104,7 @@ def test_syscalls_of_a_small_send(tmp_path, size):
         import zcsend
         async def main():
             a, b = socket.socketpair()
+            a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
             _, w = await asyncio.open_connection(sock=a)
             with open(sys.argv[1], "rb") as f:
                 f.read()
@@ -117,19 +122,30 @@ def test_syscalls_of_a_small_send(tmp_path, size):
     names = [line.split("(")[0] for line in lines if "(" in line]
     counts = {n: names.count(n) for n in set(names)}
     cachestat = [n for n in counts if n in ("cachestat", "syscall_0x1c3")]
-    moving = ["sendfile"] if zcsend.backend() == "linux-sendfile" else ["pread64", "sendto"]
-    for name in moving:
-        assert counts.get(name) == 5, lines
     assert counts.get("lseek") == 5, lines
-    assert counts.get("rt_sigaction") == 5, lines
     assert sum(counts.get(n, 0) for n in ("newfstatat", "fstat", "statx")) == 5, lines
-    if size == 4096:
-        assert cachestat == [], lines
-    else:
-        assert len(cachestat) == 1 and counts[cachestat[0]] == 5, lines
     assert counts.get("fcntl") == 5, lines
-    # a page's first byte; past one page also the range's last byte's
-    assert counts.get("preadv2") == (5 if size == 4096 else 10), lines
+    copy = zcsend.backend() == "linux-sendfile" and size <= _zcsend.SMALL_COPY
+    if copy:
+        moving = ["preadv2", "sendto"]
+        reads = [line for line in lines if line.startswith("preadv2(")]
+        assert len(reads) == 5 and all(f"iov_len={size}" in line and "RWF_NOWAIT" in line and
+                                       line.endswith(f"= {size}") for line in reads), reads
+        sends = [line for line in lines if line.startswith("sendto(")]
+        assert all("MSG_NOSIGNAL" in line and line.endswith(f"= {size}") for line in sends), sends
+        assert counts.get("sendto") == 5 and cachestat == [], lines
+        assert "rt_sigaction" not in counts and "sendfile" not in counts, lines
+    else:
+        moving = ["sendfile"] if zcsend.backend() == "linux-sendfile" else ["pread64", "sendto"]
+        for name in moving:
+            assert counts.get(name) == 5, lines
+        assert counts.get("rt_sigaction") == 5, lines
+        if size <= 4096:
+            assert cachestat == [], lines
+        else:
+            assert len(cachestat) == 1 and counts[cachestat[0]] == 5, lines
+        # a page's first byte; past one page also the range's last byte's
+        assert counts.get("preadv2") == (5 if size <= 4096 else 10), lines
     # the rest may only be asyncio's own (get_running_loop's getpid)
     assert set(counts) - {*moving, "lseek", "rt_sigaction", "newfstatat", "fstat", "statx",
                           "getpid", "write", "fcntl", "preadv2", *cachestat} == set(), lines

@@ -436,3 +436,108 @@ def test_head_must_be_bytes(datafile):
                     await zcsend.sendfile(p.server, f, head=5)
                 assert f.tell() == 0
     run(main())
+
+
+def _nowait_reads(path):
+    """Whether the file's filesystem takes preadv2(RWF_NOWAIT) (tmpfs refuses it:
+    then no rest is copied, everything goes zero-copy)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.preadv(fd, [bytearray(1)], 0, os.RWF_NOWAIT)
+        return True
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL):
+            return False
+        raise
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("size", [1, 1000, 4096, 4097, 16 << 10])
+@pytest.mark.parametrize("head", [None, b"HTTP/1.1 200 OK\r\n\r\n"], ids=["no-head", "head"])
+def test_a_small_file_is_one_copy(kind, tmp_path, size, head):
+    """At most SMALL_COPY (4 KiB, a page) bytes of a cached file go as one copy
+    (read with RWF_NOWAIT, sent with the head in one sendmsg): fewer syscalls
+    than the zero-copy step for so few bytes. Every byte in order, the position
+    after them, counted as copied; one byte more goes zero-copy."""
+    path = tmp_path / "small.bin"
+    digest = make_file(path, size + 3, seed=size % 89)
+    copied = size <= zcsend._zcsend.SMALL_COPY and _nowait_reads(path)
+
+    async def main():
+        async with Pair(kind) as p:
+            with open(path, "rb") as f:
+                before = zcsend.stats()
+                n, got = await asyncio.gather(
+                    zcsend.sendfile(p.server, f, 2, size, head=head),
+                    p.reader.readexactly(len(head or b"") + size))
+                after = zcsend.stats()
+                assert n == size and f.tell() == 2 + size
+            assert got == (head or b"") + open(path, "rb").read()[2:2 + size]
+            zc = after["bytes_zero_copy"] - before["bytes_zero_copy"]
+            fb = after["bytes_fallback"] - before["bytes_fallback"]
+            if not zero_copy_expected(kind):
+                assert (zc, fb) == (0, size)
+            else:
+                assert (zc, fb) == ((0, size) if copied else (size, 0))
+    assert digest
+    run(main())
+
+
+def test_a_small_copy_cut_short_goes_on_from_what_it_read(tmp_path):
+    """The copy's send is partial or refused (the socket's buffer filled first,
+    the peer not reading): the transfer goes on in the engine with the bytes it
+    read, sent before any other, exactly once; the call returns once they all
+    went."""
+    path = tmp_path / "small.bin"
+    make_file(path, 4096, seed=5)
+    data = open(path, "rb").read()
+    head = b"H" * 3000
+
+    async def main():
+        async with Pair("unix", sndbuf=4096) as p:
+            p.writer.transport.pause_reading()  # the peer reads nothing
+            sock = p.server.get_extra_info("socket")
+            filled = 0
+            for room in (65536, 1):  # big writes, then bytes: the buffer full to the last one
+                while True:
+                    try:
+                        filled += os.write(sock.fileno(), b"p" * room)
+                    except BlockingIOError:
+                        break
+            with open(path, "rb") as f:
+                before, made = zcsend.stats(), zcsend._zcsend.debug_counts()["transfers"]
+                send = asyncio.ensure_future(zcsend.sendfile(p.server, f, 0, head=head))
+                await asyncio.sleep(0.2)
+                assert not send.done()  # it waits for the peer
+                p.writer.transport.resume_reading()
+                assert await p.reader.readexactly(filled) == b"p" * filled
+                got = await p.reader.readexactly(len(head) + len(data))
+                assert await send == len(data) and f.tell() == len(data)
+                after = zcsend.stats()
+            assert got == head + data
+            if zero_copy_expected("unix") and _nowait_reads(path):
+                assert after["bytes_fallback"] - before["bytes_fallback"] == len(data)
+                assert after["bytes_zero_copy"] == before["bytes_zero_copy"]
+            assert after["completed"] - before["completed"] == 1
+            assert zcsend._zcsend.debug_counts()["transfers"] - made == 1  # it went on
+    run(main())
+
+
+def test_a_small_file_with_fallback_false_stays_zero_copy(tmp_path):
+    """fallback=False asks for zero-copy only: a small file too goes by sendfile."""
+    path = tmp_path / "small.bin"
+    make_file(path, 1000, seed=4)
+
+    async def main():
+        async with Pair("tcp") as p:
+            with open(path, "rb") as f:
+                before = zcsend.stats()
+                n, got = await asyncio.gather(zcsend.sendfile(p.server, f, fallback=False),
+                                              p.reader.readexactly(1000))
+                after = zcsend.stats()
+            assert n == 1000 and got == open(path, "rb").read()
+            zc = after["bytes_zero_copy"] - before["bytes_zero_copy"]
+            fb = after["bytes_fallback"] - before["bytes_fallback"]
+            assert (zc, fb) == ((1000, 0) if zcsend.backend() != "emulated" else (0, 1000))
+    run(main())
