@@ -119,6 +119,12 @@ $PY benchmarks/cold.py --quick >"$OUT/cold.md" 2>"$OUT/cold.log" || { cat "$OUT/
 grep -q '^| zcsend |' "$OUT/cold.md" && cat "$OUT/cold.md"
 $PY benchmarks/bare.py --quick >"$OUT/bare.md" 2>"$OUT/bare.log" || { cat "$OUT/bare.log"; exit 1; }
 grep -q '^| zcsend (open per request) |' "$OUT/bare.md" && cat "$OUT/bare.md"
+step "The core's small-send benchmark smoke run (benchmarks/core_small.c --quick)"
+make -s -C csrc
+cc -O2 -Wall -Werror -Icsrc benchmarks/core_small.c csrc/build/libzcsend.a -lev -lssl -lcrypto -pthread \
+  -o "$OUT/core_small"
+"$OUT/core_small" --quick >"$OUT/core_small.md"
+grep -q '^| 4 KiB | yes |' "$OUT/core_small.md" && cat "$OUT/core_small.md"
 step "ASGI benchmark smoke run (benchmarks/asgi.py --quick)"
 $PY benchmarks/asgi.py --quick >"$OUT/asgi.md" 2>"$OUT/asgi.log" || { cat "$OUT/asgi.log"; exit 1; }
 grep -q '^| FastAPI FileResponse, uvicorn + zcsend.uvicorn |' "$OUT/asgi.md"
