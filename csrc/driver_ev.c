@@ -65,7 +65,12 @@ static int may_step(zcs_ev_transfer_t *w) {
   if (w->disk_fd >= 0)
     return 0; /* kicked while a prefetch runs: wait on */
   size_t n = t->budget ? t->budget : ZCS_DEFAULT_BUDGET;
-  if (zcs_transfer_ready(t, n))
+  if (w->lock) /* it may read a small rest into the transfer: as a step does */
+    pthread_mutex_lock(w->lock);
+  int ready = zcs_transfer_ready(t, n);
+  if (w->lock)
+    pthread_mutex_unlock(w->lock);
+  if (ready)
     return 1;
   if (t->remaining > 0 && (uint64_t)t->remaining < 2 * n)
     n = (size_t)t->remaining;

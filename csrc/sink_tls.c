@@ -58,7 +58,8 @@ static int ktls_send_active(SSL *ssl) {
 }
 
 int zcs_transfer_set_ssl(zcs_transfer_t *t, struct ssl_st *ssl) {
-  if (!ssl || t->result != ZCS_RUNNING || t->sent || t->ssl || t->head)
+  /* bytes held already (zcs_transfer_ready) would be skipped by kTLS's sendfile */
+  if (!ssl || t->result != ZCS_RUNNING || t->sent || t->ssl || t->head || t->buf_pos < t->buf_len)
     return -EINVAL;
   int wfd = SSL_get_wfd(ssl);
   if (wfd >= 0 && wfd != t->sock_fd)

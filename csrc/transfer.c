@@ -337,6 +337,12 @@ static int holds_copy(const zcs_transfer_t *t) {
   return t->buf_pos < t->buf_len && t->backend == ZCS_BACKEND_SENDFILE;
 }
 
+/* bytes that go before the file's next ones and that peek can't give: a head,
+   the emulation's buffer, a splice pipe's */
+static int held_elsewhere(const zcs_transfer_t *t) {
+  return t->head_pos < t->head_len || (t->buf_pos < t->buf_len && !holds_copy(t)) || t->pipe_len;
+}
+
 /* the head and the held bytes in one sendmsg: the head's rest, then as many
    of them as the socket takes */
 static int send_head_and_held(zcs_transfer_t *t) {
@@ -456,10 +462,16 @@ ssize_t zcs_transfer_peek(zcs_transfer_t *t, void *buf, size_t len) {
     return -EOPNOTSUPP;
   if (t->offset < 0 || t->file_fd < 0)
     return -ESPIPE;
-  if (t->head_pos < t->head_len || t->buf_pos < t->buf_len || t->pipe_len)
+  if (held_elsewhere(t))
     return -EAGAIN; /* bytes of its own go first */
   if (t->remaining > 0 && (uint64_t)t->remaining < len)
     len = (size_t)t->remaining;
+  if (holds_copy(t)) { /* the rest, read already (zcs_transfer_ready): the next bytes */
+    if (len > t->buf_len - t->buf_pos)
+      len = t->buf_len - t->buf_pos;
+    memcpy(buf, t->buf + t->buf_pos, len);
+    return (ssize_t)len;
+  }
   ssize_t n;
   while ((n = pread(t->file_fd, buf, len, (off_t)t->offset)) < 0 && errno == EINTR) {
   }
@@ -469,7 +481,17 @@ ssize_t zcs_transfer_peek(zcs_transfer_t *t, void *buf, size_t len) {
 int zcs_transfer_advance(zcs_transfer_t *t, size_t n) {
   if (t->result != ZCS_RUNNING || (t->remaining >= 0 && (uint64_t)t->remaining < n))
     return -EINVAL;
-  t->offset += (int64_t)n;
+  if (held_elsewhere(t))
+    return -EAGAIN; /* no peek gave these: the transfer's own bytes go first */
+  if (holds_copy(t)) {
+    if (n > t->buf_len - t->buf_pos)
+      return -EINVAL;
+    t->buf_pos += n;
+    if (t->buf_pos == t->buf_len)
+      t->buf_pos = t->buf_len = 0;
+  } else {
+    t->offset += (int64_t)n;
+  }
   t->sent += n;
   STAT_ADD(bytes_fallback, n);
   if (t->remaining > 0)
@@ -575,20 +597,22 @@ static int load_small(zcs_transfer_t *t) {
       t->buf_pos != t->buf_len || t->pipe_len)
     return 0;
   if (!t->buf) {
-    if (!(t->buf = malloc(ZCS_SMALL_COPY)))
+    if (!(t->buf = malloc(ZCS_SMALL_COPY + 1)))
       return 0; /* the step copes, or meets it */
-    t->buf_cap = ZCS_SMALL_COPY;
+    t->buf_cap = ZCS_SMALL_COPY + 1;
   }
-  if ((uint64_t)t->remaining > t->buf_cap)
+  if ((uint64_t)t->remaining >= t->buf_cap)
     return 0;
+  /* read to an odd address: an O_DIRECT fd, for which RWF_NOWAIT would still
+     wait for the disk, refuses it (EINVAL) and is left to the probes */
   size_t want = (size_t)t->remaining;
-  struct iovec v = {.iov_base = t->buf, .iov_len = want};
+  struct iovec v = {.iov_base = t->buf + 1, .iov_len = want};
   ssize_t n;
   while ((n = preadv2(t->file_fd, &v, 1, (off_t)t->offset, RWF_NOWAIT)) < 0 && errno == EINTR) {
   }
   if (n == (ssize_t)want) {
-    t->buf_pos = 0;
-    t->buf_len = want;
+    t->buf_pos = 1;
+    t->buf_len = 1 + want;
     t->offset += (int64_t)want;
     return 1;
   }

@@ -275,18 +275,24 @@ ZCS_API int zcs_transfer_cached(const zcs_transfer_t *t, size_t len);
  * file shrank, a cached page carrying the readahead mark, where RWF_NOWAIT
  * reads stop), the file refuses RWF_NOWAIT (tmpfs), or the read fails
  * otherwise, nothing is held and zcs_transfer_cached() answers (the step then
- * meets any error). */
+ * meets any error). It counts as the first step for what may change only
+ * before one (the rw members, zcs_transfer_set_ssl: -EINVAL while bytes are
+ * held), and is called as a step is (the same thread, or under the same lock).
+ * zcs_transfer_peek/advance give and take the held bytes as the file's next. */
 ZCS_API int zcs_transfer_ready(zcs_transfer_t *t, size_t len);
 
 /* For a host that can wait for a socket only by writing through its own socket
  * object (an nginx cosocket waits for writability inside its send()): copies up
  * to len of the transfer's next bytes into buf, moving nothing. Returns the
  * bytes copied (0: the range is done or the file ended), -EAGAIN while the
- * transfer holds bytes of its own (wait another way), -ESPIPE for a source that
- * can't seek, -EOPNOTSUPP on TLS, or -errno from pread. */
+ * transfer holds bytes of its own (a head, the emulation's buffer, a splice
+ * pipe's: wait another way; the rest zcs_transfer_ready read is given, as the
+ * file's next bytes), -ESPIPE for a source that can't seek, -EOPNOTSUPP on
+ * TLS, or -errno from pread. */
 ZCS_API ssize_t zcs_transfer_peek(zcs_transfer_t *t, void *buf, size_t len);
 /* The host wrote n of the bytes the last zcs_transfer_peek() copied: they count
- * as sent (not zero-copy). Returns 0, or -EINVAL when n is more than is left. */
+ * as sent (not zero-copy). Returns 0, -EINVAL when n is more than is left, or
+ * -EAGAIN while bytes peek can't give go first (nothing is counted). */
 ZCS_API int zcs_transfer_advance(zcs_transfer_t *t, size_t n);
 
 /* The fd, and in *events the ZCS_WAIT_* bits, that a step result waits on;

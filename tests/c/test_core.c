@@ -1336,6 +1336,27 @@ START_TEST(tls_garbage_from_peer) {
 }
 END_TEST
 
+/* bytes zcs_transfer_ready holds would be skipped by kTLS's sendfile: a TLS
+   object comes before them or not at all */
+START_TEST(tls_not_after_a_held_rest) {
+  unsigned char *data = pattern(1000, 38);
+  int fd = make_file("held", data, 1000);
+  int sv[2];
+  make_pair(0, sv);
+  SSL_CTX *ctx = server_ctx();
+  SSL *ssl = SSL_new(ctx);
+  SSL_set_fd(ssl, sv[0]);
+  zcs_transfer_t t;
+  ck_assert_int_eq(zcs_transfer_init(&t, sv[0], fd, 0, -1, 0), 0);
+  ck_assert_int_eq(zcs_transfer_ready(&t, ZCS_DEFAULT_BUDGET), 1);
+  ck_assert_int_eq(zcs_transfer_set_ssl(&t, ssl), -EINVAL);
+  zcs_transfer_release(&t);
+  SSL_free(ssl);
+  SSL_CTX_free(ctx);
+  close(sv[0]); close(sv[1]); close(fd); free(data);
+}
+END_TEST
+
 START_TEST(tls_bad_inputs) {
   unsigned char *data = pattern(4096, 24);
   int fd = make_file("f", data, 4096);
@@ -2286,6 +2307,17 @@ static int is_cached(int fd, size_t len) {
   return rc;
 }
 
+/* whether any page of [0, len) of fd is in the page cache, by cachestat(2)
+   alone (it reads nothing, and a page locked for a moment is still there: a
+   probe's EAGAIN would call it gone); zcs_transfer_cached where it is missing */
+static int any_page_cached(int fd, size_t len) {
+  struct { uint64_t off, len; } r = {0, len};
+  uint64_t cs[5];
+  if (syscall(451 /* __NR_cachestat */, fd, &r, cs, 0) == 0)
+    return cs[0] > 0;
+  return is_cached(fd, len) != 0;
+}
+
 /* a file of len pattern bytes on /var/tmp, none of its pages in memory; an
    O_RDONLY fd (plain calls, no ck_assert: a forked child uses it too) */
 static int make_cold_file(const char *name, const unsigned char *data, size_t len) {
@@ -2306,7 +2338,7 @@ static int make_cold_file(const char *name, const unsigned char *data, size_t le
   for (int i = 0; i < 100; i++) {
     if (posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED) != 0)
       return -1;
-    if (is_cached(fd, len) == 0)
+    if (!any_page_cached(fd, len))
       return fd;
     usleep(10000);
   }
@@ -2894,6 +2926,74 @@ START_TEST(small_rest_to_a_closed_pipe_no_sigpipe) {
 }
 END_TEST
 
+/* a host that writes through its own socket (nginx) while the rest is held:
+   peek gives the held bytes as the next ones and advance takes them, never the
+   file's bytes past the range; advance refuses while bytes peek can't give go
+   first (a head, the emulation's buffer) */
+START_TEST(small_rest_peek_and_advance) {
+  size_t flen = 8000, len = 1000;
+  unsigned char *data = pattern(flen, 36), got[2048];
+  int fd = make_file("peek-small", data, flen);
+  int sv[2];
+  make_pair(0, sv);
+  zcs_transfer_t t;
+  ck_assert_int_eq(zcs_transfer_init(&t, sv[0], fd, 100, (int64_t)len, 0), 0);
+  ck_assert_int_eq(zcs_transfer_ready(&t, ZCS_DEFAULT_BUDGET), 1);
+  ck_assert_int_eq(zcs_transfer_peek(&t, got, 10), 10);
+  ck_assert(memcmp(got, data + 100, 10) == 0);
+  ck_assert_int_eq(write(sv[0], got, 10), 10); /* the host's own write */
+  ck_assert_int_eq(zcs_transfer_advance(&t, 10), 0);
+  ck_assert_int_eq(zcs_transfer_peek(&t, got, sizeof got), (ssize_t)len - 10); /* the range's end */
+  ck_assert(memcmp(got, data + 110, len - 10) == 0);
+  ck_assert_int_eq(zcs_transfer_advance(&t, len), -EINVAL);
+  struct reader r = drive_to_done(&t, sv);
+  ck_assert_uint_eq(t.sent, len);
+  ck_assert_uint_eq(r.len, len);
+  ck_assert(memcmp(r.buf, data + 100, len) == 0);
+  zcs_transfer_release(&t);
+  free(r.buf);
+  close(sv[1]);
+  /* a head first: nothing to peek, nothing to advance */
+  make_pair(0, sv);
+  ck_assert_int_eq(zcs_transfer_init(&t, sv[0], fd, 0, (int64_t)len, 0), 0);
+  ck_assert_int_eq(zcs_transfer_set_head(&t, "H", 1), 0);
+  ck_assert_int_eq(zcs_transfer_ready(&t, ZCS_DEFAULT_BUDGET), 1);
+  ck_assert_int_eq(zcs_transfer_peek(&t, got, 10), -EAGAIN);
+  ck_assert_int_eq(zcs_transfer_advance(&t, 10), -EAGAIN);
+  ck_assert_uint_eq(t.sent, 0);
+  zcs_transfer_release(&t);
+  close(sv[0]); close(sv[1]); close(fd); free(data);
+}
+END_TEST
+
+/* an O_DIRECT fd is never read by zcs_transfer_ready (RWF_NOWAIT does not
+   keep direct I/O off the disk): nothing held, the step goes zero-copy */
+START_TEST(small_rest_never_read_with_o_direct) {
+  unsigned char *data = pattern(4096, 37);
+  int fd = make_cold_file("direct", data, 4096);
+  ck_assert_int_ge(fd, 0);
+  char path[300];
+  snprintf(path, sizeof path, "%s/direct", colddir);
+  int dfd = open(path, O_RDONLY | O_DIRECT);
+  if (dfd < 0) { /* a filesystem without direct I/O: nothing to check */
+    close(fd);
+    cold_cleanup();
+    free(data);
+    return;
+  }
+  int sv[2];
+  make_pair(0, sv);
+  zcs_transfer_t t;
+  ck_assert_int_eq(zcs_transfer_init(&t, sv[0], dfd, 0, -1, 0), 0);
+  zcs_transfer_ready(&t, ZCS_DEFAULT_BUDGET);
+  ck_assert_uint_eq(t.buf_len - t.buf_pos, 0);
+  zcs_transfer_release(&t);
+  close(dfd); close(fd); close(sv[0]); close(sv[1]);
+  cold_cleanup();
+  free(data);
+}
+END_TEST
+
 int main(void) {
   Suite *s = suite_create("zcsend-core");
   TCase *tc = tcase_create("core");
@@ -2950,6 +3050,7 @@ int main(void) {
   tcase_add_test(tls, tls_peer_closes);
   tcase_add_test(tls, tls_garbage_from_peer);
   tcase_add_test(tls, tls_bad_inputs);
+  tcase_add_test(tls, tls_not_after_a_held_rest);
   tcase_add_test(tls, ev_driver_tls_concurrent);
   tcase_add_test(tc, read_cached_never_waits);
   tcase_add_test(tc, head_then_file);
@@ -2978,6 +3079,8 @@ int main(void) {
   tcase_add_test(eng, small_rest_only_when_read_in);
   tcase_add_test(eng, small_rest_of_a_shrunk_file);
   tcase_add_test(eng, small_rest_to_a_closed_pipe_no_sigpipe);
+  tcase_add_test(eng, small_rest_peek_and_advance);
+  tcase_add_test(eng, small_rest_never_read_with_o_direct);
   suite_add_tcase(s, eng);
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);
