@@ -2,10 +2,11 @@
  * can go (issue 13): the zero-copy step (zcs_transfer_cached, then sendfile:
  * cachestat, the probes, the SIGPIPE look, a second syscall for a head) and
  * zcs_transfer_ready's copy (one preadv2(RWF_NOWAIT), one sendmsg with the
- * head), which the core takes up to ZCS_SMALL_COPY bytes (twice that with a
- * head). Loopback TCP, a drain process reading; the sending thread's CPU
+ * head), which the core takes up to ZCS_SMALL_COPY bytes (see zcsend.h).
+ * Loopback TCP, a drain process reading; the sending thread's CPU
  * (CLOCK_THREAD_CPUTIME_ID) per send, median of rounds that alternate the two
- * ways. Past the limits both columns are the zero-copy step; to see what a
+ * ways (and which goes first). Past the limit both columns are the zero-copy
+ * step, so their ratio there shows the noise; to see what a
  * copy would cost there, build the library with a higher limit:
  *
  *   make -C csrc && cc -O2 -Icsrc benchmarks/core_small.c csrc/build/libzcsend.a \
@@ -101,7 +102,8 @@ int main(int argc, char **argv) {
     for (int head = 0; head <= 1; head++) {
       double t[2][9];
       for (int r = 0; r < rounds; r++) {
-        for (int copy = 0; copy <= 1; copy++) {
+        for (int k = 0; k <= 1; k++) {
+          int copy = k ^ (r & 1); /* each way first in every other round: no order bias */
           double t0 = cpu_ns();
           for (int k = 0; k < sends; k++)
             send_one(s, fd, sizes[i], head, copy);
