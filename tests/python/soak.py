@@ -538,12 +538,16 @@ def _where(exc):
 # ---- one mode ---------------------------------------------------------------------------
 class Soak:
     def __init__(self, mode, corpus, seconds, *, seed=None, concurrency=None, fault_rate=0.35,
-                 hang_timeout=30.0, read_timeout=30.0, server_faults=None, max_samples=40, quiet=None):
+                 hang_timeout=30.0, read_timeout=30.0, server_faults=None, max_samples=40, quiet=None,
+                 min_faults=0):
         self.mode = mode
         self.loop_kind, self.net = mode.split("-")
         self.tls = self.net == "tls"
         self.corpus = corpus
         self.seconds = seconds
+        # Workers go on past `seconds` until this many server faults have landed (most
+        # come after a small transfer is done: "faults too late"), for at most 4x as long.
+        self.min_faults = min_faults
         self.seed = random.randrange(1 << 30) if seed is None else seed
         self.concurrency = concurrency or (24 if self.tls else 48)
         self.quiet = quiet if quiet is not None else self.concurrency // 3
@@ -828,7 +832,7 @@ class Soak:
                 jobs.append(job)
                 writer.write(b"%d %d\n" % (cid, seq))
                 ok = await self.receive(job, reader, writer)
-                if not ok or (quiet and time.monotonic() > self.deadline):
+                if not ok or (quiet and not self._running()):
                     break
             if ok:  # all answered: nothing more may come
                 writer.write(b"bye\n")
@@ -957,9 +961,16 @@ class Soak:
             writer.close()
             self.handlers.discard(task)
 
+    def _running(self):
+        now = time.monotonic()
+        if now < self.deadline:
+            return True
+        landed = sum(v for k, v in self.c.items() if k.startswith("fault "))
+        return landed < self.min_faults and now < self.deadline + 3 * self.seconds + 2
+
     async def idle_worker(self, seed):
         rnd = random.Random(seed)
-        while time.monotonic() < self.deadline:
+        while self._running():
             try:
                 reader, writer = await self.connect(rnd, False, self.idle_port)
             except (OSError, ssl.SSLError, asyncio.TimeoutError):
@@ -977,7 +988,7 @@ class Soak:
 
     async def client_worker(self, seed, quiet=False):
         rnd = random.Random(seed)
-        while time.monotonic() < self.deadline:
+        while self._running():
             try:
                 await self.client_conn(rnd, quiet)
             except Exception as exc:  # the soak's own bug: say so, and go on
@@ -1098,7 +1109,7 @@ class Soak:
         workers += [self.loop.create_task(self.client_worker(seeds + 300 + i, True)) for i in range(self.quiet)]
         workers += [self.loop.create_task(self.idle_worker(seeds + 500 + i)) for i in range(4)]
         try:
-            bound = self.seconds + self.read_timeout + self.hang_timeout + 10
+            bound = 4 * self.seconds + 2 + self.read_timeout + self.hang_timeout + 10
             _, pending = await asyncio.wait(workers, timeout=bound)
             if pending:
                 self.fail("hang", None, f"{len(pending)} client workers still busy long after the end")
