@@ -99,6 +99,8 @@ def serve(body, how, path, kind, deadline):
             left -= len(data)
             if c.paused is not None:
                 await c.paused
+            if c.t.is_closing():
+                return  # wrk went mid-answer: writing on would only log asyncio's warnings
 
     async def loop_sendfile(c, f):
         c.t.write(HEAD)
