@@ -531,13 +531,9 @@ static int may_step(zcs_job_t *j) {
   size_t budget = j->t.budget ? j->t.budget : ZCS_DEFAULT_BUDGET;
   if (!prefetch_on || !j->t.sized || j->t.offset < 0 || j->t.remaining <= 0 || j->t.file_fd < 0)
     return 1; /* no page cache behind it (a pipe, memory), or nothing left to read */
-  /* bytes it holds (read ahead: zcs_transfer_ready) were read: offset is past them */
-  uint64_t held = (j->t.buf_len - j->t.buf_pos) + j->t.pipe_len;
-  if ((uint64_t)j->t.remaining <= held)
+  size_t len = zcs__transfer_unread(&j->t, budget); /* offset is past bytes held */
+  if (!len)
     return 1;
-  size_t len = budget;
-  if ((uint64_t)j->t.remaining - held < len)
-    len = (size_t)((uint64_t)j->t.remaining - held);
   int64_t end = j->t.offset + (int64_t)len;
   int64_t from = j->ready_end > j->t.offset ? j->ready_end : j->t.offset;
   if (from >= end)

@@ -635,14 +635,17 @@ int zcs_transfer_cached(const zcs_transfer_t *t, size_t len) {
   if (t->result != ZCS_RUNNING || !t->sized || t->offset < 0 || t->remaining <= 0 || !len ||
       t->file_fd < 0)
     return 1;
-  /* bytes the transfer holds already (emulation buffer, splice pipe) were read:
-     what is left to read from offset is remaining less those */
+  len = zcs__transfer_unread(t, len);
+  return !len || zcs__range_ready(t->file_fd, t->offset, len);
+}
+
+size_t zcs__transfer_unread(const zcs_transfer_t *t, size_t len) {
   uint64_t held = (t->buf_len - t->buf_pos) + t->pipe_len;
-  if ((uint64_t)t->remaining <= held)
-    return 1;
+  if (t->remaining <= 0 || (uint64_t)t->remaining <= held)
+    return 0;
   if ((uint64_t)t->remaining - held < len)
     len = (size_t)((uint64_t)t->remaining - held);
-  return zcs__range_ready(t->file_fd, t->offset, len);
+  return len;
 }
 
 unsigned long zcs_transfer_tls_error(const zcs_transfer_t *t) { return t->tls_error; }

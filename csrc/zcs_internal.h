@@ -61,6 +61,10 @@ int zcs__pread_nowait(int fd, void *buf, size_t len, int64_t offset);
    cachestat(2) says every page is cached, and preadv2(RWF_NOWAIT) probes say
    none of them is still being read in. 1 also where the kernel can't tell. */
 int zcs__range_ready(int fd, int64_t off, size_t len);
+/* Of the next len bytes t sends from its file, how many it must still read at
+   t->offset: remaining less what it holds read already (the emulation's buffer,
+   a splice pipe, a rest zcs_transfer_ready read), at most len; 0: none. */
+size_t zcs__transfer_unread(const zcs_transfer_t *t, size_t len);
 /* Ends a running transfer with err now (its outcome is counted). */
 void zcs__transfer_end(zcs_transfer_t *t, int err);
 

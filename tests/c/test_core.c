@@ -1336,27 +1336,6 @@ START_TEST(tls_garbage_from_peer) {
 }
 END_TEST
 
-/* bytes zcs_transfer_ready holds would be skipped by kTLS's sendfile: a TLS
-   object comes before them or not at all */
-START_TEST(tls_not_after_a_held_rest) {
-  unsigned char *data = pattern(1000, 38);
-  int fd = make_file("held", data, 1000);
-  int sv[2];
-  make_pair(0, sv);
-  SSL_CTX *ctx = server_ctx();
-  SSL *ssl = SSL_new(ctx);
-  SSL_set_fd(ssl, sv[0]);
-  zcs_transfer_t t;
-  ck_assert_int_eq(zcs_transfer_init(&t, sv[0], fd, 0, -1, 0), 0);
-  ck_assert_int_eq(zcs_transfer_ready(&t, ZCS_DEFAULT_BUDGET), 1);
-  ck_assert_int_eq(zcs_transfer_set_ssl(&t, ssl), -EINVAL);
-  zcs_transfer_release(&t);
-  SSL_free(ssl);
-  SSL_CTX_free(ctx);
-  close(sv[0]); close(sv[1]); close(fd); free(data);
-}
-END_TEST
-
 START_TEST(tls_bad_inputs) {
   unsigned char *data = pattern(4096, 24);
   int fd = make_file("f", data, 4096);
@@ -1374,6 +1353,12 @@ START_TEST(tls_bad_inputs) {
   SSL_set_fd(ssl, sv[0]);
   ck_assert_int_eq(zcs_transfer_init(&t, sv[0], fd, 0, -1, ZCS_F_NO_FALLBACK), 0);
   ck_assert_int_eq(zcs_transfer_set_ssl(&t, ssl), ZCS_EUNSUPPORTED); /* no kTLS here */
+  zcs_transfer_release(&t);
+  /* bytes zcs_transfer_ready holds would be skipped by kTLS's sendfile: a TLS
+     object comes before them or not at all */
+  ck_assert_int_eq(zcs_transfer_init(&t, sv[0], fd, 0, -1, 0), 0);
+  ck_assert_int_eq(zcs_transfer_ready(&t, ZCS_DEFAULT_BUDGET), 1);
+  ck_assert_int_eq(zcs_transfer_set_ssl(&t, ssl), -EINVAL);
   zcs_transfer_release(&t);
   SSL_free(ssl);
   SSL_CTX_free(sctx);
@@ -3050,7 +3035,6 @@ int main(void) {
   tcase_add_test(tls, tls_peer_closes);
   tcase_add_test(tls, tls_garbage_from_peer);
   tcase_add_test(tls, tls_bad_inputs);
-  tcase_add_test(tls, tls_not_after_a_held_rest);
   tcase_add_test(tls, ev_driver_tls_concurrent);
   tcase_add_test(tc, read_cached_never_waits);
   tcase_add_test(tc, head_then_file);
