@@ -25,9 +25,11 @@ issue's targets (loop lag never above 2 ms; hot p99 beside N cold streams within
 1.5x of alone).
 
     python benchmarks/cold.py [--runs 3] [--cold-size 64] [--streams 4] [--quick]
+                              [--hot-inline] [--watch MS]
 """
 import argparse
 import asyncio
+import faulthandler
 import json
 import os
 import shutil
@@ -60,6 +62,7 @@ def serve(mode, hot, cold, hot_inline, lifetime):
     if cg:  # --read-mbps: this process (and every thread it starts) reads the disk slowly
         with open(os.path.join(cg, "cgroup.procs"), "w") as f:
             f.write(str(os.getpid()))
+    watch_ms = float(os.environ.pop("ZCS_COLDBENCH_WATCH_MS", 0))
     if mode == "zcsend":
         import zcsend
         if not hot_inline:
@@ -128,11 +131,18 @@ def serve(mode, hot, cold, hot_inline, lifetime):
         srv = await asyncio.start_server(handle, "127.0.0.1", 0)
         print(srv.sockets[0].getsockname()[1], flush=True)
         task = asyncio.ensure_future(sampler())
+        if watch_ms:  # --watch: faulthandler's own thread (no GIL) dumps a stalled loop's stack
+            def rearm():
+                if not quit_.done():
+                    faulthandler.dump_traceback_later(watch_ms / 1e3, file=sys.stderr)
+                    loop.call_later(0.001, rearm)
+            rearm()
         try:
             await asyncio.wait_for(quit_, lifetime)  # ends by itself if the driver is gone
         finally:
             task.cancel()
             srv.close()
+            faulthandler.cancel_dump_traceback_later()
     asyncio.run(main())
 
 
@@ -222,6 +232,8 @@ def one_run(mode, env, hot, hot_size, cold, args):
         argv.append("--hot-inline")
     if args.limit:
         env = {**env, "ZCS_COLDBENCH_CGROUP": args.limit.dir}
+    if args.watch:
+        env = {**env, "ZCS_COLDBENCH_WATCH_MS": str(args.watch)}
     server = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env={**os.environ, **env})
     clients = []
     try:
@@ -301,6 +313,8 @@ def main():
     ap.add_argument("--only", help="comma-separated contender names")
     ap.add_argument("--quick", action="store_true", help="a smoke run: one run, small files")
     ap.add_argument("--json", help="also write the raw results here")
+    ap.add_argument("--watch", type=float, metavar="MS",
+                    help="print every server thread's Python stack when its loop stalls this long")
     ap.add_argument("--serve", nargs="+", help=argparse.SUPPRESS)
     ap.add_argument("--pace", type=int, default=64,
                     help="KiB a cold client reads per ms at most (it sleeps 1 ms after each)")
@@ -308,7 +322,8 @@ def main():
     args = ap.parse_args()
     if args.serve:
         mode, hot, *cold = args.serve
-        return serve(mode, hot, [c for c in cold if c != "--hot-inline"], "--hot-inline" in cold, 120)
+        # argparse took the --hot-inline one_run appends as this process's own flag
+        return serve(mode, hot, cold, args.hot_inline, 120)
     if args.client:
         return cold_client(*map(int, args.client))
     if args.quick:
