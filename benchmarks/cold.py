@@ -257,9 +257,11 @@ def one_run(mode, env, hot, hot_size, cold, args):
             c.stdin.flush()
         for c in clients:
             assert c.stdout.readline().strip() == "go"
+        t_go = time.monotonic()
         beside = []
         while any(c.poll() is None for c in clients):
             beside.append(hot_request(hs, hot_size, buf))
+        cold_secs = time.monotonic() - t_go
         for c, path in zip(clients, cold):
             got = int(c.stdout.readline())
             assert got == os.path.getsize(path), (got, path)
@@ -289,6 +291,8 @@ def one_run(mode, env, hot, hot_size, cold, args):
         "hot_p50_alone": pct(alone, 50) * 1e3, "hot_p99_alone": pct(alone, 99) * 1e3,
         "hot_p50_beside": pct(beside, 50) * 1e3, "hot_p99_beside": pct(beside, 99) * 1e3,
         "hot_beside_n": len(beside), "prefetch_threads": reply["prefetch_threads"],
+        # the cold streams together, until the last one ended (bounded by --pace)
+        "cold_mbps": sum(os.path.getsize(p) for p in cold) / cold_secs / 1e6,
     }
 
 
@@ -370,8 +374,8 @@ def main():
           f"medians of {args.runs} run(s), (min–max); times in ms\n")
     print("| server | loop lag p99 | loop lag max | loop lag p99 / max, no cold stream | hot p50 alone | hot p99 alone "
           f"| hot p50 beside {args.streams} cold | hot p99 beside {args.streams} cold "
-          "| hot p99 beside / alone | lag max ≤ 2 ms | hot ratio ≤ 1.5 |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "| hot p99 beside / alone | cold streams MB/s | lag max ≤ 2 ms | hot ratio ≤ 1.5 |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, runs in results.items():
         col = {k: [x[k] for x in runs] for k in runs[0]}
         ratio = [x["hot_p99_beside"] / x["hot_p99_alone"] for x in runs]
@@ -380,7 +384,8 @@ def main():
         print(f"| {name} | {fmt(col['lag_p99'])} | {fmt(col['lag_max'])} "
               f"| {fmt(col['lag_p99_alone'])} / {fmt(col['lag_max_alone'])} | {fmt(col['hot_p50_alone'])} "
               f"| {fmt(col['hot_p99_alone'])} | {fmt(col['hot_p50_beside'])} | {fmt(col['hot_p99_beside'])} "
-              f"| {fmt(ratio)}x | {'yes' if lag_ok else 'no'} | {'yes' if ratio_ok else 'no'} |")
+              f"| {fmt(ratio)}x | {fmt(col['cold_mbps'], 0)} | {'yes' if lag_ok else 'no'} "
+              f"| {'yes' if ratio_ok else 'no'} |")
 
 
 if __name__ == "__main__":

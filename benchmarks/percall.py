@@ -13,7 +13,7 @@ reader's work does not count. Ways compared, in the same run:
 Prints, per size, the median of --runs (min-max) of CPU us per call, and the
 issue 13 ratios: zcsend / read+write, and zcsend minus the floor.
 
-    python benchmarks/percall.py [--runs 5] [--loop asyncio|uvloop] [--quick]
+    python benchmarks/percall.py [--runs 5] [--loop asyncio|uvloop] [--quick] [--one-connection]
 """
 import argparse
 import asyncio
@@ -104,6 +104,57 @@ async def on_stream(way, f, size, calls):
         proc.wait()
 
 
+async def one_connection(f, size, rounds, block):
+    """--one-connection: every way on the same drained connection, in blocks of
+    `block` calls taken in turn, `rounds` times; each block's CPU us per call.
+    The floor's block runs with the socket made blocking (as floor() does; the
+    transport holds nothing then) and the loop thread waiting in sendfile."""
+    import zcsend
+    conn, proc = drained_socket()
+    conn.setblocking(False)
+    loop = asyncio.get_running_loop()
+    _, writer = await asyncio.open_connection(sock=conn)
+    fd, sfd = f.fileno(), conn.fileno()
+
+    async def floor_():  # the socket is blocking for its block: waits cost no CPU
+        off = 0
+        while off < size:
+            off += os.sendfile(sfd, fd, off, size - off)
+
+    async def zc():
+        await zcsend.sendfile(writer, f, 0, size)
+
+    async def rw():
+        f.seek(0)
+        writer.write(f.read(size))
+        await writer.drain()
+
+    async def ls():
+        await loop.sendfile(writer.transport, f, 0, size)
+
+    ways = dict(zip(WAYS, [floor_, zc, rw, ls]))
+    out = {w: [] for w in WAYS}
+    try:
+        for _ in range(rounds + 1):  # the first round warms up, uncounted
+            for way, one in ways.items():
+                while writer.transport.get_write_buffer_size():  # read+write's tail goes first
+                    await asyncio.sleep(0.001)
+                os.set_blocking(sfd, one is floor_)
+                t0 = time.thread_time()
+                for _ in range(block):
+                    await one()
+                out[way].append((time.thread_time() - t0) / block * 1e6)
+                os.set_blocking(sfd, False)
+        return {way: ts[1:] for way, ts in out.items()}
+    finally:
+        writer.close()
+        try:
+            await writer.wait_closed()
+        except OSError:
+            pass
+        proc.wait()
+
+
 def run_loop(kind, coro):
     if kind == "uvloop":
         import uvloop
@@ -123,6 +174,9 @@ def main():
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio")
     ap.add_argument("--quick", action="store_true", help="1 run, a tenth of the calls (CI smoke)")
+    ap.add_argument("--one-connection", action="store_true",
+                    help="all ways on one connection, in blocks taken in turn (3x --runs blocks "
+                         "each): the connection's own state no longer differs between ways")
     opts = ap.parse_args()
     runs = 1 if opts.quick else opts.runs
     scale = 10 if opts.quick else 1
@@ -135,12 +189,20 @@ def main():
                 out.write(os.urandom(size))
             with open(path, "rb") as f:  # in the page cache
                 f.read()
+            if opts.one_connection:
+                with open(path, "rb") as f:
+                    block = max(10, calls // 6 // scale)
+                    for way, ts in run_loop(opts.loop, one_connection(f, size, 3 * runs, block)).items():
+                        results[label, way] = ts
+                continue
             for _ in range(runs):  # round-robin: the machine's drift spreads over every way
                 for way in WAYS:
                     t = measure(path, size, max(10, calls // scale), way, opts.loop) * 1e6
                     results.setdefault((label, way), []).append(t)
+        how = (f"one connection, median of {3 * runs} blocks" if opts.one_connection
+               else f"median of {runs}")
         print(f"\nCPU us per call on the sending thread ({opts.loop}, backend {zcsend.backend()}, "
-              f"median of {runs} (min-max); Python {sys.version.split()[0]})\n")
+              f"{how} (min-max); Python {sys.version.split()[0]})\n")
         print("| size | " + " | ".join(WAYS) + " | zcsend / read+write | zcsend - floor (us) |")
         print("|---" * (len(WAYS) + 3) + "|")
         for _, label, _ in SIZES:

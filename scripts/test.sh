@@ -115,10 +115,17 @@ tail -n +2 "$OUT/results.md" | head -20
 step "Per-call, cold-cache and bare-server benchmark smoke runs (benchmarks/percall.py, cold.py, bare.py --quick)"
 $PY benchmarks/percall.py --quick >"$OUT/percall.md" 2>"$OUT/percall.log" || { cat "$OUT/percall.log"; exit 1; }
 grep -q '^| 16 KiB |' "$OUT/percall.md" && cat "$OUT/percall.md"
+$PY benchmarks/percall.py --quick --one-connection >"$OUT/percall1.md" 2>"$OUT/percall1.log" || { cat "$OUT/percall1.log"; exit 1; }
+grep -q '^| 16 KiB |' "$OUT/percall1.md" && grep -q 'one connection' "$OUT/percall1.md"
 $PY benchmarks/cold.py --quick >"$OUT/cold.md" 2>"$OUT/cold.log" || { cat "$OUT/cold.log"; exit 1; }
 grep -q '^| zcsend |' "$OUT/cold.md" && cat "$OUT/cold.md"
+$PY benchmarks/cold.py --quick --hot-inline --watch 200 --only zcsend >"$OUT/cold1.md" 2>"$OUT/cold1.log" || { cat "$OUT/cold1.log"; exit 1; }
+grep -q 'inline step allowed' "$OUT/cold1.md" && grep -q '^| zcsend |' "$OUT/cold1.md"
 $PY benchmarks/bare.py --quick >"$OUT/bare.md" 2>"$OUT/bare.log" || { cat "$OUT/bare.log"; exit 1; }
 grep -q '^| zcsend (open per request) |' "$OUT/bare.md" && cat "$OUT/bare.md"
+# 1 MiB: wrk ends its runs mid-answer; every server must take that quietly
+$PY benchmarks/bare.py --quick --size 1024 >"$OUT/bare1m.md" 2>"$OUT/bare1m.log" || { cat "$OUT/bare1m.log"; exit 1; }
+grep -q '^| zcsend (open per request) |' "$OUT/bare1m.md"
 step "The core's small-send benchmark smoke run (benchmarks/core_small.c --quick)"
 make -s -C csrc
 cc -O2 -Wall -Werror -Icsrc benchmarks/core_small.c csrc/build/libzcsend.a -lev -lssl -lcrypto -pthread \
