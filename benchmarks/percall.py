@@ -71,55 +71,10 @@ def floor(f, size, calls):
         proc.wait()
 
 
-async def on_stream(way, f, size, calls):
+def stream_ways(writer, f, size):
+    """The ways on an asyncio stream: one call each, `size` bytes of f from 0."""
     import zcsend
-    conn, proc = drained_socket()
-    conn.setblocking(False)
     loop = asyncio.get_running_loop()
-    _, writer = await asyncio.open_connection(sock=conn)
-    try:
-        if way == "zcsend":
-            async def one():
-                await zcsend.sendfile(writer, f, 0, size)
-        elif way == "read+write":
-            async def one():
-                f.seek(0)
-                writer.write(f.read(size))
-                await writer.drain()
-        else:
-            async def one():
-                await loop.sendfile(writer.transport, f, 0, size)
-        for _ in range(min(50, calls)):  # warm: caches, the transport's first-use paths
-            await one()
-        t0 = time.thread_time()
-        for _ in range(calls):
-            await one()
-        return (time.thread_time() - t0) / calls
-    finally:
-        writer.close()
-        try:
-            await writer.wait_closed()
-        except OSError:
-            pass
-        proc.wait()
-
-
-async def one_connection(f, size, rounds, block):
-    """--one-connection: every way on the same drained connection, in blocks of
-    `block` calls taken in turn, `rounds` times; each block's CPU us per call.
-    The floor's block runs with the socket made blocking (as floor() does; the
-    transport holds nothing then) and the loop thread waiting in sendfile."""
-    import zcsend
-    conn, proc = drained_socket()
-    conn.setblocking(False)
-    loop = asyncio.get_running_loop()
-    _, writer = await asyncio.open_connection(sock=conn)
-    fd, sfd = f.fileno(), conn.fileno()
-
-    async def floor_():  # the socket is blocking for its block: waits cost no CPU
-        off = 0
-        while off < size:
-            off += os.sendfile(sfd, fd, off, size - off)
 
     async def zc():
         await zcsend.sendfile(writer, f, 0, size)
@@ -132,11 +87,58 @@ async def one_connection(f, size, rounds, block):
     async def ls():
         await loop.sendfile(writer.transport, f, 0, size)
 
-    ways = dict(zip(WAYS, [floor_, zc, rw, ls]))
+    return {"zcsend": zc, "read+write": rw, "loop.sendfile": ls}
+
+
+async def drained_stream():
+    conn, proc = drained_socket()
+    conn.setblocking(False)
+    _, writer = await asyncio.open_connection(sock=conn)
+    return conn, proc, writer
+
+
+async def close_stream(writer, proc):
+    writer.close()
+    try:
+        await writer.wait_closed()
+    except OSError:
+        pass
+    proc.wait()
+
+
+async def on_stream(way, f, size, calls):
+    _, proc, writer = await drained_stream()
+    try:
+        one = stream_ways(writer, f, size)[way]
+        for _ in range(min(50, calls)):  # warm: caches, the transport's first-use paths
+            await one()
+        t0 = time.thread_time()
+        for _ in range(calls):
+            await one()
+        return (time.thread_time() - t0) / calls
+    finally:
+        await close_stream(writer, proc)
+
+
+async def one_connection(f, size, rounds, block):
+    """--one-connection: every way on the same drained connection, in blocks of
+    `block` calls taken in turn, `rounds` times; each block's CPU us per call.
+    The floor's block runs with the socket made blocking (as floor() does; the
+    transport holds nothing then) and the loop thread waiting in sendfile."""
+    conn, proc, writer = await drained_stream()
+    fd, sfd = f.fileno(), conn.fileno()
+
+    async def floor_():  # the socket is blocking for its block: waits cost no CPU
+        off = 0
+        while off < size:
+            off += os.sendfile(sfd, fd, off, size - off)
+
+    ways = {"os.sendfile": floor_, **stream_ways(writer, f, size)}
     out = {w: [] for w in WAYS}
     try:
         for _ in range(rounds + 1):  # the first round warms up, uncounted
-            for way, one in ways.items():
+            for way in WAYS:
+                one = ways[way]
                 while writer.transport.get_write_buffer_size():  # read+write's tail goes first
                     await asyncio.sleep(0.001)
                 os.set_blocking(sfd, one is floor_)
@@ -147,12 +149,7 @@ async def one_connection(f, size, rounds, block):
                 os.set_blocking(sfd, False)
         return {way: ts[1:] for way, ts in out.items()}
     finally:
-        writer.close()
-        try:
-            await writer.wait_closed()
-        except OSError:
-            pass
-        proc.wait()
+        await close_stream(writer, proc)
 
 
 def run_loop(kind, coro):
