@@ -617,9 +617,11 @@ static int load_small(zcs_transfer_t *t) {
     return 1;
   }
   /* EAGAIN or short: a page not read in, or the file shrank (the step meets
-     that), or a cached page that carries the readahead mark (RWF_NOWAIT reads
-     start no I/O, so they stop there: the zero-copy step would not wait).
-     zcs_transfer_cached tells which. Any other error is the step's to meet. */
+     that), or a cached page that carries the readahead mark (the read stops
+     there). zcs_transfer_cached tells which. Any other error is the step's to
+     meet. Like every RWF_NOWAIT read of a buffered file (the probes too), this
+     one submits the kernel's readahead where it finds no page, or a marked one:
+     the reads start from this thread, which never waits for them. */
   return 0;
 #else
   (void)t;
