@@ -555,6 +555,29 @@ static int range_probed(int fd, int64_t off, size_t len, long page) {
 }
 #endif
 
+#ifdef __linux__
+/* cachestat(2) refuses (EPERM, Linux >= 6.14: a page-cache side channel) a file
+   this process may not write and does not own: a server's worker reading root's
+   files, the common case. Then every page's first byte is probed, up to
+   PROBE_ALL_PAGES pages; a longer range is not ready: a prefetch thread's
+   sendfile to /dev/null makes it so, at little cost where it was all there. */
+#define PROBE_ALL_PAGES 16
+
+static int pages_probed(int fd, int64_t off, uint64_t pages, long page) {
+  if (pages > PROBE_ALL_PAGES)
+    return 0;
+  int64_t first = off / page * page;
+  for (uint64_t i = 0; i < pages; i++) {
+    int r = probe(fd, i ? first + (int64_t)i * page : off);
+    if (r < 0)
+      return 1; /* no RWF_NOWAIT on this file either: nothing can tell; step */
+    if (!r)
+      return 0;
+  }
+  return 1;
+}
+#endif
+
 int zcs__range_ready(int fd, int64_t off, size_t len) {
 #ifdef __linux__
   static int unsupported; /* no cachestat here: stays so (a benign race) */
@@ -573,12 +596,14 @@ int zcs__range_ready(int fd, int64_t off, size_t len) {
     return 1;
   struct zcs__cachestat_range r = {(uint64_t)off, len};
   struct zcs__cachestat cs;
+  uint64_t pages = (r.off + len - 1) / (uint64_t)page - r.off / (uint64_t)page + 1;
   if (syscall(__NR_cachestat, fd, &r, &cs, 0) < 0) {
+    if (errno == EPERM)
+      return pages_probed(fd, off, pages, page);
     if (errno == ENOSYS)
       __atomic_store_n(&unsupported, 1, __ATOMIC_RELAXED);
     return 1; /* can't tell: step, as before */
   }
-  uint64_t pages = (r.off + len - 1) / (uint64_t)page - r.off / (uint64_t)page + 1;
   /* where the file can't be probed, cachestat's answer stands */
   return cs.nr_cache >= pages && range_probed(fd, off, len, page) != 0;
 #else

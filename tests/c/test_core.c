@@ -4,6 +4,7 @@
 #include <check.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
@@ -2861,6 +2862,87 @@ START_TEST(small_rest_only_when_read_in) {
 }
 END_TEST
 
+/* whether [off, off + len) of fd turns ready within a second: a page read in a
+   moment ago can be locked a moment longer, and a probe then says "not yet" */
+static int ready_soon(int fd, int64_t off, size_t len) {
+  for (int i = 0; i < 100; i++) {
+    if (zcs__range_ready(fd, off, len) == 1)
+      return 1;
+    usleep(10000);
+  }
+  return 0;
+}
+
+/* the child of range_ready_without_cachestat_rights, as nobody: its exit
+   code is the first check that failed (0: all passed) */
+static int not_the_owner(int fd, size_t len) {
+  if (setgroups(0, NULL) < 0 || setgid(65534) < 0 || setuid(65534) < 0)
+    return 1;
+  struct { uint64_t off, len; } r = {0, len};
+  uint64_t cs[5];
+  errno = 0;
+  if (syscall(451 /* __NR_cachestat */, fd, &r, cs, 0) == 0 || errno != EPERM)
+    return 2; /* the kernel answers nobody: this test shows nothing here */
+  if (posix_fadvise(fd, 0, 0, POSIX_FADV_RANDOM) != 0)
+    return 12; /* no readahead: a read (or a probe) brings in its own pages only */
+  if (zcs__range_ready(fd, 0, 16384) != 0)
+    return 3; /* evicted: not ready */
+  if (zcs__range_ready(fd, 256 << 10, 4096) != 0)
+    return 4; /* one page, evicted */
+  char buf[64 << 10];
+  if (pread(fd, buf, sizeof buf, 0) != (ssize_t)sizeof buf)
+    return 5;
+  if (!ready_soon(fd, 0, sizeof buf))
+    return 6; /* 16 pages read in: every one probed */
+  if (!ready_soon(fd, 100, sizeof buf - 200))
+    return 7; /* unaligned, inside them */
+  if (zcs__range_ready(fd, 0, sizeof buf + 1) != 0)
+    return 8; /* 17 pages: not ready, read in or not (a prefetch makes it so) */
+  if (pread(fd, buf, 4096, 800 << 10) != 4096 || !ready_soon(fd, 800 << 10, 4096))
+    return 9;
+  if (zcs__range_ready(fd, 800 << 10, 8192) != 0)
+    return 13; /* one page in, the next out */
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) < 0)
+    return 10;
+  set_nonblock(sv[0]);
+  zcs_transfer_t t; /* the public question, as the hosts ask it */
+  if (zcs_transfer_init(&t, sv[0], fd, 512 << 10, 16384, 0) != 0)
+    return 11;
+  if (zcs_transfer_cached(&t, 16384) != 0)
+    return 14;
+  zcs_transfer_release(&t);
+  (void)len;
+  return 0;
+}
+
+/* cachestat(2) refuses a file the process may neither write nor owns (EPERM,
+   Linux >= 6.14), as a server worker serving root's files: a cold range must
+   still never look ready (it did: "can't tell" meant "step"). Needs root, to
+   be nobody in a child. */
+START_TEST(range_ready_without_cachestat_rights) {
+  if (geteuid() != 0) {
+    fprintf(stderr, "range_ready_without_cachestat_rights: not root, nothing to show\n");
+    return;
+  }
+  size_t len = 1 << 20;
+  unsigned char *data = pattern(len, 52);
+  int fd = make_cold_file("not-mine", data, len); /* root's, 0644 */
+  ck_assert_int_ge(fd, 0);
+  pid_t pid = fork();
+  ck_assert_int_ge(pid, 0);
+  if (pid == 0)
+    _exit(not_the_owner(fd, len));
+  int status;
+  ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+  ck_assert(WIFEXITED(status));
+  ck_assert_int_eq(WEXITSTATUS(status), 0);
+  close(fd);
+  cold_cleanup();
+  free(data);
+}
+END_TEST
+
 /* the file shrank after init: the read comes back short, nothing is held, and
    zcs_transfer_cached answers; the (zero-copy) step says ETRUNCATED */
 START_TEST(small_rest_of_a_shrunk_file) {
@@ -3061,6 +3143,7 @@ int main(void) {
   tcase_add_test(eng, ev_driver_waits_for_a_prefetch);
   tcase_add_test(eng, small_rest_is_one_copy);
   tcase_add_test(eng, small_rest_only_when_read_in);
+  tcase_add_test(eng, range_ready_without_cachestat_rights);
   tcase_add_test(eng, small_rest_of_a_shrunk_file);
   tcase_add_test(eng, small_rest_to_a_closed_pipe_no_sigpipe);
   tcase_add_test(eng, small_rest_peek_and_advance);

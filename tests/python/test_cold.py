@@ -136,6 +136,62 @@ def test_a_warm_small_file_still_ends_inline(tmp_path, submits):
     assert file_sha1(path)[0] == sha
 
 
+_NOT_MINE = r"""
+import asyncio, ctypes, os, socket, sys, threading
+import zcsend
+from zcsend import _zcsend
+f = open(sys.argv[1], "rb")  # root's file, opened while root
+# now nobody, a server's worker (everything imported first: /root, where this
+# Python lives, is closed to nobody)
+os.setgroups([]); os.setgid(65534); os.setuid(65534)
+r = (ctypes.c_uint64 * 2)(0, 1 << 20); cs = (ctypes.c_uint64 * 5)()
+if ctypes.CDLL(None, use_errno=True).syscall(451, f.fileno(), r, cs, 0) == 0 or ctypes.get_errno() != 1:
+    print("cachestat answers nobody here"); sys.exit(3)
+made, prefetches = _zcsend.debug_counts()["transfers"], _zcsend.engine_stats()["prefetches"]
+
+async def main():
+    a, b = socket.socketpair()
+    got = []
+    th = threading.Thread(target=lambda: [got.append(d) for d in iter(lambda: b.recv(1 << 20), b"")])
+    th.start()
+    a.setblocking(False)
+    _, w = await asyncio.open_connection(sock=a)
+    n = await zcsend.sendfile(w, f)
+    w.close()
+    await w.wait_closed()
+    th.join(30)
+    return n, b"".join(got)
+
+n, data = asyncio.run(main())
+f.seek(0)
+print(n, data == f.read(), _zcsend.debug_counts()["transfers"] - made,
+      _zcsend.engine_stats()["prefetches"] - prefetches)
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root, to be nobody in a child")
+def test_a_cold_file_the_process_does_not_own_still_goes_to_the_engine(diskfile, tmp_path):
+    """cachestat(2) refuses (EPERM, Linux >= 6.14) a file the process may
+    neither write nor owns: a worker running as nobody serving root's files.
+    The core's probes answer instead; before, "can't tell" meant "cached" and
+    the whole cold file was stepped on the loop thread."""
+    import subprocess
+    import sys
+    path, _ = diskfile
+    script = tmp_path / "not_mine.py"
+    script.write_text(_NOT_MINE)
+    evict(path)
+    assert cached(path) is False
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(zcsend.__file__)))
+    r = subprocess.run([sys.executable, str(script), path], capture_output=True, text=True,
+                       timeout=120, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    n, same, made, prefetches = r.stdout.split()
+    assert (n, same) == (str(8 * MiB), "True")
+    assert int(made) == 1, r.stdout  # not ended inline: the engine took it
+    assert int(prefetches) > 0, r.stdout  # and read it in on a prefetch thread
+
+
 # ---- issue 13 §3: a cold file never stalls a hot one in the engine -------------
 def prefetch_threads():
     """The engine's prefetch workers alive in this process, counted by their
