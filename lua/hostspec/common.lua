@@ -38,6 +38,36 @@ function C.write_files(dir, files)
   return dir
 end
 
+-- ---- a cold file (issue 13 §4) ------------------------------------------------------
+-- A file not in the page cache must be read in by a prefetch thread of the core
+-- while the host's loop runs on; these make one for a host to serve.
+-- C.cold_file(name, size, seed): a file of H.bytes(size, seed) in a directory of
+-- its own under /var/tmp (H.tmp may be a tmpfs, which keeps every page in memory:
+-- nothing to evict), made by the shell's mkdir (mktemp aborts under the ASan
+-- preload), C.COLD_DIR, readable by a worker of another user (nginx's);
+-- returns its path, its bytes and a function that removes the directory
+C.COLD_DIR = "/var/tmp/zcs-hostcold-" .. H.pid()
+function C.cold_file(name, size, seed)
+  local dir = C.COLD_DIR
+  assert(os.execute(("mkdir -p %s && chmod 755 %s"):format(dir, dir)))
+  local data = H.bytes(size, seed)
+  local path = C.write_files(dir, { [name] = data }) .. "/" .. name
+  assert(os.execute("chmod 644 " .. path))
+  return path, data, function() os.execute("rm -rf " .. dir) end
+end
+
+-- evicts path from the page cache (written back by sync, then dropped by dd's
+-- nocache) and tells whether it is out; false where the core can't tell what
+-- is in the page cache (no cachestat(2): an older kernel, or valgrind, which
+-- doesn't know the call): there zcsend steps as it always did, and a test has
+-- nothing to see: it says pending(C.NO_CACHESTAT), it never passes blind
+function C.evicted(path)
+  H.evict(path)
+  return not H.cached(path)
+end
+C.NO_CACHESTAT = "the core sees the file in the page cache right after its eviction: it can't tell here " ..
+  "(no cachestat(2): an older kernel, or valgrind)"
+
 -- ---- scripts in a host process -------------------------------------------------
 -- R(key, ...) for a script's prelude: prints "key=v1|v2|..." (tostring of every
 -- value), which run_script hands back by key for the spec to compare exactly

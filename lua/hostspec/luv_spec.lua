@@ -665,6 +665,74 @@ end)
       print(("luv (%s), coroutine form, 2 readers at ~6 MB/s: 10 ms timer max gap %.1f ms"):format(host.name, gap))
       assert.is_true(gap < 100, "loop stalled: max timer gap " .. gap .. " ms")
     end)
+
+    -- issue 13 §4: a range not in the page cache is never stepped on the loop's
+    -- thread; a prefetch thread reads it in while luv waits on its eventfd
+    it("a cold file: read in by a prefetch thread while the luv loop runs on, then sent byte-exact", function()
+      local path, data, remove = C.cold_file("cold.bin", 8 * MiB + 3, 26)
+      finally(remove)
+      local out = H.path("cold." .. host.name)
+      if not C.evicted(path) then -- right before the script: nothing reads the file meanwhile
+        return pending(C.NO_CACHESTAT)
+      end
+      local res = run(host, ([[
+local PATH, OUT = %q, %q
+-- libuv opens /dev/null at a loop's first listen and keeps it (its EMFILE
+-- reserve): listened once before the count
+serve(function() end):close()
+local fds0 = fdcount()
+local before = core.engine_stats().prefetches
+-- a 2 ms timer: how often it ran during the transfer (an event count, no timing)
+local ticks, ended = 0, 0
+local ticker = uv.new_timer()
+ticker:start(2, 2, function() ticks = ticks + 1 end)
+-- both ends done: the counters, once the prefetch thread has let go of its
+-- dups (it does just after its eventfd says done) and the fds are back
+local function settle()
+  ended = ended + 1
+  if ended < 2 then
+    return
+  end
+  ticker:close()
+  local polls, t = 0, uv.new_timer()
+  t:start(0, 10, function()
+    polls = polls + 1
+    local st = core.engine_stats()
+    if (st.prefetching == 0 and fdcount() == fds0) or polls > 300 then
+      t:close()
+      R("prefetches", before, st.prefetches)
+      R("prefetching", st.prefetching)
+      R("fds", fdcount() - fds0)
+    end
+  end)
+end
+local srv, port
+srv, port = serve(function(c)
+  local f = assert(io.open(PATH, "rb"))
+  local t0 = ticks
+  R("result", zcsend.sendfile(c, f))
+  R("ticks", ticks - t0)
+  f:close()
+  srv:close()
+  c:shutdown(function() c:close() settle() end)
+end)
+client(port, {}, function(got)
+  local o = assert(io.open(OUT, "wb"))
+  o:write(got)
+  o:close()
+  settle()
+end)
+]]):format(path, out))
+      assert.are.equal(("%d|nil|nil|nil"):format(#data), res.result)
+      assert.is_true(H.read_file(out) == data, "the cold file arrived altered")
+      local before, after = res.prefetches:match("^(%d+)|(%d+)$")
+      print(("luv (%s), a cold 8 MiB file: %d prefetches, %s timer ticks during the transfer")
+        :format(host.name, tonumber(after) - tonumber(before), res.ticks))
+      assert.is_true(tonumber(after) > tonumber(before), "no prefetch in the luv process: " .. res.prefetches)
+      assert.are.equal("0", res.prefetching)
+      assert.is_true(tonumber(res.ticks) > 0, "the luv loop never ran during the transfer")
+      assert.are.equal("0", res.fds)
+    end)
   end)
 end
 

@@ -54,6 +54,14 @@ local SERVER_EXTRA = [[
       client_max_body_size 0;
       content_by_lua_block { require("nginx_spec_host").sink() }
     }
+    location /cold/ {
+      alias @COLD@/;
+      lingering_close off;
+      access_by_lua_block { require("nginx_spec_host").cold_start() }
+      content_by_lua_file @HANDLER@/files.lua;
+      log_by_lua_block { require("nginx_spec_host").cold_record() }
+    }
+    location = /engine { content_by_lua_block { local s = require("zcsend.core").engine_stats() ngx.say(s.prefetches, " ", s.prefetching) } }
     location = /cos { content_by_lua_block { require("nginx_spec_host").cos() } }
     location = /bad { content_by_lua_block { require("nginx_spec_host").bad() } }
     location = /nonyield {
@@ -129,6 +137,29 @@ function M.drive()
   ngx.ctx.probes = zcsend.stats().bytes_fallback - probes0
   t:close()
   f:close()
+end
+
+-- /cold/ (issue 13 §4): files.lua sends a file not in the page cache. From the
+-- access phase on, a timer ticks every 2 ms in this worker; nothing yields
+-- between here and files.lua's zcsend.sendfile, nor after it until the log
+-- phase, so the ticks seen there are the ticks during the transfer (an event
+-- count, no timing). Recorded under ?id=: sent, err, ticks, the core's
+-- prefetch counter before and after, msg.
+function M.cold_start()
+  local st = { ticks = 0, prefetches = core.engine_stats().prefetches }
+  ngx.ctx.cold = st
+  assert(ngx.timer.at(0, function(premature)
+    while not st.done and not premature do
+      ngx.sleep(0.002)
+      st.ticks = st.ticks + 1
+    end
+  end))
+end
+
+function M.cold_record()
+  local st, r = ngx.ctx.cold, ngx.ctx.zcsend or {}
+  st.done = true
+  dict:set(ngx.var.arg_id, join(r.sent, r.err, st.ticks, st.prefetches, core.engine_stats().prefetches, r.msg))
 end
 
 function M.sink()
@@ -243,7 +274,7 @@ local function start_nginx()
   C.write_files(ROOT, { ["big.bin"] = BIG, ["small.bin"] = SMALL, ["mid.bin"] = BIG:sub(1, 16 * H.MiB) })
   local vars = {
     PREFIX = PREFIX, PORT = PORT, TLS_PORT = TLS_PORT, CERT = crt, KEY = key, ROOT = ROOT,
-    LUA = LUA, HANDLER = EXAMPLE,
+    LUA = LUA, HANDLER = EXAMPLE, COLD = C.COLD_DIR,
   }
   vars.SERVER = render(SERVER_EXTRA, vars)
   vars.HTTP = render(HTTP_EXTRA, vars)
@@ -596,6 +627,43 @@ describe("zcsend in nginx (lua-nginx-module, LuaJIT)", function()
     assert.are.same({ "nil", "EOPNOTSUPP", r[3], "nginx",
       "EOPNOTSUPP: nginx can't wait in its log phase (only in rewrite, access, content, timer and ssl_* handlers)" }, r)
     assert.is_true(tonumber(r[3]) < 0.05, r[3])
+  end)
+
+  -- issue 13 §4: a range not in the page cache is never stepped on the
+  -- worker's thread; a prefetch thread reads it in while the worker waits on
+  -- its eventfd (ngx.sleep between polls) and serves its other events
+  it("a cold file: read in by a prefetch thread while the nginx loop runs on, then sent byte-exact", function()
+    local path, data, remove = C.cold_file("cold.bin", 8 * H.MiB + 3, 12)
+    finally(remove)
+    -- root's file, the worker nobody: cachestat(2) refuses it (EPERM), and the
+    -- core's probes must tell instead (it once took "can't tell" as cached)
+    local uid = H.read_file("/proc/" .. wpid .. "/status"):match("\nUid:%s*(%d+)")
+    assert.are_not.equal("0", uid, "the worker runs as root: the case above is not shown")
+    local function engine() -- the worker's core: prefetches started, in flight
+      local n, busy = text("/engine"):match("^(%d+) (%d+)$")
+      return H.int(tonumber(n)), H.int(tonumber(busy))
+    end
+    text("/gc") -- settled as "gives back its fds" does: the count before
+    socket.sleep(0.2)
+    local fds0 = C.fd_count(wpid)
+    if not C.evicted(path) then -- right before the request: nothing reads the file meanwhile
+      return pending(C.NO_CACHESTAT)
+    end
+    local out = OUT .. "/cold"
+    assert.are.equal("200 " .. #data, curl(("http://127.0.0.1:%d/cold/cold.bin?id=cold"):format(PORT), out,
+      "--max-time 30"))
+    assert.is_true(H.read_file(out) == data, "the cold file arrived altered")
+    local r = result("cold")
+    assert.are.same({ tostring(#data), "nil" }, { r[1], r[2] }, r[6])
+    print(("\n  nginx: a cold 8 MiB file: %d prefetches, %s timer ticks during the transfer")
+      :format(H.int(tonumber(r[5])) - H.int(tonumber(r[4])), r[3]))
+    assert.is_true(H.int(tonumber(r[5])) > H.int(tonumber(r[4])),
+      ("no prefetch in the worker: %s before, %s after"):format(r[4], r[5]))
+    assert.is_true(H.int(tonumber(r[3])) > 0, "the worker's timer never ticked during the transfer")
+    -- the prefetch thread lets go of its dups just after its eventfd says done
+    assert.is_true(C.wait_for(function() return select(2, engine()) == 0 end, 5), "a prefetch still in flight")
+    assert.is_true(C.wait_for(function() return C.fd_count(wpid) == fds0 end, 5),
+      ("worker fds: %d before, %d after"):format(fds0, C.fd_count(wpid)))
   end)
 
   describe("the adapter's two waits for a full socket", function()

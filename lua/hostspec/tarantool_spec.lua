@@ -443,6 +443,69 @@ srv:close()
 ]])
     assert.are.equal("true", res.rebuilt, res.detail)
   end)
+
+  -- issue 13 §4: a range not in the page cache is never stepped on the tx
+  -- thread; a prefetch thread reads it in while the fiber waits on its eventfd
+  it("a cold file: read in by a prefetch thread while the Tarantool fibers run on, then sent byte-exact", function()
+    local path, data, remove = C.cold_file("cold.bin", 8 * MiB + 3, 10)
+    finally(remove)
+    local out = H.path("cold.got")
+    if not C.evicted(path) then -- right before the script: nothing reads the file meanwhile
+      return pending(C.NO_CACHESTAT)
+    end
+    local res = tarantool(([[
+local PATH, OUT, SIZE = %q, %q, %d
+local fds0 = fdcount()
+local before = core.engine_stats().prefetches
+-- a fiber ticking every 2 ms: how often it ran during the transfer (an event
+-- count, no timing)
+local ticks, stop = 0, false
+fiber.create(function()
+  while not stop do
+    fiber.sleep(0.002)
+    ticks = ticks + 1
+  end
+end)
+local srv, port = server(function(c)
+  local f = io.open(PATH, "rb")
+  local t0 = ticks
+  R("result", zcsend.sendfile(c, f))
+  R("ticks", ticks - t0)
+  f:close()
+end)
+local c = connect(port)
+local got = readn(c, SIZE, 30)
+R("eof", c:read(1, 10))
+c:close()
+stop = true
+srv:close()
+local o = io.open(OUT, "wb")
+o:write(got or "")
+o:close()
+-- the prefetch thread lets go of its dups just after its eventfd says done
+local st
+for _ = 1, 300 do
+  st = core.engine_stats()
+  if st.prefetching == 0 and fdcount() == fds0 then
+    break
+  end
+  fiber.sleep(0.01)
+end
+R("prefetches", before, st.prefetches)
+R("prefetching", st.prefetching)
+R("fds", fdcount() - fds0)
+]]):format(path, out, #data))
+    assert.are.equal(("%d|nil|nil|nil"):format(#data), res.result)
+    assert.are.equal("", res.eof) -- and nothing after it
+    assert.is_true(H.read_file(out) == data, "the cold file arrived altered")
+    local before, after = res.prefetches:match("^(%d+)|(%d+)$")
+    print(("\n[tarantool] a cold 8 MiB file: %d prefetches, %s fiber ticks during the transfer")
+      :format(tonumber(after) - tonumber(before), res.ticks))
+    assert.is_true(tonumber(after) > tonumber(before), "no prefetch in the Tarantool process: " .. res.prefetches)
+    assert.are.equal("0", res.prefetching)
+    assert.is_true(tonumber(res.ticks) > 0, "no fiber ran during the transfer")
+    assert.are.equal("0", res.fds)
+  end)
 end)
 
 -- ---- the example file server ------------------------------------------------------

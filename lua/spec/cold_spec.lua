@@ -19,34 +19,12 @@ do
   f:close()
 end
 
--- its pages out of the page cache: written back (sync), then dropped (dd's nocache)
-local function evict()
-  assert(os.execute(("sync %s && dd if=%s iflag=nocache count=0 status=none"):format(PATH, PATH)))
-end
-
--- whether the first 1 MiB of PATH is in the page cache, as the core sees it
-local function cached()
-  local srv, port = H.listen()
-  local c = assert(require("socket").connect("127.0.0.1", port))
-  local s = assert(srv:accept())
-  srv:close()
-  s:settimeout(0)
-  local f = assert(io.open(PATH, "rb"))
-  local t = assert(core.transfer(s:getfd(), core.fileno(f), 0, -1))
-  local yes = t:cached(1048576)
-  t:close()
-  f:close()
-  s:close()
-  c:close()
-  return yes
-end
-
 -- evicts PATH; false where the core can't tell what is in the page cache
 -- (no cachestat(2): an older kernel, or valgrind, which doesn't know the call):
 -- there zcsend steps as it always did, and these tests have nothing to see
 local function evicted()
-  evict()
-  return not cached()
+  H.evict(PATH)
+  return not H.cached(PATH)
 end
 local NO_CACHESTAT = "the core can't tell what is in the page cache here (no cachestat)"
 

@@ -210,6 +210,31 @@ function H.drain(c, limit)
   return table.concat(parts)
 end
 
+-- drops path's pages from the page cache: written back (sync), then dropped
+-- (dd's nocache)
+function H.evict(path)
+  assert(os.execute(("sync %s && dd if=%s iflag=nocache count=0 status=none"):format(path, path)))
+end
+
+-- whether the first MiB of path is in the page cache, as zcsend.core sees it
+-- (t:cached on a transfer to a connected socket; nothing is sent)
+function H.cached(path)
+  local core = require "zcsend.core"
+  local srv, port = H.listen()
+  local c = assert(require("socket").connect("127.0.0.1", port))
+  local s = assert(srv:accept())
+  srv:close()
+  s:settimeout(0)
+  local f = assert(io.open(path, "rb"))
+  local t = assert(core.transfer(s:getfd(), core.fileno(f), 0, -1))
+  local yes = t:cached(1048576)
+  t:close()
+  f:close()
+  s:close()
+  c:close()
+  return yes
+end
+
 function H.cleanup()
   os.execute("rm -rf " .. H.tmp)
 end
