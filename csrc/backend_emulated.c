@@ -15,8 +15,8 @@ ssize_t zcs__flush_buffer(zcs_transfer_t *t) {
   size_t len = t->buf_len - t->buf_pos;
   if (t->ssl) {
     ssize_t n = zcs__tls_write(t, t->buf + t->buf_pos, len);
-    if (n > 0 && (t->buf_pos += (size_t)n) == t->buf_len)
-      t->buf_pos = t->buf_len = 0;
+    if (n > 0)
+      zcs__buf_took(t, (size_t)n);
     return n;
   }
   ssize_t n = send(t->sock_fd, t->buf + t->buf_pos, len, MSG_NOSIGNAL | MSG_DONTWAIT);
@@ -24,9 +24,7 @@ ssize_t zcs__flush_buffer(zcs_transfer_t *t) {
     n = zcs__write_nosigpipe(t->sock_fd, t->buf + t->buf_pos, len); /* a pipe as destination */
   if (n < 0)
     return -errno;
-  t->buf_pos += (size_t)n;
-  if (t->buf_pos == t->buf_len)
-    t->buf_pos = t->buf_len = 0;
+  zcs__buf_took(t, (size_t)n);
   return n;
 }
 

@@ -361,9 +361,7 @@ static int send_head_and_held(zcs_transfer_t *t) {
   t->head_pos += h;
   size_t b = (size_t)n - h;
   if (b) {
-    t->buf_pos += b;
-    if (t->buf_pos == t->buf_len)
-      t->buf_pos = t->buf_len = 0;
+    zcs__buf_took(t, b);
     t->sent += b;
     t->remaining -= (int64_t)b;
     STAT_ADD(bytes_fallback, b);
@@ -486,9 +484,7 @@ int zcs_transfer_advance(zcs_transfer_t *t, size_t n) {
   if (holds_copy(t)) {
     if (n > t->buf_len - t->buf_pos)
       return -EINVAL;
-    t->buf_pos += n;
-    if (t->buf_pos == t->buf_len)
-      t->buf_pos = t->buf_len = 0;
+    zcs__buf_took(t, n);
   } else {
     t->offset += (int64_t)n;
   }

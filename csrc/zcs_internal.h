@@ -27,6 +27,12 @@ void zcs__splice_close(zcs_transfer_t *t);
 ssize_t zcs__emulated(zcs_transfer_t *t, size_t len);
 /* send or write whatever is buffered in t->buf */
 ssize_t zcs__flush_buffer(zcs_transfer_t *t);
+/* n bytes of t->buf went out: the buffer starts over once it is empty */
+static inline void zcs__buf_took(zcs_transfer_t *t, size_t n) {
+  t->buf_pos += n;
+  if (t->buf_pos == t->buf_len)
+    t->buf_pos = t->buf_len = 0;
+}
 /* write(2) that can't raise SIGPIPE in this thread (a pipe whose reader went) */
 ssize_t zcs__write_nosigpipe(int fd, const void *buf, size_t len);
 
