@@ -26,9 +26,21 @@ then two pipelined in one write) and warmed by a wrk run. Then, --runs times,
 round-robin over the contenders (so the machine's drift spreads evenly):
 `wrk -t1 -c100 -d{secs}s`, and server CPU per request = the server process's
 user + system CPU (all its threads, /proc/PID/stat) over the wrk run / the
-requests wrk completed. Any non-2xx answer, socket error or server traceback
+requests wrk completed, and client sleeps per request = wrk's voluntary context
+switches (getrusage of the waited child) over the requests. Any non-2xx answer, socket error or server traceback
 fails the run. --pin: servers on core 0, wrk on the others (as run.py --pin;
 zcsend's engine thread then shares the loop's core).
+
+Client sleeps per request is in the table because server CPU per request
+follows it on this VM more than any server's own code: whenever wrk sleeps, the
+server's next send pays for waking it (an interprocessor interrupt, in
+sock_def_readable under sendfile or sendto: 12% of the zcsend server's
+samples open per request, 6% kept open), and a slower server leaves wrk asleep
+more often. Measured 2026-11-29 across these contenders: about 45 us more
+server CPU per request per client sleep per request (0.16 sleeps: 32 us; 0.91:
+63 us). A response whose head goes out apart from its body (zcsend without
+head=: the head's write, then zcsend's checks, then the body) wakes wrk twice.
+Compare servers at similar sleeps per request, or read it as part of the cost.
 
 Prints median (min-max) of the runs, and the issue 13 ratio: each zcsend
 variant's CPU per request over read+write's with the same file handling
@@ -46,6 +58,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import resource
 import tempfile
 import time
 
@@ -269,8 +282,11 @@ def verify(server, want):
 
 
 def wrk(server, secs):
+    """(requests completed, requests/s, wrk's voluntary context switches)"""
     argv = CLIENT_CPUS + ["wrk", "-t1", "-c100", f"-d{secs}s", f"http://127.0.0.1:{server.port}/f16"]
+    sleeps = resource.getrusage(resource.RUSAGE_CHILDREN).ru_nvcsw
     out = subprocess.run(argv, capture_output=True, text=True, timeout=secs + 60)
+    sleeps = resource.getrusage(resource.RUSAGE_CHILDREN).ru_nvcsw - sleeps  # taskset execs wrk
     text = out.stdout
     m = re.search(r"(\d+) requests in ([\d.]+)(\w+)", text)
     if out.returncode or "Requests/sec:" not in text or not m:
@@ -278,7 +294,7 @@ def wrk(server, secs):
     bad = [line.strip() for line in text.splitlines() if "Non-2xx" in line or "Socket errors" in line]
     if bad:
         raise RuntimeError(f"wrk on {server.name}: " + "; ".join(bad) + "\n" + text)
-    return int(m.group(1)), float(text.split("Requests/sec:")[1].split()[0])
+    return int(m.group(1)), float(text.split("Requests/sec:")[1].split()[0]), sleeps
 
 
 def check_log(server):
@@ -291,12 +307,12 @@ def check_log(server):
 
 def measure(server, secs):
     c0 = server.cpu()
-    requests, rps = wrk(server, secs)
+    requests, rps, sleeps = wrk(server, secs)
     time.sleep(0.1)  # the connections' ends, which the run caused
     cpu = server.cpu() - c0
     if not requests:
         raise RuntimeError(f"{server.name}: no request completed in {secs} s")
-    return cpu / requests * 1e6, rps
+    return cpu / requests * 1e6, rps, sleeps / requests
 
 
 def fmt(xs, spec):
@@ -368,16 +384,17 @@ def main():
     print(f"\nBare asyncio protocol server, {SIZE / 1024:g} KiB file, wrk -t1 -c100 -d{secs}s "
           f"({opts.loop}, backend {zcsend.backend()}, {'pinned: server core 0, wrk the others' if opts.pin else 'unpinned'}; "
           f"median of {runs} (min-max); Python {sys.version.split()[0]}, {os.cpu_count()} cores)\n")
-    print("| contender | server CPU us/request | requests/s |")
-    print("|---|---|---|")
+    print("| contender | server CPU us/request | requests/s | client sleeps/request |")
+    print("|---|---|---|---|")
     for body, how in CONTENDERS:
         name = label(body, how)
         if (body, how) in skipped:
-            print(f"| {name} | n/a ({opts.loop} has no loop.sendfile) | n/a |")
+            print(f"| {name} | n/a ({opts.loop} has no loop.sendfile) | n/a | n/a |")
             continue
         cpu = [r[0] for r in results[name]]
         rps = [r[1] for r in results[name]]
-        print(f"| {name} | {fmt(cpu, '.1f')} | {fmt(rps, ',.0f')} |")
+        sleeps = [r[2] for r in results[name]]
+        print(f"| {name} | {fmt(cpu, '.1f')} | {fmt(rps, ',.0f')} | {fmt(sleeps, '.2f')} |")
     print()
     for how in OPENS:
         base = statistics.median(r[0] for r in results[label(TARGET, how)])
