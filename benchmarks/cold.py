@@ -20,6 +20,13 @@ request -> last byte; the same hot requests are timed with no cold stream
   asyncio loop.sendfile        the loop's own native sendfile
   read + write                 64 KiB f.read() + writer.write() + drain()
 
+For every lag sample over 2 ms the server also reads its loop thread's
+/proc/thread-self/schedstat around it: how much of the stall the thread spent
+runnable, waiting for a CPU (other threads had both cores), how much running
+(its own code), and so how much blocked (a syscall that waits: the disk; or a
+late wake-up). The table counts the stalls by where most of each went; the
+per-run lines give each as [lag, waiting, running] ms.
+
 Prints a markdown table: medians over --runs (min-max where runs > 1), and the
 issue's targets (loop lag never above 2 ms; hot p99 beside N cold streams within
 1.5x of alone).
@@ -32,6 +39,7 @@ import asyncio
 import faulthandler
 import json
 import os
+import resource
 import shutil
 import socket
 import statistics
@@ -41,6 +49,7 @@ import tempfile
 import time
 
 MiB = 1 << 20
+STALL = 0.002  # a lag sample over issue 13's bound: the server says where its time went
 CONTENDERS = [
     ("zcsend", "zcsend", {}),
     ("zcsend (engine prefetch off)", "zcsend", {"ZCSEND_ENGINE_PREFETCH": "0"}),
@@ -50,6 +59,23 @@ CONTENDERS = [
 
 
 # ---- the server (a process of its own) -------------------------------------------
+def thread_cpu():
+    """CPU seconds of this process's threads by name (/proc/self/task/*/stat;
+    zcsend names its threads zcs-engine and zcs-prefetch)"""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue  # gone meanwhile
+        name = stat[stat.index("(") + 1:stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2:].split()
+        out[name] = out.get(name, 0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
 def prefetch_threads():
     """zcsend's engine prefetch threads in this process (started on the first cold
     range the engine met); 0 where zcsend is not in use."""
@@ -72,17 +98,31 @@ def serve(mode, hot, cold, hot_inline, lifetime):
         loop = asyncio.get_running_loop()
         active = 0
         alone = False  # set by an 'A' request: the hot-alone phase
-        lags, lags_alone = [], []
+        lags, lags_alone, stalls = [], [], []
         quit_ = loop.create_future()
+
+        try:  # the loop thread's scheduler counters: where a stall's time went
+            sched = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
+        except OSError:
+            sched = None
+
+        def schedstat():
+            # ns on a CPU, ns runnable waiting for one (Documentation/scheduler/sched-stats)
+            return [int(x) for x in os.pread(sched, 128, 0).split()[:2]] if sched is not None else [0, 0]
 
         async def sampler():
             while True:
                 t = loop.time()
+                s0 = schedstat()
                 await asyncio.sleep(0.001)
+                lag = loop.time() - t - 0.001
                 if active:
-                    lags.append(loop.time() - t - 0.001)
+                    lags.append(lag)
+                    if lag > STALL and sched is not None:
+                        s1 = schedstat()
+                        stalls.append([lag, (s1[1] - s0[1]) / 1e9, (s1[0] - s0[0]) / 1e9])
                 elif alone:
-                    lags_alone.append(loop.time() - t - 0.001)
+                    lags_alone.append(lag)
 
         async def send(w, path):
             with open(path, "rb") as f:
@@ -106,7 +146,9 @@ def serve(mode, hot, cold, hot_inline, lifetime):
                     if not req:
                         return
                     if req == b"q":
-                        w.write(json.dumps({"lags": lags, "lags_alone": lags_alone, "prefetch_threads": prefetch_threads()}).encode())
+                        w.write(json.dumps({"lags": lags, "lags_alone": lags_alone, "stalls": stalls,
+                                            "prefetch_threads": prefetch_threads(),
+                                            "thread_cpu": thread_cpu()}).encode())
                         await w.drain()
                         quit_.set_result(None)
                         return
@@ -258,10 +300,16 @@ def one_run(mode, env, hot, hot_size, cold, args):
         for c in clients:
             assert c.stdout.readline().strip() == "go"
         t_go = time.monotonic()
+        me0, kids0 = (resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
         beside = []
         while any(c.poll() is None for c in clients):
             beside.append(hot_request(hs, hot_size, buf))
         cold_secs = time.monotonic() - t_go
+        me1, kids1 = (resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+        # the load's own CPU on these 2 cores while the streams ran: the hot client (this
+        # process) and the cold clients (reaped by poll() above; the server is not yet)
+        clients_cpu = sum(b.ru_utime + b.ru_stime - a.ru_utime - a.ru_stime
+                          for a, b in ((me0, me1), (kids0, kids1)))
         for c, path in zip(clients, cold):
             got = int(c.stdout.readline())
             assert got == os.path.getsize(path), (got, path)
@@ -293,7 +341,26 @@ def one_run(mode, env, hot, hot_size, cold, args):
         "hot_beside_n": len(beside), "prefetch_threads": reply["prefetch_threads"],
         # the cold streams together, until the last one ended (bounded by --pace)
         "cold_mbps": sum(os.path.getsize(p) for p in cold) / cold_secs / 1e6,
+        # lag samples over 2 ms, by where most of the loop thread's time went
+        "stalls": len(reply["stalls"]),
+        **{f"stalls_{k}": sum(1 for st in reply["stalls"] if stall_cause(*st) == k) for k in STALL_CAUSES},
+        "stall_ms": [[round(x * 1e3, 2) for x in st] for st in reply["stalls"]],
+        "thread_cpu_s": reply["thread_cpu"],
+        "clients_cpu_s": round(clients_cpu, 2), "cold_secs": round(cold_secs, 2),
     }
+
+
+STALL_CAUSES = ("waiting", "running", "blocked")
+
+
+def stall_cause(lag, waiting, running):
+    """Where most of a stall went. The sample's window is the 1 ms sleep + lag:
+    waiting: runnable, for a CPU (the 2 cores' other threads had them: the load's
+    own processes, the engine); running: the loop's own code (a step, a probe,
+    Python); blocked: neither, past the 1 ms it meant to sleep (in a syscall that
+    waits: the disk, a lock; or a wake-up the VM gave late)"""
+    blocked = lag - waiting - running
+    return max(zip((waiting, running, blocked), STALL_CAUSES))[1]
 
 
 def fmt(vals, digits=2):
@@ -374,17 +441,20 @@ def main():
           f"medians of {args.runs} run(s), (min–max); times in ms\n")
     print("| server | loop lag p99 | loop lag max | loop lag p99 / max, no cold stream | hot p50 alone | hot p99 alone "
           f"| hot p50 beside {args.streams} cold | hot p99 beside {args.streams} cold "
-          "| hot p99 beside / alone | cold streams MB/s | lag max ≤ 2 ms | hot ratio ≤ 1.5 |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| hot p99 beside / alone | cold streams MB/s | lag samples > 2 ms: all (waiting for a CPU / running / blocked) "
+          "| lag max ≤ 2 ms | hot ratio ≤ 1.5 |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, runs in results.items():
-        col = {k: [x[k] for x in runs] for k in runs[0]}
+        col = {k: [x[k] for x in runs] for k in runs[0] if k not in ("stall_ms", "thread_cpu_s")}
         ratio = [x["hot_p99_beside"] / x["hot_p99_alone"] for x in runs]
         lag_ok = max(col["lag_max"]) <= 2.0
         ratio_ok = statistics.median(ratio) <= 1.5
         print(f"| {name} | {fmt(col['lag_p99'])} | {fmt(col['lag_max'])} "
               f"| {fmt(col['lag_p99_alone'])} / {fmt(col['lag_max_alone'])} | {fmt(col['hot_p50_alone'])} "
               f"| {fmt(col['hot_p99_alone'])} | {fmt(col['hot_p50_beside'])} | {fmt(col['hot_p99_beside'])} "
-              f"| {fmt(ratio)}x | {fmt(col['cold_mbps'], 0)} | {'yes' if lag_ok else 'no'} "
+              f"| {fmt(ratio)}x | {fmt(col['cold_mbps'], 0)} "
+              f"| {sum(col['stalls'])} ({' / '.join(str(sum(col['stalls_' + k])) for k in STALL_CAUSES)}) "
+              f"| {'yes' if lag_ok else 'no'} "
               f"| {'yes' if ratio_ok else 'no'} |")
 
 

@@ -193,17 +193,23 @@ def test_a_cold_file_the_process_does_not_own_still_goes_to_the_engine(diskfile,
 
 
 # ---- issue 13 §3: a cold file never stalls a hot one in the engine -------------
-def prefetch_threads():
-    """The engine's prefetch workers alive in this process, counted by their
-    name (zcs-prefetch), not by the engine's own word for it."""
+def threads_named(name):
+    """This process's threads of that name (zcsend names its own: zcs-engine,
+    zcs-prefetch, as top -H and perf show them)."""
     n = 0
     for tid in os.listdir("/proc/self/task"):
         try:
             with open(f"/proc/self/task/{tid}/comm") as f:
-                n += f.read().strip() == "zcs-prefetch"
+                n += f.read().strip() == name
         except OSError:
             pass
     return n
+
+
+def prefetch_threads():
+    """The engine's prefetch workers alive in this process, counted by their
+    name, not by the engine's own word for it."""
+    return threads_named("zcs-prefetch")
 
 
 def engine_prefetches():
@@ -253,6 +259,7 @@ def test_a_hot_transfer_in_the_engine_ends_while_cold_files_stream(coldfiles, tm
                 if prefetch_threads() and engine_prefetches() > before:
                     break
                 await asyncio.sleep(0.001)
+            assert threads_named("zcs-engine") == 1
             async with Pair("tcp") as hp:
                 with open(hot, "rb") as f:
                     reading = asyncio.ensure_future(hp.read_all(4 * MiB))
