@@ -548,6 +548,7 @@ class Soak:
         # Workers go on past `seconds` until this many server faults have landed (most
         # come after a small transfer is done: "faults too late"), for at most 4x as long.
         self.min_faults = min_faults
+        self.overtime = 3 * seconds + 2  # past the deadline: the most they go on for that
         self.seed = random.randrange(1 << 30) if seed is None else seed
         self.concurrency = concurrency or (24 if self.tls else 48)
         self.quiet = quiet if quiet is not None else self.concurrency // 3
@@ -966,7 +967,7 @@ class Soak:
         if now < self.deadline:
             return True
         landed = sum(v for k, v in self.c.items() if k.startswith("fault "))
-        return landed < self.min_faults and now < self.deadline + 3 * self.seconds + 2
+        return landed < self.min_faults and now < self.deadline + self.overtime
 
     async def idle_worker(self, seed):
         rnd = random.Random(seed)
@@ -1109,7 +1110,7 @@ class Soak:
         workers += [self.loop.create_task(self.client_worker(seeds + 300 + i, True)) for i in range(self.quiet)]
         workers += [self.loop.create_task(self.idle_worker(seeds + 500 + i)) for i in range(4)]
         try:
-            bound = 4 * self.seconds + 2 + self.read_timeout + self.hang_timeout + 10
+            bound = self.seconds + self.overtime + self.read_timeout + self.hang_timeout + 10
             _, pending = await asyncio.wait(workers, timeout=bound)
             if pending:
                 self.fail("hang", None, f"{len(pending)} client workers still busy long after the end")
