@@ -5,7 +5,7 @@
 #include <errno.h>
 #include <unistd.h>
 #include "zcs_internal.h"
-#include "zcsend_engine.h" /* zcs_prefetch */
+#include "zcsend_engine.h" /* zcs_transfer_prefetch */
 #include "zcsend_ev.h"
 
 /* zcs_transfer_wait_fd()'s events go to ev_io_set() as they are */
@@ -52,6 +52,11 @@ static void on_disk(struct ev_loop *loop, ev_io *io, int revents) {
   (void)revents;
   zcs_ev_transfer_t *w = io->data;
   disk_stop(w);
+  if (w->lock)
+    pthread_mutex_lock(w->lock);
+  zcs_transfer_prefetched(w->transfer);
+  if (w->lock)
+    pthread_mutex_unlock(w->lock);
   w->fresh = 1;
   ev_feed_event(loop, &w->io, EV_WRITE);
 }
@@ -64,21 +69,14 @@ static int may_step(zcs_ev_transfer_t *w) {
     return 1; /* the step ends it and reads nothing */
   if (w->disk_fd >= 0)
     return 0; /* kicked while a prefetch runs: wait on */
-  size_t n = t->budget ? t->budget : ZCS_DEFAULT_BUDGET;
-  if (w->lock) /* it may read a small rest into the transfer: as a step does */
+  if (w->lock) /* both touch the transfer (a small rest read in, what is known resident) */
     pthread_mutex_lock(w->lock);
-  int ready = zcs_transfer_ready(t, n);
+  int ready = zcs_transfer_ready(t, t->budget ? t->budget : ZCS_DEFAULT_BUDGET);
+  int efd = ready ? -1 : zcs_transfer_prefetch(t, 0);
   if (w->lock)
     pthread_mutex_unlock(w->lock);
-  if (ready)
-    return 1;
-  if (t->remaining > 0 && (uint64_t)t->remaining < 2 * n)
-    n = (size_t)t->remaining;
-  else
-    n *= 2; /* the engine's rule: two steps' worth, the kernel's readahead then ahead */
-  int efd = zcs_prefetch(t->file_fd, t->offset, n);
   if (efd < 0)
-    return 1; /* no prefetch to be had: step, as before */
+    return 1; /* ready, or no prefetch to be had: step, as before */
   ev_io_stop(w->loop, &w->io);
   w->disk_fd = efd;
   ev_io_init(&w->disk, on_disk, efd, EV_READ);

@@ -127,6 +127,35 @@ describe("a cold file", function()
     end
   end)
 
+  it("a range read in by a prefetch is not asked about again: t:prefetched()", function()
+    if not evicted() then
+      return pending(NO_CACHESTAT)
+    end
+    local MiB = 1048576
+    local srv, port = H.listen()
+    local c = assert(require("socket").connect("127.0.0.1", port))
+    local s = assert(srv:accept())
+    srv:close()
+    s:settimeout(0)
+    local f = assert(io.open(PATH, "rb"))
+    local t = assert(core.transfer(s:getfd(), core.fileno(f), 0, -1))
+    assert.is_false(t:cached(MiB))
+    local before = core.engine_stats().prefetch_bytes
+    local efd = assert(t:prefetch(MiB)) -- two steps' worth: 2 MiB
+    assert.is_true(core.poll(efd, "r", 20))
+    core.close(efd)
+    assert.are.equal(2 * MiB, core.engine_stats().prefetch_bytes - before)
+    assert.is_true(evicted()) -- gone again: only the transfer's memory can say yes now
+    assert.is_false(t:cached(2 * MiB)) -- not told the prefetch ended: asked
+    t:prefetched()
+    assert.is_true(t:cached(2 * MiB))
+    assert.is_false(t:cached(2 * MiB + 1)) -- the byte past it is asked about
+    t:close()
+    f:close()
+    s:close()
+    c:close()
+  end)
+
   it("a host that never says ready: ETIMEDOUT after the call's timeout, no fd left behind", function()
     if not evicted() then
       return pending(NO_CACHESTAT)
