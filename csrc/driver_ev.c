@@ -52,11 +52,6 @@ static void on_disk(struct ev_loop *loop, ev_io *io, int revents) {
   (void)revents;
   zcs_ev_transfer_t *w = io->data;
   disk_stop(w);
-  if (w->lock)
-    pthread_mutex_lock(w->lock);
-  zcs_transfer_prefetched(w->transfer);
-  if (w->lock)
-    pthread_mutex_unlock(w->lock);
   w->fresh = 1;
   ev_feed_event(loop, &w->io, EV_WRITE);
 }
@@ -69,7 +64,7 @@ static int may_step(zcs_ev_transfer_t *w) {
     return 1; /* the step ends it and reads nothing */
   if (w->disk_fd >= 0)
     return 0; /* kicked while a prefetch runs: wait on */
-  if (w->lock) /* both touch the transfer (a small rest read in, what is known resident) */
+  if (w->lock) /* it may read a small rest into the transfer: as a step does */
     pthread_mutex_lock(w->lock);
   int ready = zcs_transfer_ready(t, t->budget ? t->budget : ZCS_DEFAULT_BUDGET);
   int efd = ready ? -1 : zcs_transfer_prefetch(t, 0);

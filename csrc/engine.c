@@ -52,8 +52,10 @@ struct zcs_job {
   zcs_job_t *wake_next;   /* on_wake's own start/kick lists (engine thread only): a
                              cancel may queue the job again, rewriting next, while
                              on_wake still walks these lists outside the lock */
-  int pf;                 /* engine thread only: PF_NONE, PF_WAIT or PF_FRESH (the
-                             range known resident, and the prefetch's: in t) */
+  int pf;                 /* engine thread only: PF_NONE, PF_WAIT or PF_FRESH */
+  int64_t ready_end;      /* engine thread only: the file was found (or prefetched) resident up
+                             to here; a step inside needs no new question (see may_step) */
+  int64_t pf_end;         /* engine thread only: the end of the prefetch in flight */
   int ended;              /* engine thread only: on_done ran */
 };
 
@@ -441,11 +443,7 @@ static void pool_enqueue_locked(struct prefetch *p) {
 int zcs_transfer_prefetch(zcs_transfer_t *t, size_t step) {
   if (t->offset < 0 || t->remaining == 0)
     return -EINVAL;
-  size_t len = zcs__prefetch_window(t, step);
-  int efd = zcs_prefetch(t->file_fd, t->offset, len);
-  if (efd >= 0)
-    t->pf_end = t->offset + (int64_t)len;
-  return efd;
+  return zcs_prefetch(t->file_fd, t->offset, zcs__prefetch_window(t, step));
 }
 
 int zcs_prefetch(int fd, int64_t off, size_t len) {
@@ -521,25 +519,43 @@ static int prefetch_submit(zcs_job_t *j, int64_t off, size_t len) {
 
 /* engine thread, before a send job's step: 1 when it may step now; 0 when it
    waits for a prefetch (its watcher is stopped then; the prefetch's end or a
-   cancel kicks it). The window checked is one step's budget, only past what
-   was found resident before (zcs__transfer_resident: a slow reader's small
-   steps then cost no syscall); the one prefetched is zcs__prefetch_window's. */
+   cancel kicks it). The window checked is one step's budget; the one
+   prefetched zcs__prefetch_window's, so a slow reader's steps find their pages
+   there.
+   Only the part of the window past ready_end is asked about: a slow reader's
+   steps are small, and most then cost no syscall at all (pages found resident
+   are taken to stay so until the step reads them; one evicted meanwhile costs
+   that step a wait for the disk, as in the PF_FRESH case: on the engine's own
+   thread, which may block; a host's event thread asks before every step). */
 static int may_step(zcs_job_t *j) {
   if (j->pf == PF_WAIT)
     return job_cancelled(j) != 0; /* a cancelled step ends the job, touching no file */
   if (j->pf == PF_FRESH) {
     j->pf = PF_NONE;
-    zcs_transfer_prefetched(&j->t);
+    j->ready_end = j->pf_end;
     return 1;
   }
   size_t budget = j->t.budget ? j->t.budget : ZCS_DEFAULT_BUDGET;
-  if (!prefetch_on || zcs__transfer_resident(&j->t, budget) || job_cancelled(j))
-    return 1; /* (a pipe, memory, nothing left to read: resident too) */
-  size_t len = zcs__prefetch_window(&j->t, budget);
+  if (!prefetch_on || !j->t.sized || j->t.offset < 0 || j->t.remaining <= 0 || j->t.file_fd < 0)
+    return 1; /* no page cache behind it (a pipe, memory), or nothing left to read */
+  size_t len = zcs__transfer_unread(&j->t, budget); /* offset is past bytes held */
+  if (!len)
+    return 1;
+  int64_t end = j->t.offset + (int64_t)len;
+  int64_t from = j->ready_end > j->t.offset ? j->ready_end : j->t.offset;
+  if (from >= end)
+    return 1;
+  if (zcs__range_ready(j->t.file_fd, from, (size_t)(end - from))) {
+    j->ready_end = end;
+    return 1;
+  }
+  if (job_cancelled(j))
+    return 1;
+  len = zcs__prefetch_window(&j->t, budget);
   if (prefetch_submit(j, j->t.offset, len) < 0)
     return 1;
   j->pf = PF_WAIT;
-  j->t.pf_end = j->t.offset + (int64_t)len;
+  j->pf_end = j->t.offset + (int64_t)len;
   return 0;
 }
 

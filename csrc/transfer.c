@@ -651,35 +651,7 @@ static int load_small(zcs_transfer_t *t) {
 }
 
 int zcs_transfer_ready(zcs_transfer_t *t, size_t len) {
-  return (len && load_small(t)) || zcs__transfer_resident(t, len);
-}
-
-/* the end of the file range the next len bytes' step reads, or 0 where it
-   reads none from the page cache (sets *from: where the part not known to be
-   resident starts) */
-static int64_t step_range(const zcs_transfer_t *t, size_t len, int64_t *from) {
-  *from = 0;
-  if (t->result != ZCS_RUNNING || !t->sized || t->offset < 0 || t->remaining <= 0 || !len ||
-      t->file_fd < 0)
-    return 0;
-  len = zcs__transfer_unread(t, len);
-  *from = t->ready_end > t->offset ? t->ready_end : t->offset;
-  return len ? t->offset + (int64_t)len : 0;
-}
-
-int zcs_transfer_cached(const zcs_transfer_t *t, size_t len) {
-  int64_t from, end = step_range(t, len, &from);
-  return end <= from || zcs__range_ready(t->file_fd, from, (size_t)(end - from));
-}
-
-int zcs__transfer_resident(zcs_transfer_t *t, size_t len) {
-  int64_t from, end = step_range(t, len, &from);
-  if (end <= from)
-    return 1;
-  if (!zcs__range_ready(t->file_fd, from, (size_t)(end - from)))
-    return 0;
-  t->ready_end = end;
-  return 1;
+  return (len && load_small(t)) || zcs_transfer_cached(t, len);
 }
 
 size_t zcs__prefetch_window(const zcs_transfer_t *t, size_t step) {
@@ -691,10 +663,12 @@ size_t zcs__prefetch_window(const zcs_transfer_t *t, size_t step) {
   return len;
 }
 
-void zcs_transfer_prefetched(zcs_transfer_t *t) {
-  if (t->pf_end > t->ready_end)
-    t->ready_end = t->pf_end;
-  t->pf_end = 0;
+int zcs_transfer_cached(const zcs_transfer_t *t, size_t len) {
+  if (t->result != ZCS_RUNNING || !t->sized || t->offset < 0 || t->remaining <= 0 || !len ||
+      t->file_fd < 0)
+    return 1;
+  len = zcs__transfer_unread(t, len);
+  return !len || zcs__range_ready(t->file_fd, t->offset, len);
 }
 
 size_t zcs__transfer_unread(const zcs_transfer_t *t, size_t len) {

@@ -71,13 +71,10 @@ int zcs__range_ready(int fd, int64_t off, size_t len);
    t->offset: remaining less what it holds read already (the emulation's buffer,
    a splice pipe, a rest zcs_transfer_ready read), at most len; 0: none. */
 size_t zcs__transfer_unread(const zcs_transfer_t *t, size_t len);
-/* zcs_transfer_cached() for a step about to be taken, which remembers a yes:
-   the range found resident is not asked about again (t->ready_end). Pages
-   evicted after that cost a step a wait for the disk, once. */
-int zcs__transfer_resident(zcs_transfer_t *t, size_t len);
-/* The bytes a prefetch for a step of up to step bytes (0: the budget) reads
-   ahead from t->offset: two steps' worth, so a slow reader's next steps find
-   their pages read in, capped at ZCS__PREFETCH_MAX and what is left. */
+/* The bytes a prefetch for steps of up to step bytes (0: the budget) reads from
+   t->offset: two steps' worth, so a slow reader's next step finds its pages read
+   in too, capped at ZCS__PREFETCH_MAX and at what is left. The engine's rule, and
+   zcs_transfer_prefetch's. */
 #define ZCS__PREFETCH_MAX ((size_t)32 << 20)
 size_t zcs__prefetch_window(const zcs_transfer_t *t, size_t step);
 /* Ends a running transfer with err now (its outcome is counted). */

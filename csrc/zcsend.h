@@ -179,10 +179,6 @@ typedef struct zcs_transfer {
       struct ssl_st *ssl;
       int ssl_modes_added;
       unsigned long tls_error;
-      /* the file is known to be in the page cache up to here (zcs_transfer_ready
-         found it so, or a prefetch the host waited for read it in): not asked
-         again; pf_end: the end of the prefetch zcs_transfer_prefetch started */
-      int64_t ready_end, pf_end;
     };
     uint64_t zcs__reserved[32]; /* the private area's size: 256 bytes */
   };
@@ -262,13 +258,10 @@ ZCS_API int zcs_transfer_step(zcs_transfer_t *t);
  * memory), or nothing is left;
  * 0 when some of them are not (a host's event thread should hand the transfer
  * to a thread that may block, e.g. the engine, instead of stepping it); 1 also
- * where the kernel can't tell (no cachestat), as before it existed. Only the
- * part past what zcs_transfer_ready() found resident before, or a prefetch the
- * host waited for read in (zcs_transfer_prefetched()), is asked about: pages are
- * taken to stay until the steps read them (one evicted meanwhile costs a step
- * a wait for the disk, once). So a slow reader's small steps cost no syscall
- * here, and a file the process may not cachestat (see docs/C_API.md) is
- * prefetched once per window, not once per step. */
+ * where the kernel can't tell (no cachestat), as before it existed. Nothing is
+ * remembered: every call asks anew, so a page evicted between a host's steps
+ * (memory pressure, a slow reader) is seen before the step would read it on
+ * the host's thread. (The engine, on its own thread, does remember.) */
 ZCS_API int zcs_transfer_cached(const zcs_transfer_t *t, size_t len);
 
 /* zcs_transfer_cached() for a host about to step the transfer, which may read
@@ -288,14 +281,8 @@ ZCS_API int zcs_transfer_cached(const zcs_transfer_t *t, size_t len);
  * meets any error). It counts as the first step for what may change only
  * before one (the rw members, zcs_transfer_set_ssl: -EINVAL while bytes are
  * held), and is called as a step is (the same thread, or under the same lock).
- * zcs_transfer_peek/advance give and take the held bytes as the file's next.
- * A yes is remembered (see zcs_transfer_cached()). */
+ * zcs_transfer_peek/advance give and take the held bytes as the file's next. */
 ZCS_API int zcs_transfer_ready(zcs_transfer_t *t, size_t len);
-
-/* The prefetch zcs_transfer_prefetch() (zcsend_engine.h) started for t has
- * ended (its eventfd said so): its range counts as read in, and the next steps
- * don't ask about it. Nothing when none was started. Called as a step is. */
-ZCS_API void zcs_transfer_prefetched(zcs_transfer_t *t);
 
 /* For a host that can wait for a socket only by writing through its own socket
  * object (an nginx cosocket waits for writability inside its send()): copies up

@@ -115,8 +115,11 @@ ZCS_API int zcs_prefetch(int fd, int64_t off, size_t len);
 /* zcs_prefetch() for the next steps of t, of up to step bytes each (0: its
  * budget): it reads two steps' worth from t's offset (capped at 32 MiB and at
  * what is left), the engine's own rule. Returns the eventfd as zcs_prefetch()
- * does; when it is readable, call zcs_transfer_prefetched(t), then step. Called
- * as a step is (the transfer's thread or lock). */
+ * does (-EINVAL also for a transfer with no file range left to read); when it
+ * is readable, step once without asking zcs_transfer_cached() again (pages
+ * evicted meanwhile cost that one step a wait, never an endless loop), then ask
+ * before every step as before. Called as a step is (the transfer's thread or
+ * lock). */
 ZCS_API int zcs_transfer_prefetch(zcs_transfer_t *t, size_t step);
 
 #ifdef __cplusplus

@@ -386,9 +386,6 @@ local function wait_disk(t, host, disk, timeout)
     core.close(disk.fd)
     disk.fd = nil
   end
-  if called and ok then -- read in: the core asks no more about that range
-    t:prefetched()
-  end
   if not called then
     error(ok, 0)
   end

@@ -479,10 +479,10 @@ static int t_cached(lua_State *L) {
 }
 
 /* t:prefetch([n]) -> fd | nil, msg, name: a prefetch thread reads the next
-   steps' bytes (of up to n each; default: the step budget) into the page cache
-   (zcs_transfer_prefetch); the fd (an eventfd) becomes readable when it is
-   done: wait for it the host's way, call t:prefetched(), core.close() it. For
-   a host whose thread must not wait for the disk. */
+   steps' bytes (of up to n each, default: the step budget: two steps' worth,
+   zcs_transfer_prefetch) into the page cache; the fd (an eventfd) becomes
+   readable when it is done: wait for it the host's way, then core.close() it.
+   For a host whose thread must not wait for the disk. */
 static int t_prefetch(lua_State *L) {
   ltransfer *x = check_transfer(L, 1);
   size_t n = step_window(x, L);
@@ -493,15 +493,6 @@ static int t_prefetch(lua_State *L) {
     return push_error(L, fd);
   lua_pushinteger(L, fd);
   return 1;
-}
-
-/* t:prefetched(): the prefetch's fd said done: its range is read in, and
-   t:cached() asks no more about it (zcs_transfer_prefetched) */
-static int t_prefetched(lua_State *L) {
-  ltransfer *x = check_transfer(L, 1);
-  if (x->ready && !x->ended && !x->loop)
-    zcs_transfer_prefetched(&x->t);
-  return 0;
 }
 
 /* t:advance(n): n bytes from t:peek() went out through the host's own write */
@@ -1117,7 +1108,7 @@ static const luaL_Reg transfer_methods[] = {
     {"sent", t_sent},       {"done", t_done},     {"result", t_result}, {"backend", t_backend},
     {"cancel", t_cancel},   {"close", t_close},   {"ownfd", t_ownfd},   {"blocked", t_blocked},
     {"peek", t_peek},       {"advance", t_advance}, {"cached", t_cached},
-    {"prefetch", t_prefetch}, {"prefetched", t_prefetched}, {NULL, NULL}};
+    {"prefetch", t_prefetch}, {NULL, NULL}};
 
 static const luaL_Reg chunks_methods[] = {
     {"read", c_read},   {"wrote", c_wrote},         {"finish", c_finish}, {"fail", c_fail},
