@@ -623,3 +623,65 @@ def test_a_waiting_handler_is_not_collected(tmp_path):
         srv.close()
         await srv.wait_closed()
     run(main())
+
+
+def _links():
+    """fd number -> what it names (/proc/self/fd), this process's"""
+    out = {}
+    for n in os.listdir("/proc/self/fd"):
+        try:
+            out[int(n)] = os.readlink(f"/proc/self/fd/{n}")
+        except OSError:
+            pass  # listdir's own fd, gone already
+    return out
+
+
+def test_untaken_dups_are_closed_only_by_the_process_that_took_them(tmp_path):
+    """A send that must go on comes back from the one C call as a Transfer that
+    holds dups of both fds until take_fds(). Dropped untaken, it closes them in
+    the process that took them. A forked child that drops its copy closes
+    nothing: its numbers may name other files by then (here the child closed
+    them and opened two files, which got the same numbers)."""
+    from zcsend import _zcsend
+    path = str(tmp_path / "goes-on.bin")
+    make_file(path, 4 << 20, seed=61)
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        named = {os.readlink(f"/proc/self/fd/{a.fileno()}"), os.readlink(f"/proc/self/fd/{fd}")}
+
+        def dups():
+            return {n for n, what in _links().items() if what in named and n not in (a.fileno(), fd)}
+
+        assert dups() == set()
+        t = _zcsend.send_now(a.fileno(), fd, 0, None, True, None, 1 << 20, True)
+        assert not isinstance(t, tuple), t  # the socket filled: it goes on
+        assert t.owns_fds
+        taken = dups()
+        assert len(taken) == 2
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                for n in taken:
+                    os.close(n)
+                others = [os.open(path, os.O_RDONLY) for _ in taken]
+                code = 2 if set(others) != taken else 3  # 2: the numbers not reused, nothing shown
+                del t
+                gc.collect()
+                for n in others:
+                    os.fstat(n)  # still open: the dealloc closed nothing of the child's
+                code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert dups() == taken  # the child's drop closed nothing here either
+        del t
+        gc.collect()
+        assert dups() == set()  # the process that took them closed them
+    finally:
+        os.close(fd)
+        a.close()
+        b.close()
