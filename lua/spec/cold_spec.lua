@@ -132,13 +132,7 @@ describe("a cold file", function()
       return pending(NO_CACHESTAT)
     end
     local MiB = 1048576
-    local srv, port = H.listen()
-    local c = assert(require("socket").connect("127.0.0.1", port))
-    local s = assert(srv:accept())
-    srv:close()
-    s:settimeout(0)
-    local f = assert(io.open(PATH, "rb"))
-    local t = assert(core.transfer(s:getfd(), core.fileno(f), 0, -1))
+    local t, close = H.file_transfer(PATH)
     assert.is_false(t:cached(MiB))
     local before = core.engine_stats().prefetch_bytes
     local efd = assert(t:prefetch(MiB))
@@ -156,10 +150,7 @@ describe("a cold file", function()
     assert.is_true(yes)
     assert.is_true(evicted()) -- gone again (memory pressure): the host's thread must not read it
     assert.is_false(t:cached(2 * MiB))
-    t:close()
-    f:close()
-    s:close()
-    c:close()
+    close()
   end)
 
   it("a host that never says ready: ETIMEDOUT after the call's timeout, no fd left behind", function()

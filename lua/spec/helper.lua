@@ -216,9 +216,9 @@ function H.evict(path)
   assert(os.execute(("sync %s && dd if=%s iflag=nocache count=0 status=none"):format(path, path)))
 end
 
--- whether the first MiB of path is in the page cache, as zcsend.core sees it
--- (t:cached on a transfer to a connected socket; nothing is sent)
-function H.cached(path)
+-- a zcsend.core transfer of path to a connected socket, to ask it things (it
+-- is never stepped here); and the function that closes it all
+function H.file_transfer(path)
   local core = require "zcsend.core"
   local srv, port = H.listen()
   local c = assert(require("socket").connect("127.0.0.1", port))
@@ -227,11 +227,20 @@ function H.cached(path)
   s:settimeout(0)
   local f = assert(io.open(path, "rb"))
   local t = assert(core.transfer(s:getfd(), core.fileno(f), 0, -1))
+  return t, function()
+    t:close()
+    f:close()
+    s:close()
+    c:close()
+  end
+end
+
+-- whether the first MiB of path is in the page cache, as zcsend.core sees it
+-- (t:cached; nothing is sent)
+function H.cached(path)
+  local t, close = H.file_transfer(path)
   local yes = t:cached(1048576)
-  t:close()
-  f:close()
-  s:close()
-  c:close()
+  close()
   return yes
 end
 
