@@ -36,10 +36,11 @@ follows it on this VM more than any server's own code: whenever wrk sleeps, the
 server's next send pays for waking it (an interprocessor interrupt, in
 sock_def_readable under sendfile or sendto: 12% of the zcsend server's
 samples open per request, 6% kept open), and a slower server leaves wrk asleep
-more often. Measured 2026-11-29 across these contenders: about 45 us more
+more often. Measured 2026-11-29 across these contenders: about 40 us more
 server CPU per request per client sleep per request (0.16 sleeps: 32 us; 0.91:
 63 us). A response whose head goes out apart from its body (zcsend without
-head=: the head's write, then zcsend's checks, then the body) wakes wrk twice.
+head=: the head's write, then zcsend's checks, then the body) can wake wrk
+twice (0.9 sleeps per request).
 Compare servers at similar sleeps per request, or read it as part of the cost.
 
 Prints median (min-max) of the runs, and the issue 13 ratio: each zcsend

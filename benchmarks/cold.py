@@ -23,9 +23,10 @@ request -> last byte; the same hot requests are timed with no cold stream
 For every lag sample over 2 ms the server also reads its loop thread's
 /proc/thread-self/schedstat around it: how much of the stall the thread spent
 runnable, waiting for a CPU (other threads had both cores), how much running
-(its own code), and so how much blocked (a syscall that waits: the disk; or a
-late wake-up). The table counts the stalls by where most of each went; the
-per-run lines give each as [lag, waiting, running] ms.
+(its own code: its CPU clock), and so how much blocked (asleep past its 1 ms:
+a syscall that waits, the disk; or a late wake-up). The table counts the
+stalls by where most of each went; the per-run lines give each as [lag,
+waiting, running] ms.
 
 Prints a markdown table: medians over --runs (min-max where runs > 1), and the
 issue's targets (loop lag never above 2 ms; hot p99 beside N cold streams within
@@ -39,7 +40,6 @@ import asyncio
 import faulthandler
 import json
 import os
-import resource
 import shutil
 import socket
 import statistics
@@ -101,26 +101,33 @@ def serve(mode, hot, cold, hot_inline, lifetime):
         lags, lags_alone, stalls = [], [], []
         quit_ = loop.create_future()
 
-        try:  # the loop thread's scheduler counters: where a stall's time went
+        # where a stall's time went: the loop thread's time runnable, waiting for a
+        # CPU (schedstat's second field, Documentation/scheduler/sched-stats; updated
+        # as the thread gets a CPU, so whole by the time it reads it), and its time
+        # on one (its own CPU clock: schedstat's first field misses the current run)
+        try:
             sched = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
+            if os.pread(sched, 128, 0).split()[:2] == [b"0", b"0"]:  # no sched_info here
+                os.close(sched)
+                sched = None
         except OSError:
             sched = None
 
-        def schedstat():
-            # ns on a CPU, ns runnable waiting for one (Documentation/scheduler/sched-stats)
-            return [int(x) for x in os.pread(sched, 128, 0).split()[:2]] if sched is not None else [0, 0]
+        def counters():
+            waited = int(os.pread(sched, 128, 0).split()[1]) if sched is not None else 0
+            return waited, time.thread_time_ns()
 
         async def sampler():
             while True:
                 t = loop.time()
-                s0 = schedstat()
+                w0, r0 = counters()
                 await asyncio.sleep(0.001)
                 lag = loop.time() - t - 0.001
                 if active:
                     lags.append(lag)
                     if lag > STALL and sched is not None:
-                        s1 = schedstat()
-                        stalls.append([lag, (s1[1] - s0[1]) / 1e9, (s1[0] - s0[0]) / 1e9])
+                        w1, r1 = counters()
+                        stalls.append([lag, (w1 - w0) / 1e9, (r1 - r0) / 1e9])
                 elif alone:
                     lags_alone.append(lag)
 
@@ -197,6 +204,7 @@ def cold_client(port, idx, pace):
     s = socket.create_connection(("127.0.0.1", port))
     s.sendall(str(idx).encode())
     print("go", flush=True)
+    cpu0 = time.process_time()
     got = 0
     buf = bytearray(pace)
     while True:
@@ -207,7 +215,7 @@ def cold_client(port, idx, pace):
             time.sleep(0.001)
         got += n
     s.close()
-    print(got, flush=True)
+    print(got, time.process_time() - cpu0, flush=True)  # bytes; its CPU seconds while streaming
 
 
 # ---- the driver --------------------------------------------------------------------
@@ -300,19 +308,18 @@ def one_run(mode, env, hot, hot_size, cold, args):
         for c in clients:
             assert c.stdout.readline().strip() == "go"
         t_go = time.monotonic()
-        me0, kids0 = (resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+        cpu0 = time.process_time()
         beside = []
         while any(c.poll() is None for c in clients):
             beside.append(hot_request(hs, hot_size, buf))
         cold_secs = time.monotonic() - t_go
-        me1, kids1 = (resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
-        # the load's own CPU on these 2 cores while the streams ran: the hot client (this
-        # process) and the cold clients (reaped by poll() above; the server is not yet)
-        clients_cpu = sum(b.ru_utime + b.ru_stime - a.ru_utime - a.ru_stime
-                          for a, b in ((me0, me1), (kids0, kids1)))
+        # the load's own CPU on these 2 cores while the streams ran: the hot client
+        # (this process) and the cold clients (each says its own)
+        clients_cpu = time.process_time() - cpu0
         for c, path in zip(clients, cold):
-            got = int(c.stdout.readline())
-            assert got == os.path.getsize(path), (got, path)
+            got, cpu = c.stdout.readline().split()
+            assert int(got) == os.path.getsize(path), (got, path)
+            clients_cpu += float(cpu)
         hs.close()  # its handler ends on EOF, before the server quits
         q = socket.create_connection(("127.0.0.1", port))
         q.sendall(b"q")
@@ -354,11 +361,14 @@ STALL_CAUSES = ("waiting", "running", "blocked")
 
 
 def stall_cause(lag, waiting, running):
-    """Where most of a stall went. The sample's window is the 1 ms sleep + lag:
-    waiting: runnable, for a CPU (the 2 cores' other threads had them: the load's
-    own processes, the engine); running: the loop's own code (a step, a probe,
-    Python); blocked: neither, past the 1 ms it meant to sleep (in a syscall that
-    waits: the disk, a lock; or a wake-up the VM gave late)"""
+    """Where most of a stall went. The sample spans the 1 ms sleep + lag, and
+    waiting + running + asleep fill it, so waiting + running + blocked = lag,
+    where blocked = asleep past the 1 ms the loop meant to sleep. waiting:
+    runnable, for a CPU (the 2 cores' other threads had them: the load's own
+    processes, the engine); running: the loop's own code (a step, a probe,
+    Python); blocked: in a syscall that waits (the disk, a lock), or a wake-up
+    that came late. Waiting or running inside the planned 1 ms counts too, so
+    blocked can be below zero where the loop was busy."""
     blocked = lag - waiting - running
     return max(zip((waiting, running, blocked), STALL_CAUSES))[1]
 

@@ -175,12 +175,21 @@ static void channel_post(zcs_channel_t *ch, uint64_t id) {
     ch->cap = cap;
   }
   ch->done[ch->ndone++] = id;
-  if (ch->ndone == 1) {
+  int first = ch->ndone == 1;
+  pthread_mutex_unlock(&ch->lock);
+  /* the host is woken after the lock is let go: woken under it, its drain met the
+     lock still held, and on a busy machine the engine thread, preempted by the
+     very wake-up, held it for milliseconds (the loop thread's futex waits in
+     zcs_channel_drain: up to 60 ms, cold.py under perf). The job's reference
+     keeps ch alive. A drain between the unlock and the write takes the id and
+     finds the counter at 0; the write then wakes the host once for nothing (a
+     drain that gives no id, and clears the counter). Never a lost wake-up: the
+     list turns non-empty only with a post that writes after it. */
+  if (first) {
     uint64_t one = 1;
     while (write(ch->fd, &one, sizeof one) < 0 && errno == EINTR) {
     }
   }
-  pthread_mutex_unlock(&ch->lock);
 }
 
 size_t zcs_channel_drain(zcs_channel_t *ch, uint64_t *ids, size_t n) {
@@ -441,9 +450,8 @@ static void pool_enqueue_locked(struct prefetch *p) {
 }
 
 int zcs_transfer_prefetch(zcs_transfer_t *t, size_t step) {
-  if (t->offset < 0 || t->remaining == 0)
-    return -EINVAL;
-  return zcs_prefetch(t->file_fd, t->offset, zcs__prefetch_window(t, step));
+  size_t len = zcs__prefetch_window(t, step);
+  return len ? zcs_prefetch(t->file_fd, t->offset, len) : -EINVAL;
 }
 
 int zcs_prefetch(int fd, int64_t off, size_t len) {
@@ -552,7 +560,7 @@ static int may_step(zcs_job_t *j) {
   if (job_cancelled(j))
     return 1;
   len = zcs__prefetch_window(&j->t, budget);
-  if (prefetch_submit(j, j->t.offset, len) < 0)
+  if (!len || prefetch_submit(j, j->t.offset, len) < 0)
     return 1;
   j->pf = PF_WAIT;
   j->pf_end = j->t.offset + (int64_t)len;

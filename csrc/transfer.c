@@ -655,12 +655,13 @@ int zcs_transfer_ready(zcs_transfer_t *t, size_t len) {
 }
 
 size_t zcs__prefetch_window(const zcs_transfer_t *t, size_t step) {
+  if (t->result != ZCS_RUNNING || !t->sized || t->offset < 0 || t->file_fd < 0)
+    return 0; /* no file range of a known length to read */
   if (!step)
     step = t->budget ? t->budget : ZCS_DEFAULT_BUDGET;
-  size_t len = step < ZCS__PREFETCH_MAX / 2 ? 2 * step : step;
-  if (t->remaining >= 0 && (uint64_t)t->remaining < len)
-    len = (size_t)t->remaining;
-  return len;
+  size_t len = step > ZCS__PREFETCH_MAX / 2 ? (step > ZCS__PREFETCH_MAX ? step : ZCS__PREFETCH_MAX)
+                                            : 2 * step;
+  return zcs__transfer_unread(t, len); /* offset is past bytes held already */
 }
 
 int zcs_transfer_cached(const zcs_transfer_t *t, size_t len) {

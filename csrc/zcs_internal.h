@@ -73,8 +73,10 @@ int zcs__range_ready(int fd, int64_t off, size_t len);
 size_t zcs__transfer_unread(const zcs_transfer_t *t, size_t len);
 /* The bytes a prefetch for steps of up to step bytes (0: the budget) reads from
    t->offset: two steps' worth, so a slow reader's next step finds its pages read
-   in too, capped at ZCS__PREFETCH_MAX and at what is left. The engine's rule, and
-   zcs_transfer_prefetch's. */
+   in too, but no more than ZCS__PREFETCH_MAX unless one step is more; and no
+   more than the transfer must still read from its file. 0: it reads none (no
+   file, one of no known length, nothing left, or all of it held already). The
+   engine's rule, and zcs_transfer_prefetch's. */
 #define ZCS__PREFETCH_MAX ((size_t)32 << 20)
 size_t zcs__prefetch_window(const zcs_transfer_t *t, size_t step);
 /* Ends a running transfer with err now (its outcome is counted). */

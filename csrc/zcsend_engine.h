@@ -27,7 +27,9 @@ typedef struct zcs_job zcs_job_t;
 
 ZCS_API zcs_channel_t *zcs_channel_new(void);          /* NULL and errno on failure */
 ZCS_API int zcs_channel_fd(const zcs_channel_t *ch);   /* readable while finished jobs wait */
-/* Takes up to n finished jobs' ids; each id was returned by zcs_job_id(). */
+/* Takes up to n finished jobs' ids; each id was returned by zcs_job_id(). The fd
+ * may turn readable once with none waiting (the engine wakes the host after
+ * letting go of the channel's lock): a drain then gives 0 and quiets it. */
 ZCS_API size_t zcs_channel_drain(zcs_channel_t *ch, uint64_t *ids, size_t n);
 ZCS_API void zcs_channel_release(zcs_channel_t *ch);   /* freed when no job still holds it */
 /* In a child just forked, before its event loop runs: the channel's fd number
@@ -113,13 +115,14 @@ ZCS_API void zcs_engine_stats(zcs_engine_stats_t *out);
 ZCS_API int zcs_prefetch(int fd, int64_t off, size_t len);
 
 /* zcs_prefetch() for the next steps of t, of up to step bytes each (0: its
- * budget): it reads two steps' worth from t's offset (capped at 32 MiB and at
- * what is left), the engine's own rule. Returns the eventfd as zcs_prefetch()
- * does (-EINVAL also for a transfer with no file range left to read); when it
- * is readable, step once without asking zcs_transfer_cached() again (pages
- * evicted meanwhile cost that one step a wait, never an endless loop), then ask
- * before every step as before. Called as a step is (the transfer's thread or
- * lock). */
+ * budget): it reads two steps' worth from t's offset (no more than 32 MiB unless
+ * one step is more, nor than t must still read from its file), the engine's own
+ * rule. Returns the eventfd as zcs_prefetch() does, or -EINVAL where t has no
+ * such range (no file, an unsized source such as a pipe or a procfs file,
+ * nothing left to read, the transfer ended). When the eventfd is readable, step
+ * once without asking zcs_transfer_cached() again (pages evicted meanwhile cost
+ * that one step a wait, never an endless loop of prefetches), then ask before
+ * every later step. Called as a step is (the transfer's thread or lock). */
 ZCS_API int zcs_transfer_prefetch(zcs_transfer_t *t, size_t step);
 
 #ifdef __cplusplus

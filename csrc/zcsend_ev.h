@@ -16,10 +16,11 @@ typedef struct zcs_ev_transfer zcs_ev_transfer_t;
 /* invoked once, when the transfer is done, failed or was cancelled */
 typedef void (*zcs_ev_done_cb)(zcs_ev_transfer_t *w, int result);
 
-/* flags: before each step, ask zcs_transfer_cached(); a range not in the page
- * cache is read in by a prefetch thread (zcs_prefetch(), zcsend_engine.h) while
- * the loop waits on its eventfd and runs everything else, then stepped without
- * asking again. For a loop thread that must never wait for the disk. */
+/* flags: before each step, ask zcs_transfer_ready(); a range not in the page
+ * cache is read in by a prefetch thread (zcs_transfer_prefetch(),
+ * zcsend_engine.h) while the loop waits on its eventfd and runs everything
+ * else, then stepped once without asking again. For a loop thread that must
+ * never wait for the disk. */
 #define ZCS_EV_PREFETCH 1
 
 /* A watcher for one transfer; the host owns its memory (embed it by value:
