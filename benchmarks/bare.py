@@ -27,8 +27,8 @@ round-robin over the contenders (so the machine's drift spreads evenly):
 `wrk -t1 -c100 -d{secs}s`, and server CPU per request = the server process's
 user + system CPU (all its threads, /proc/PID/stat) over the wrk run / the
 requests wrk completed, and client sleeps per request = wrk's voluntary context
-switches (getrusage of the waited child) over the requests. Any non-2xx answer, socket error or server traceback
-fails the run. --pin: servers on core 0, wrk on the others (as run.py --pin;
+switches (getrusage of the waited child) over the requests. Any non-2xx answer,
+socket error or server traceback fails the run. --pin: servers on core 0, wrk on the others (as run.py --pin;
 zcsend's engine thread then shares the loop's core).
 
 Client sleeps per request is in the table because server CPU per request
@@ -54,12 +54,12 @@ import argparse
 import asyncio
 import os
 import re
+import resource
 import select
 import socket
 import statistics
 import subprocess
 import sys
-import resource
 import tempfile
 import time
 

@@ -2723,6 +2723,14 @@ START_TEST(ev_driver_waits_for_a_prefetch) {
 }
 END_TEST
 
+/* waits for a prefetch's eventfd to say done, and closes it */
+static void prefetch_done(int efd) {
+  ck_assert_int_ge(efd, 0);
+  struct pollfd pfd = {.fd = efd, .events = POLLIN};
+  ck_assert_int_eq(poll(&pfd, 1, 20000), 1);
+  close(efd);
+}
+
 /* A host's question before each step is asked anew every time: a range found
    resident and then evicted (memory pressure, a slow reader) is not ready
    again, so the host's thread never reads it from the disk. And
@@ -2739,11 +2747,7 @@ START_TEST(host_asks_before_every_step) {
   ck_assert_int_eq(zcs_transfer_init(&t, sv[0], fd, 0, -1, 0), 0);
   ck_assert_int_eq(zcs_transfer_ready(&t, MiB), 0);
   zcs_engine_stats_t st0 = engine_stats_now();
-  int efd = zcs_transfer_prefetch(&t, MiB);
-  ck_assert_int_ge(efd, 0);
-  struct pollfd pfd = {.fd = efd, .events = POLLIN};
-  ck_assert_int_eq(poll(&pfd, 1, 20000), 1);
-  close(efd);
+  prefetch_done(zcs_transfer_prefetch(&t, MiB));
   zcs_engine_stats_t st1 = engine_stats_now();
   ck_assert_uint_eq(st1.prefetches - st0.prefetches, 1);
   ck_assert_uint_eq(st1.prefetch_bytes - st0.prefetch_bytes, 2 * MiB);
@@ -2757,11 +2761,7 @@ START_TEST(host_asks_before_every_step) {
   /* the window is capped by what is left */
   zcs_transfer_t end;
   ck_assert_int_eq(zcs_transfer_init(&end, sv[0], fd, (int64_t)(len - 3000), -1, 0), 0);
-  efd = zcs_transfer_prefetch(&end, 0);
-  ck_assert_int_ge(efd, 0);
-  pfd.fd = efd;
-  ck_assert_int_eq(poll(&pfd, 1, 20000), 1);
-  close(efd);
+  prefetch_done(zcs_transfer_prefetch(&end, 0));
   ck_assert_uint_eq(engine_stats_now().prefetch_bytes - st1.prefetch_bytes, 3000);
   zcs_transfer_release(&end);
   /* two steps' worth up to 32 MiB, one step past that (a sparse file: holes
@@ -2775,11 +2775,7 @@ START_TEST(host_asks_before_every_step) {
   for (int i = 0; i < 3; i++) {
     ck_assert_int_eq(zcs_transfer_init(&end, sv[0], sfd, 0, -1, 0), 0);
     zcs_engine_stats_t b0 = engine_stats_now();
-    efd = zcs_transfer_prefetch(&end, steps[i][0]);
-    ck_assert_int_ge(efd, 0);
-    pfd.fd = efd;
-    ck_assert_int_eq(poll(&pfd, 1, 20000), 1);
-    close(efd);
+    prefetch_done(zcs_transfer_prefetch(&end, steps[i][0]));
     ck_assert_uint_eq(engine_stats_now().prefetch_bytes - b0.prefetch_bytes, steps[i][1]);
     zcs_transfer_release(&end);
   }
