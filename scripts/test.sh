@@ -132,6 +132,10 @@ cc -O2 -Wall -Werror -Icsrc benchmarks/core_small.c csrc/build/libzcsend.a -lev 
   -o "$OUT/core_small"
 "$OUT/core_small" --quick >"$OUT/core_small.md"
 grep -q '^| 4 KiB | yes |' "$OUT/core_small.md" && cat "$OUT/core_small.md"
+step "What each check of the small-send path costs, smoke run (benchmarks/checks.c --quick)"
+cc -O2 -Wall -Werror benchmarks/checks.c -o "$OUT/checks"
+"$OUT/checks" --quick >"$OUT/checks.md"
+grep -q '^| preadv2(RWF_NOWAIT) | [0-9]* | 2 |' "$OUT/checks.md" && cat "$OUT/checks.md"
 step "ASGI benchmark smoke run (benchmarks/asgi.py --quick)"
 $PY benchmarks/asgi.py --quick >"$OUT/asgi.md" 2>"$OUT/asgi.log" || { cat "$OUT/asgi.log"; exit 1; }
 grep -q '^| FastAPI FileResponse, uvicorn + zcsend.uvicorn |' "$OUT/asgi.md"
