@@ -9,6 +9,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 step() { printf '\n=== %s\n' "$*"; }
+# a benchmark's output has the line (a regex): else the output, and the run fails
+has() { grep -q -- "$1" "$2" || { printf 'no line %s in %s:\n' "$1" "$2"; cat "$2"; exit 1; }; }
 
 step "C core tests"
 make -s -C csrc test
@@ -110,38 +112,47 @@ done
 step "Benchmark smoke run (benchmarks/run.py --quick: every contender, every metric, once)"
 OUT=$(mktemp -d)
 $PY benchmarks/run.py --quick --out "$OUT" >"$OUT/log" 2>&1 || { cat "$OUT/log"; exit 1; }
-grep -q '^| zcsend, asyncio |' "$OUT/results.md" && test -s "$OUT/chart.png"
+has '^| zcsend, asyncio |' "$OUT/results.md"
+test -s "$OUT/chart.png"
 tail -n +2 "$OUT/results.md" | head -20
 step "Per-call, cold-cache and bare-server benchmark smoke runs (benchmarks/percall.py, cold.py, bare.py --quick)"
 $PY benchmarks/percall.py --quick >"$OUT/percall.md" 2>"$OUT/percall.log" || { cat "$OUT/percall.log"; exit 1; }
-grep -q '^| 16 KiB |' "$OUT/percall.md" && cat "$OUT/percall.md"
+has '^| 16 KiB |' "$OUT/percall.md"
+cat "$OUT/percall.md"
 $PY benchmarks/percall.py --quick --one-connection >"$OUT/percall1.md" 2>"$OUT/percall1.log" || { cat "$OUT/percall1.log"; exit 1; }
-grep -q '^| 16 KiB |' "$OUT/percall1.md" && grep -q 'one connection' "$OUT/percall1.md"
+has '^| 16 KiB |' "$OUT/percall1.md"
+has 'one connection' "$OUT/percall1.md"
 $PY benchmarks/cold.py --quick >"$OUT/cold.md" 2>"$OUT/cold.log" || { cat "$OUT/cold.log"; exit 1; }
-grep -q '^| zcsend |' "$OUT/cold.md" && cat "$OUT/cold.md"
+has '^| zcsend |' "$OUT/cold.md"
+cat "$OUT/cold.md"
 $PY benchmarks/cold.py --quick --hot-inline --watch 200 --only zcsend >"$OUT/cold1.md" 2>"$OUT/cold1.log" || { cat "$OUT/cold1.log"; exit 1; }
-grep -q 'inline step allowed' "$OUT/cold1.md" && grep -q '^| zcsend |' "$OUT/cold1.md"
+has 'inline step allowed' "$OUT/cold1.md"
+has '^| zcsend |' "$OUT/cold1.md"
 $PY benchmarks/bare.py --quick >"$OUT/bare.md" 2>"$OUT/bare.log" || { cat "$OUT/bare.log"; exit 1; }
-grep -q '^| zcsend (open per request) |' "$OUT/bare.md" && cat "$OUT/bare.md"
+has '^| zcsend (open per request) |' "$OUT/bare.md"
+cat "$OUT/bare.md"
 # 1 MiB: wrk ends its runs mid-answer; every server must take that quietly
 $PY benchmarks/bare.py --quick --size 1024 >"$OUT/bare1m.md" 2>"$OUT/bare1m.log" || { cat "$OUT/bare1m.log"; exit 1; }
-grep -q '^| zcsend (open per request) |' "$OUT/bare1m.md"
+has '^| zcsend (open per request) |' "$OUT/bare1m.md"
 step "The core's small-send benchmark smoke run (benchmarks/core_small.c --quick)"
 make -s -C csrc
 cc -O2 -Wall -Werror -Icsrc benchmarks/core_small.c csrc/build/libzcsend.a -lev -lssl -lcrypto -pthread \
   -o "$OUT/core_small"
 "$OUT/core_small" --quick >"$OUT/core_small.md"
-grep -q '^| 4 KiB | yes |' "$OUT/core_small.md" && cat "$OUT/core_small.md"
+has '^| 4 KiB | yes |' "$OUT/core_small.md"
+cat "$OUT/core_small.md"
 step "What each check of the small-send path costs, smoke run (benchmarks/checks.c --quick)"
 cc -O2 -Wall -Werror benchmarks/checks.c -o "$OUT/checks"
 "$OUT/checks" --quick >"$OUT/checks.md"
-grep -q '^| preadv2(RWF_NOWAIT) | [0-9]* | 2 |' "$OUT/checks.md" && cat "$OUT/checks.md"
+has '^| preadv2(RWF_NOWAIT) | [0-9]* | 2 |' "$OUT/checks.md"
+cat "$OUT/checks.md"
 step "ASGI benchmark smoke run (benchmarks/asgi.py --quick)"
 $PY benchmarks/asgi.py --quick >"$OUT/asgi.md" 2>"$OUT/asgi.log" || { cat "$OUT/asgi.log"; exit 1; }
-grep -q '^| FastAPI FileResponse, uvicorn + zcsend.uvicorn |' "$OUT/asgi.md"
+has '^| FastAPI FileResponse, uvicorn + zcsend.uvicorn |' "$OUT/asgi.md"
 rm -rf "$OUT"
 step "nginx + lua + zcsend benchmark smoke run (benchmarks/nginx_lua.py --quick)"
 OUT=$(mktemp -d)
 $PY benchmarks/nginx_lua.py --quick --out "$OUT/nginx_lua.md" >"$OUT/log" 2>&1 || { cat "$OUT/log"; exit 1; }
-grep -q '^| nginx + lua + zcsend |' "$OUT/nginx_lua.md" && cat "$OUT/nginx_lua.md"
+has '^| nginx + lua + zcsend |' "$OUT/nginx_lua.md"
+cat "$OUT/nginx_lua.md"
 rm -rf "$OUT"
