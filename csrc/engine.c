@@ -239,22 +239,23 @@ void zcs_job_release(zcs_job_t *j) {
     job_unref(j);
 }
 
+/* Progress without the job's lock, which the engine holds for a whole step:
+   a host's loop thread (asyncio's timeout=, a progress report) would wait a
+   step's length for it, longer where the engine thread is preempted holding
+   it. The counts are atomic stores (zcs__count_sent); a job that came back
+   reads final, and so does a send job zcs_job_abort stopped (it takes the
+   lock: the step in flight ended). A read job's pread runs without that lock
+   and may still end after a cancel: nothing of it is written anywhere. */
 uint64_t zcs_job_sent(zcs_job_t *j) {
   if (job_foreign(j))
     return j->t.sent;
-  pthread_mutex_lock(&j->lock);
-  uint64_t s = j->t.sent;
-  pthread_mutex_unlock(&j->lock);
-  return s;
+  return __atomic_load_n(&j->t.sent, __ATOMIC_RELAXED);
 }
 
 uint64_t zcs_job_sent_zero_copy(zcs_job_t *j) {
   if (job_foreign(j))
     return j->t.sent_zero_copy;
-  pthread_mutex_lock(&j->lock);
-  uint64_t s = j->t.sent_zero_copy;
-  pthread_mutex_unlock(&j->lock);
-  return s;
+  return __atomic_load_n(&j->t.sent_zero_copy, __ATOMIC_ACQUIRE);
 }
 
 int zcs_job_result(zcs_job_t *j) {
@@ -290,7 +291,7 @@ static void on_done(zcs_ev_transfer_t *w, int result) {
 /* a read job ends: got bytes read, rc 0 or -errno */
 static void end_read(zcs_job_t *j, size_t got, int rc) {
   pthread_mutex_lock(&j->lock);
-  j->t.sent = got;
+  __atomic_store_n(&j->t.sent, (uint64_t)got, __ATOMIC_RELAXED);
   j->t.result = rc;
   pthread_mutex_unlock(&j->lock);
   on_done(&j->w, rc);

@@ -362,7 +362,7 @@ static int send_head_and_held(zcs_transfer_t *t) {
   size_t b = (size_t)n - h;
   if (b) {
     zcs__buf_took(t, b);
-    t->sent += b;
+    zcs__count_sent(t, b, 0);
     t->remaining -= (int64_t)b;
     STAT_ADD(bytes_fallback, b);
   }
@@ -389,9 +389,8 @@ static int run(zcs_transfer_t *t) {
     if (n > 0) {
       int zc = !copied && (t->backend == ZCS_BACKEND_SENDFILE || t->backend == ZCS_BACKEND_SPLICE ||
                            t->backend == ZCS_BACKEND_KTLS);
-      t->sent += (uint64_t)n;
+      zcs__count_sent(t, (uint64_t)n, zc);
       if (zc) {
-        t->sent_zero_copy += (uint64_t)n;
         STAT_ADD(bytes_zero_copy, (uint64_t)n);
       } else {
         STAT_ADD(bytes_fallback, (uint64_t)n);
@@ -488,7 +487,7 @@ int zcs_transfer_advance(zcs_transfer_t *t, size_t n) {
   } else {
     t->offset += (int64_t)n;
   }
-  t->sent += n;
+  zcs__count_sent(t, n, 0);
   STAT_ADD(bytes_fallback, n);
   if (t->remaining > 0)
     t->remaining -= (int64_t)n;

@@ -33,6 +33,18 @@ static inline void zcs__buf_took(zcs_transfer_t *t, size_t n) {
   if (t->buf_pos == t->buf_len)
     t->buf_pos = t->buf_len = 0;
 }
+/* n more bytes of t were delivered (zero_copy: without entering user space).
+   Only the thread stepping t writes these counts, but a host reads a job's
+   from another without the job's lock (zcs_job_sent: the engine holds that
+   lock for a whole step, a 2 MiB sendfile, and the reader may be an event
+   loop): so each write is one atomic store, and sent_zero_copy's comes after
+   sent's, released, for a reader that loads it first (acquire) never to see
+   it past sent. */
+static inline void zcs__count_sent(zcs_transfer_t *t, uint64_t n, int zero_copy) {
+  __atomic_store_n(&t->sent, t->sent + n, __ATOMIC_RELAXED);
+  if (zero_copy)
+    __atomic_store_n(&t->sent_zero_copy, t->sent_zero_copy + n, __ATOMIC_RELEASE);
+}
 /* write(2) that can't raise SIGPIPE in this thread (a pipe whose reader went) */
 ssize_t zcs__write_nosigpipe(int fd, const void *buf, size_t len);
 

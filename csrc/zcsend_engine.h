@@ -74,10 +74,14 @@ ZCS_API int zcs_read_cached(int fd, void *buf, size_t len, int64_t offset);
  * jobs and channels in the child start a new engine. */
 ZCS_API int zcs_job_submit(zcs_job_t *j, zcs_channel_t *ch);
 /* Stops the job: when this returns, no further byte of it will be written, and
- * zcs_job_sent() is final. The job still comes back through its channel. */
+ * a send job's zcs_job_sent() is final (a read job's read may still end and
+ * count: it writes nothing). The job still comes back through its channel. */
 ZCS_API void zcs_job_cancel(zcs_job_t *j);
 /* zcs_job_cancel() that ends the job with err (see zcs_transfer_abort). */
 ZCS_API void zcs_job_abort(zcs_job_t *j, int err);
+/* Progress, from any thread while the job runs, without waiting: atomic loads,
+ * not the job's lock, which the engine holds for a whole step. The zero-copy
+ * part read first is never past the total read after it. */
 ZCS_API uint64_t zcs_job_sent(zcs_job_t *j);
 ZCS_API uint64_t zcs_job_sent_zero_copy(zcs_job_t *j);
 ZCS_API int zcs_job_result(zcs_job_t *j);       /* ZCS_RUNNING until it ended */

@@ -290,20 +290,29 @@ def test_a_hot_transfer_in_the_engine_ends_while_cold_files_stream(coldfiles, tm
 # thread then stalled 4.2 s in filemap_fault in the middle of a send (sampled
 # from /proc/PID/stack while CI-like writes ran), which looked like zcsend's
 # doing. File-backed mappings only: under ASan, mlockall would lock the shadow.
+# Returns the bytes locked and the mappings that could not be (a root without
+# CAP_IPC_LOCK stops at RLIMIT_MEMLOCK, raised first where it may be).
 LOCKED_IN = r"""
-import ctypes as _ct
+import ctypes as _ct, resource as _rs
 
 def lock_in_own_files():
     libc = _ct.CDLL(None, use_errno=True)
     libc.mlock.argtypes = (_ct.c_void_p, _ct.c_size_t)
-    locked = 0
+    try:
+        _rs.setrlimit(_rs.RLIMIT_MEMLOCK, (_rs.RLIM_INFINITY, _rs.RLIM_INFINITY))
+    except (ValueError, OSError):
+        pass
+    locked, failed = 0, []
     with open("/proc/self/maps") as maps:
         for line in maps:
             f = line.split()
             if len(f) >= 6 and f[5].startswith("/") and not f[5].startswith("/dev/") and f[1][0] == "r":
                 lo, hi = (int(x, 16) for x in f[0].split("-"))
-                locked += libc.mlock(lo, hi - lo) == 0 and hi - lo
-    return locked
+                if libc.mlock(lo, hi - lo) == 0:
+                    locked += hi - lo
+                else:
+                    failed.append((f[5], _ct.get_errno()))
+    return locked, failed
 """
 
 
@@ -444,7 +453,7 @@ def test_a_range_still_being_read_in_is_never_stepped_on_the_loop(diskfile, slow
         assert out["loop"].startswith(loop_kind), out
         assert out["sent"] == 16 << 10 and out["right"], out
         # and the loop never waited for them
-        assert out["locked"] > 0, out
+        assert out["locked"][0] > 0 and not out["locked"][1], out["locked"]
         assert out["max_gap"] < max(0.1, out["took"] / 4), out
         if out["took"] > 0.5:
             break
@@ -458,6 +467,96 @@ def test_a_range_still_being_read_in_is_never_stepped_on_the_loop(diskfile, slow
     assert out["prefetches"] >= 1, outs
     assert out["max_gap"] < out["took"] / 4, outs
 
+
+
+# ---- progress reads never wait for the engine's step ---------------------------
+# timeout= reads the transfer's progress every timeout/4 from the loop thread
+# (the GIL held). The engine holds the job's lock for a whole step; with the
+# prefetch threads off and the disk at 1 MB/s, one step of 2 MiB (the budget)
+# read from it holds that lock for two seconds or more. Read under that lock,
+# progress stalled the loop (and every Python thread) from the first read,
+# 1.5 s in, to the step's end (1.1 s measured); read atomically, it never waits.
+PROGRESS = r"""
+import asyncio, json, os, socket, sys, threading, time
+import zcsend
+from zcsend import _zcsend
+path, cg, kind = sys.argv[1:4]
+if kind == "uvloop":
+    import uvloop
+N = 2 << 20
+with open(path, "rb") as f:
+    want = f.read(N)
+fd = os.open(path, os.O_RDONLY)
+os.fsync(fd)
+os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+out = {"locked": lock_in_own_files()}
+with open(os.path.join(cg, "cgroup.procs"), "w") as f:
+    f.write(str(os.getpid()))
+
+async def main():
+    a, b = socket.socketpair()
+    got = []
+    def drain():  # the peer reads all the time: the disk is what the step waits for
+        while True:
+            d = b.recv(1 << 20)
+            if not d:
+                return
+            got.append(d)
+    reader = threading.Thread(target=drain, daemon=True)  # a failed send must not hang the exit
+    reader.start()
+    _, writer = await asyncio.open_unix_connection(sock=a)
+    gap = {"last": time.monotonic(), "max": 0.0}
+    stop = False
+    async def tick():
+        while not stop:
+            await asyncio.sleep(0.005)
+            now = time.monotonic()
+            gap["max"], gap["last"] = max(gap["max"], now - gap["last"]), now
+    ticker = asyncio.ensure_future(tick())
+    await asyncio.sleep(0.02)
+    gap["max"] = 0.0
+    prefetches = _zcsend.engine_stats()["prefetches"]
+    t0 = time.monotonic()
+    with open(fd, "rb", closefd=False) as f:
+        out["sent"] = await zcsend.sendfile(writer, f, 0, N, timeout=6)
+    out["took"] = time.monotonic() - t0
+    out["prefetches"] = _zcsend.engine_stats()["prefetches"] - prefetches
+    stop = True
+    await ticker
+    out["max_gap"] = gap["max"]
+    out["loop"] = type(asyncio.get_running_loop()).__module__
+    writer.close()
+    await writer.wait_closed()  # the peer's read sees the end
+    reader.join(30)
+    out["right"] = not reader.is_alive() and b"".join(got) == want
+    b.close()
+
+if kind == "uvloop":
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+asyncio.run(main())
+print(json.dumps(out))
+"""
+
+
+def test_progress_reads_never_wait_for_the_engines_step(diskfile, slow_disk, loop_kind):
+    import json
+    import subprocess
+    import sys
+    path, _ = diskfile
+    env = dict(os.environ, ZCSEND_ENGINE_PREFETCH="0")  # the engine steps it, reading the disk
+    r = subprocess.run([sys.executable, "-c", LOCKED_IN + PROGRESS, path, slow_disk, loop_kind],
+                       capture_output=True, text=True, timeout=60, env=env)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["loop"].startswith(loop_kind), out
+    assert out["locked"][0] > 0 and not out["locked"][1], out["locked"]
+    assert out["sent"] == 2 << 20 and out["right"], out
+    # the disk's time (2 MiB at 1 MB/s) in one engine step (no prefetch thread
+    # waited for it), progress read every 1.5 s (timeout=6: the send ends only
+    # after 6 s without any)
+    assert out["prefetches"] == 0, out
+    assert out["took"] > 1.5, out
+    assert out["max_gap"] < 0.2, out
 
 # the readiness check's own cases (found by review): run in the throttled
 # cgroup, where a read in flight stays so for a tenth of a second or more
@@ -500,7 +599,7 @@ os.rmdir(shm)
 fd = os.open(path, os.O_RDONLY)
 os.fsync(fd)
 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)  # no readahead of the test's own reads
-lock_in_own_files()
+out["locked"] = lock_in_own_files()
 with open(os.path.join(cg, "cgroup.procs"), "w") as f:
     f.write(str(os.getpid()))
 
@@ -532,6 +631,7 @@ def test_the_readiness_check_sees_reads_in_flight_where_cachestat_cannot(diskfil
                        text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["locked"][0] > 0 and not out["locked"][1], out["locked"]
     assert out["tmpfs"] is True  # can't be probed: cachestat (a tmpfs is all in memory) says so
     # cachestat counts them all, the chunk's last byte is read in, its first is
     # not: ready only once the first byte's probe says so too
