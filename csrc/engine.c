@@ -239,13 +239,15 @@ void zcs_job_release(zcs_job_t *j) {
     job_unref(j);
 }
 
-/* Progress without the job's lock, which the engine holds for a whole step:
-   a host's loop thread (asyncio's timeout=, a progress report) would wait a
-   step's length for it, longer where the engine thread is preempted holding
-   it. The counts are atomic stores (zcs__count_sent); a job that came back
-   reads final, and so does a send job zcs_job_abort stopped (it takes the
-   lock: the step in flight ended). A read job's pread runs without that lock
-   and may still end after a cancel: nothing of it is written anywhere. */
+/* Progress and outcome without the job's lock, which the engine holds for a
+   whole step: a host's loop thread (asyncio's timeout=, a progress report)
+   would wait a step's length for it, longer where the engine thread is
+   preempted holding it. The counts are atomic stores (zcs__count_sent), the
+   outcome a release store after them (finish, end_read): a job whose result is
+   no longer ZCS_RUNNING, or that came back, reads final, and so does a send job
+   zcs_job_abort stopped (it takes the lock: the step in flight ended). A read
+   job's pread runs without that lock and may still end after a cancel:
+   nothing of it is written anywhere. */
 uint64_t zcs_job_sent(zcs_job_t *j) {
   if (job_foreign(j))
     return j->t.sent;
@@ -261,10 +263,7 @@ uint64_t zcs_job_sent_zero_copy(zcs_job_t *j) {
 int zcs_job_result(zcs_job_t *j) {
   if (job_foreign(j))
     return j->t.result;
-  pthread_mutex_lock(&j->lock);
-  int r = j->t.result;
-  pthread_mutex_unlock(&j->lock);
-  return r;
+  return __atomic_load_n(&j->t.result, __ATOMIC_ACQUIRE);
 }
 
 /* ---- the engine thread -------------------------------------------------------- */
@@ -292,7 +291,7 @@ static void on_done(zcs_ev_transfer_t *w, int result) {
 static void end_read(zcs_job_t *j, size_t got, int rc) {
   pthread_mutex_lock(&j->lock);
   __atomic_store_n(&j->t.sent, (uint64_t)got, __ATOMIC_RELAXED);
-  j->t.result = rc;
+  __atomic_store_n(&j->t.result, rc, __ATOMIC_RELEASE);
   pthread_mutex_unlock(&j->lock);
   on_done(&j->w, rc);
 }

@@ -278,8 +278,10 @@ static void record_outcome(zcs_transfer_t *t) {
   zcs__stats_end(t->result);
 }
 
+/* released: a host that reads the outcome from another thread (zcs_job_result,
+   an acquire load) sees every count stored before it final */
 static int finish(zcs_transfer_t *t, int result) {
-  t->result = result;
+  __atomic_store_n(&t->result, result, __ATOMIC_RELEASE);
   record_outcome(t);
   return result;
 }

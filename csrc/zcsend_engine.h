@@ -79,9 +79,10 @@ ZCS_API int zcs_job_submit(zcs_job_t *j, zcs_channel_t *ch);
 ZCS_API void zcs_job_cancel(zcs_job_t *j);
 /* zcs_job_cancel() that ends the job with err (see zcs_transfer_abort). */
 ZCS_API void zcs_job_abort(zcs_job_t *j, int err);
-/* Progress, from any thread while the job runs, without waiting: atomic loads,
- * not the job's lock, which the engine holds for a whole step. The zero-copy
- * part read first is never past the total read after it. */
+/* Progress and outcome, from any thread while the job runs, without waiting:
+ * atomic loads, not the job's lock, which the engine holds for a whole step.
+ * The zero-copy part read first is never past the total read after it; once
+ * zcs_job_result() says the job ended, zcs_job_sent() read after it is final. */
 ZCS_API uint64_t zcs_job_sent(zcs_job_t *j);
 ZCS_API uint64_t zcs_job_sent_zero_copy(zcs_job_t *j);
 ZCS_API int zcs_job_result(zcs_job_t *j);       /* ZCS_RUNNING until it ended */

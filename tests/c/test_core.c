@@ -1539,10 +1539,12 @@ static void gate_join(struct gate_reader *r) {
 }
 
 /* A thread that reads running jobs' progress, as a host reporting it would:
-   sent never goes back, the zero-copy part never exceeds it, and the result is
-   "running" or done; until the test sets stop. */
+   sent never goes back, the zero-copy part never exceeds it, the result is
+   "running" or done, and a job read as done has sent all it had to (want[i]);
+   until the test sets stop. */
 struct watcher {
   zcs_job_t **jobs;
+  const uint64_t *want;
   int n;
   int stop; /* atomic */
   long reads;
@@ -1555,10 +1557,10 @@ static void *watch_jobs(void *arg) {
   uint64_t last[16] = {0};
   while (!__atomic_load_n(&w->stop, __ATOMIC_ACQUIRE)) {
     for (int i = 0; i < w->n; i++, w->reads++) {
-      uint64_t z = zcs_job_sent_zero_copy(w->jobs[i]); /* first: z <= sent then <= sent now */
+      int rc = zcs_job_result(w->jobs[i]); /* first: a done job's counts read after are final */
+      uint64_t z = zcs_job_sent_zero_copy(w->jobs[i]); /* then: z <= sent then <= sent now */
       uint64_t s = zcs_job_sent(w->jobs[i]);
-      int rc = zcs_job_result(w->jobs[i]);
-      if (s < last[i] || z > s || (rc != 1 && rc != ZCS_DONE)) {
+      if (s < last[i] || z > s || (rc != 1 && rc != ZCS_DONE) || (rc == ZCS_DONE && s != w->want[i])) {
         snprintf(w->err, sizeof w->err, "job %d: sent %llu after %llu, zero-copy %llu, result %d",
                  i, (unsigned long long)s, (unsigned long long)last[i], (unsigned long long)z, rc);
         return NULL;
@@ -1619,13 +1621,15 @@ START_TEST(engine_send_jobs) {
   js[5].j = file_job(js[5].sv[0], p[0], 0, -1);
   js[5].want = pdata, js[5].want_len = js[5].zero_copy = plen;
   zcs_job_t *jobs[N];
+  uint64_t wants[N];
   for (int i = 0; i < N; i++) {
     ck_assert_int_eq(zcs_job_submit(js[i].j, ch), 0);
     jobs[i] = js[i].j;
+    wants[i] = js[i].want_len;
     if (i == 0) /* twice, at once, while the engine takes the job on: refused */
       ck_assert_int_eq(zcs_job_submit(js[0].j, ch), -EINVAL);
   }
-  struct watcher watch = {.jobs = jobs, .n = N};
+  struct watcher watch = {.jobs = jobs, .want = wants, .n = N};
   pthread_create(&watch.th, NULL, watch_jobs, &watch);
   struct pipe_writer w = {p[1], pdata, plen, 0};
   pthread_create(&w.th, NULL, write_pipe, &w);
