@@ -28,8 +28,9 @@ round-robin over the contenders (so the machine's drift spreads evenly):
 user + system CPU (all its threads, /proc/PID/stat) over the wrk run / the
 requests wrk completed, and client sleeps per request = wrk's voluntary context
 switches (getrusage of the waited child) over the requests. Any non-2xx answer,
-socket error or server traceback fails the run. --pin: servers on core 0, wrk on the others (as run.py --pin;
-zcsend's engine thread then shares the loop's core).
+socket error or server traceback fails the run. --pin: servers on core 0, wrk
+on the others (as run.py --pin; zcsend's engine thread then shares the loop's
+core).
 
 Client sleeps per request is in the table because server CPU per request
 follows it on this VM more than any server's own code: whenever wrk sleeps, the

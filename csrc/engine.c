@@ -544,9 +544,9 @@ static int may_step(zcs_job_t *j) {
     return 1;
   }
   size_t budget = j->t.budget ? j->t.budget : ZCS_DEFAULT_BUDGET;
-  if (!prefetch_on || !j->t.sized || j->t.offset < 0 || j->t.remaining <= 0 || j->t.file_fd < 0)
-    return 1; /* no page cache behind it (a pipe, memory), or nothing left to read */
-  size_t len = zcs__transfer_unread(&j->t, budget); /* offset is past bytes held */
+  if (!prefetch_on || !zcs__reads_sized_file(&j->t))
+    return 1; /* no page cache behind it (a pipe, memory) */
+  size_t len = zcs__transfer_unread(&j->t, budget); /* offset is past bytes held; 0: none left */
   if (!len)
     return 1;
   int64_t end = j->t.offset + (int64_t)len;

@@ -655,14 +655,8 @@ int zcs_transfer_ready(zcs_transfer_t *t, size_t len) {
   return (len && load_small(t)) || zcs_transfer_cached(t, len);
 }
 
-/* a running transfer that reads a file range of a known length: the only
-   kind whose next bytes may have to come from the disk */
-static int reads_sized_file(const zcs_transfer_t *t) {
-  return t->result == ZCS_RUNNING && t->sized && t->offset >= 0 && t->file_fd >= 0;
-}
-
 size_t zcs__prefetch_window(const zcs_transfer_t *t, size_t step) {
-  if (!reads_sized_file(t))
+  if (!zcs__reads_sized_file(t))
     return 0;
   if (!step)
     step = t->budget ? t->budget : ZCS_DEFAULT_BUDGET;
@@ -672,7 +666,7 @@ size_t zcs__prefetch_window(const zcs_transfer_t *t, size_t step) {
 }
 
 int zcs_transfer_cached(const zcs_transfer_t *t, size_t len) {
-  if (!reads_sized_file(t))
+  if (!zcs__reads_sized_file(t))
     return 1;
   len = zcs__transfer_unread(t, len); /* 0 for len 0, or nothing left to read */
   return !len || zcs__range_ready(t->file_fd, t->offset, len);

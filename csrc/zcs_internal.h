@@ -79,6 +79,12 @@ int zcs__pread_nowait(int fd, void *buf, size_t len, int64_t offset);
    cachestat(2) says every page is cached, and preadv2(RWF_NOWAIT) probes say
    none of them is still being read in. 1 also where the kernel can't tell. */
 int zcs__range_ready(int fd, int64_t off, size_t len);
+/* A running transfer that reads a file range of a known length: the only kind
+   whose next bytes may have to come from the disk (the readiness checks' and
+   the prefetch's guard). Read by the thread that steps t. */
+static inline int zcs__reads_sized_file(const zcs_transfer_t *t) {
+  return t->result == ZCS_RUNNING && t->sized && t->offset >= 0 && t->file_fd >= 0;
+}
 /* Of the next len bytes t sends from its file, how many it must still read at
    t->offset: remaining less what it holds read already (the emulation's buffer,
    a splice pipe, a rest zcs_transfer_ready read), at most len; 0: none. */

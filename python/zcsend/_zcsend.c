@@ -200,15 +200,26 @@ static PyObject *transfer_from_bytes(PyTypeObject *type, PyObject *args) {
   return (PyObject *)self;
 }
 
-static PyObject *transfer_set_head(TransferObject *self, PyObject *arg) {
+/* The transfer while it is still the caller's; NULL (RuntimeError) once it was
+   submitted: the engine's thread then steps it, and its fields (offset,
+   remaining, head_pos, backend) are the engine's to write until it is freed;
+   only sent/sent_zero_copy/result/id (atomic, or fixed) read safely then */
+static zcs_transfer_t *callers_transfer(TransferObject *self) {
   if (self->submitted) {
     PyErr_SetString(PyExc_RuntimeError, "transfer belongs to the engine now");
     return NULL;
   }
+  return zcs_job_transfer(self->job);
+}
+
+static PyObject *transfer_set_head(TransferObject *self, PyObject *arg) {
+  zcs_transfer_t *t = callers_transfer(self);
+  if (!t)
+    return NULL;
   Py_buffer head;
   if (PyObject_GetBuffer(arg, &head, PyBUF_SIMPLE) < 0)
     return NULL;
-  int rc = zcs_transfer_set_head(zcs_job_transfer(self->job), head.buf, (size_t)head.len);
+  int rc = zcs_transfer_set_head(t, head.buf, (size_t)head.len);
   PyBuffer_Release(&head);
   if (rc < 0)
     return raise_code(rc);
@@ -276,11 +287,9 @@ static PyObject *transfer_step(TransferObject *self, PyObject *args) {
   Py_ssize_t budget = 0;
   if (!PyArg_ParseTuple(args, "|n:step", &budget))
     return NULL;
-  if (self->submitted) {
-    PyErr_SetString(PyExc_RuntimeError, "transfer belongs to the engine now");
+  zcs_transfer_t *t = callers_transfer(self);
+  if (!t)
     return NULL;
-  }
-  zcs_transfer_t *t = zcs_job_transfer(self->job);
   size_t saved = t->budget;
   if (budget > 0)
     t->budget = (size_t)budget;
@@ -392,19 +401,23 @@ static PyObject *transfer_get_id(TransferObject *self, void *c) {
 }
 static PyObject *transfer_get_backend(TransferObject *self, void *c) {
   (void)c;
-  return PyUnicode_FromString(zcs_backend_kind_name(zcs_job_transfer(self->job)->backend));
+  zcs_transfer_t *t = callers_transfer(self);
+  return t ? PyUnicode_FromString(zcs_backend_kind_name(t->backend)) : NULL;
 }
 static PyObject *transfer_get_head_sent(TransferObject *self, void *c) {
   (void)c;
-  return PyLong_FromSize_t(zcs_transfer_head_sent(zcs_job_transfer(self->job)));
+  zcs_transfer_t *t = callers_transfer(self);
+  return t ? PyLong_FromSize_t(zcs_transfer_head_sent(t)) : NULL;
 }
 static PyObject *transfer_get_seekable(TransferObject *self, void *c) {
   (void)c;
-  return PyBool_FromLong(zcs_job_transfer(self->job)->offset >= 0);
+  zcs_transfer_t *t = callers_transfer(self);
+  return t ? PyBool_FromLong(t->offset >= 0) : NULL;
 }
 static PyObject *transfer_get_remaining(TransferObject *self, void *c) {
   (void)c;
-  return PyLong_FromLongLong(zcs_job_transfer(self->job)->remaining);
+  zcs_transfer_t *t = callers_transfer(self);
+  return t ? PyLong_FromLongLong(t->remaining) : NULL;
 }
 
 static PyGetSetDef transfer_getset[] = {
@@ -413,10 +426,10 @@ static PyGetSetDef transfer_getset[] = {
     {"result", (getter)transfer_get_result, NULL, "RUNNING (1) while running, DONE (0) done, else -error", NULL},
     {"owns_fds", (getter)transfer_get_owns_fds, NULL, "it holds dups for take_fds()", NULL},
     {"id", (getter)transfer_get_id, NULL, "id that Channel.drain() reports", NULL},
-    {"backend", (getter)transfer_get_backend, NULL, "sendfile, splice, emulated or memory", NULL},
-    {"remaining", (getter)transfer_get_remaining, NULL, "bytes left to send, -1 if unknown", NULL},
-    {"seekable", (getter)transfer_get_seekable, NULL, "the source has offsets (a pipe has not)", NULL},
-    {"head_sent", (getter)transfer_get_head_sent, NULL, "bytes of the head sent (not in sent)", NULL},
+    {"backend", (getter)transfer_get_backend, NULL, "sendfile, splice, emulated or memory (until submitted)", NULL},
+    {"remaining", (getter)transfer_get_remaining, NULL, "bytes left to send, -1 if unknown (until submitted)", NULL},
+    {"seekable", (getter)transfer_get_seekable, NULL, "the source has offsets (a pipe has not; until submitted)", NULL},
+    {"head_sent", (getter)transfer_get_head_sent, NULL, "bytes of the head sent, not in sent (until submitted)", NULL},
     {NULL}};
 
 static PyMethodDef transfer_methods[] = {

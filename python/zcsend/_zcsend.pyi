@@ -36,6 +36,7 @@ class Transfer:
     sent_zero_copy: int
     result: int
     id: int
+    # until submit() only (then RuntimeError: the engine's thread writes them)
     backend: str
     remaining: int
     seekable: bool

@@ -282,22 +282,27 @@ def test_a_hot_transfer_in_the_engine_ends_while_cold_files_stream(coldfiles, tm
     assert engine_prefetches() - before >= 4
 
 
-# The throttled scripts begin with this: the process's own files (the
-# interpreter, its libraries, zcsend's and uvloop's modules) are locked in memory
-# before it joins the throttled cgroup. Otherwise a page of them the kernel had
-# reclaimed (a disk busy with writes, DAMON's proactive reclaim) is faulted in at
-# the throttle's pace, queued behind the test's own 4 MiB readahead: the loop
-# thread then stalled 4.2 s in filemap_fault in the middle of a send (sampled
-# from /proc/PID/stack while CI-like writes ran), which looked like zcsend's
-# doing. File-backed mappings only: under ASan, mlockall would lock the shadow.
-# Returns the bytes locked and the mappings that could not be (a root without
-# CAP_IPC_LOCK stops at RLIMIT_MEMLOCK, raised first where it may be).
-LOCKED_IN = r"""
-import ctypes as _ct, resource as _rs
+# The throttled scripts begin with THROTTLED, whose join_throttled(cg) locks
+# the process's own files (the interpreter, its libraries, zcsend's and
+# uvloop's modules) in memory and only then joins the throttled cgroup.
+# Otherwise a page of them the kernel had reclaimed (a disk busy with writes,
+# DAMON's proactive reclaim) is faulted in at the throttle's pace, queued behind
+# the test's own 4 MiB readahead: the loop thread then stalled 4.2 s in
+# filemap_fault in the middle of a send (sampled from /proc/PID/stack while
+# CI-like writes ran), which looked like zcsend's doing. File-backed mappings
+# only: under ASan, mlockall would lock the shadow. It returns the bytes locked
+# and the mappings that could not be (a root without CAP_IPC_LOCK stops at
+# RLIMIT_MEMLOCK, raised first where it may be); run_throttled asserts on them.
+# LoopGap measures the loop's longest gap between 5 ms ticks from begin() (the
+# send) to end(): the set-up before it runs on the loop thread too, and is not
+# what these measure.
+THROTTLED = r"""
+import asyncio as _aio, ctypes as _ct, os as _os, resource as _rs, struct as _st, time as _tm
 
-def lock_in_own_files():
-    libc = _ct.CDLL(None, use_errno=True)
-    libc.mlock.argtypes = (_ct.c_void_p, _ct.c_size_t)
+_libc = _ct.CDLL(None, use_errno=True)
+_libc.mlock.argtypes = (_ct.c_void_p, _ct.c_size_t)
+
+def join_throttled(cg):
     try:
         _rs.setrlimit(_rs.RLIMIT_MEMLOCK, (_rs.RLIM_INFINITY, _rs.RLIM_INFINITY))
     except (ValueError, OSError):
@@ -308,12 +313,53 @@ def lock_in_own_files():
             f = line.split()
             if len(f) >= 6 and f[5].startswith("/") and not f[5].startswith("/dev/") and f[1][0] == "r":
                 lo, hi = (int(x, 16) for x in f[0].split("-"))
-                if libc.mlock(lo, hi - lo) == 0:
+                if _libc.mlock(lo, hi - lo) == 0:
                     locked += hi - lo
                 else:
                     failed.append((f[5], _ct.get_errno()))
+    with open(_os.path.join(cg, "cgroup.procs"), "w") as f:
+        f.write(str(_os.getpid()))
     return locked, failed
+
+def cachestat_pages(fd, off, n):
+    rng, out = _st.pack("QQ", off, n), _ct.create_string_buffer(40)
+    assert _libc.syscall(451, fd, _ct.c_char_p(rng), out, 0) == 0, _ct.get_errno()
+    return _st.unpack("5Q", out.raw)[0]
+
+class LoopGap:
+    def __init__(self):
+        self.last, self.max, self._stop = None, 0.0, False
+        self._ticker = _aio.ensure_future(self._tick())
+
+    async def _tick(self):
+        while not self._stop:
+            await _aio.sleep(0.005)
+            now = _tm.monotonic()
+            if self.last is not None:
+                self.max, self.last = max(self.max, now - self.last), now
+
+    def begin(self):
+        self.last, self.max = _tm.monotonic(), 0.0
+        return self.last
+
+    async def end(self):
+        self._stop = True
+        await self._ticker
+        return self.max
 """
+
+
+def run_throttled(script, *args, env=None):
+    """Runs THROTTLED + script with args in a child; its last line's JSON."""
+    import json
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-c", THROTTLED + script, *args], capture_output=True,
+                       text=True, timeout=60, env=env)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["locked"][0] > 0 and not out["locked"][1], out["locked"]
+    return out
 
 
 # ---- a range still being read in is cold too ----------------------------------
@@ -325,19 +371,13 @@ def lock_in_own_files():
 # sends those 16 KiB: the loop must go on turning (the engine's prefetch thread
 # waits for the read, not the loop thread), the bytes must be right.
 INFLIGHT = r"""
-import asyncio, ctypes, json, os, socket, struct, sys, time
+import asyncio, json, os, socket, sys, time
 import zcsend
 from zcsend import _zcsend
 path, cg, kind = sys.argv[1:4]
 if kind == "uvloop":
     import uvloop  # before the files are locked in
 OFF, N = 3 << 20, 16 << 10
-libc = ctypes.CDLL(None, use_errno=True)
-
-def cachestat_pages(fd, off, n):
-    rng, out = struct.pack("QQ", off, n), ctypes.create_string_buffer(40)
-    assert libc.syscall(451, fd, ctypes.c_char_p(rng), out, 0) == 0, ctypes.get_errno()
-    return struct.unpack("5Q", out.raw)[0]
 
 with open(path, "rb") as f:
     want = f.read()[OFF:OFF + N]  # before the throttle; evicted again below
@@ -345,25 +385,12 @@ fd = os.open(path, os.O_RDONLY)
 os.fsync(fd)  # clean pages only can be dropped
 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
 assert cachestat_pages(fd, OFF, N) == 0
-out = {"locked": lock_in_own_files()}
-with open(os.path.join(cg, "cgroup.procs"), "w") as f:
-    f.write(str(os.getpid()))
+out = {"locked": join_throttled(cg)}
 
 async def main():
     a, b = socket.socketpair()
     _, writer = await asyncio.open_unix_connection(sock=a)
-    # the loop's longest gap while the send runs (the set-up below runs on the
-    # loop thread too, and is not what this measures)
-    gap = {"last": None, "max": 0.0}
-    stop = False
-    async def tick():
-        while not stop:
-            await asyncio.sleep(0.005)
-            now = time.monotonic()
-            if gap["last"] is not None:
-                gap["max"] = max(gap["max"], now - gap["last"])
-                gap["last"] = now
-    ticker = asyncio.ensure_future(tick())
+    gap = LoopGap()
     # the readahead started just before the send (a read that already ended, the
     # throttle's first burst, is waited out and the page dropped: again). No
     # fsync here: the file is clean since the one above, and on a disk busy with
@@ -381,7 +408,7 @@ async def main():
             break
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     made, prefetches = _zcsend.debug_counts()["transfers"], _zcsend.engine_stats()["prefetches"]
-    t0 = gap["last"] = time.monotonic()
+    t0 = gap.begin()
     out["setup"] = t0 - setup
     with open(fd, "rb", closefd=False) as f:
         out["sent"] = await zcsend.sendfile(writer, f, OFF, N)
@@ -389,9 +416,7 @@ async def main():
     out["transfers_made"] = _zcsend.debug_counts()["transfers"] - made
     out["prefetches"] = _zcsend.engine_stats()["prefetches"] - prefetches
     out["loop"] = type(asyncio.get_running_loop()).__module__
-    stop = True
-    await ticker
-    out["max_gap"] = gap["max"]
+    out["max_gap"] = await gap.end()
     b.setblocking(True)
     got = b""
     while len(got) < N:
@@ -435,25 +460,18 @@ def slow_disk(diskfile):
 
 
 def test_a_range_still_being_read_in_is_never_stepped_on_the_loop(diskfile, slow_disk, loop_kind):
-    import json
-    import subprocess
-    import sys
     path, _ = diskfile
     outs = []
     # the case this is about needs the read still in flight when the engine
     # looks; on a disk others keep busy it may end first (then the send is
     # quick and proves nothing): up to three tries for one that shows the case
     for _ in range(3):
-        r = subprocess.run([sys.executable, "-c", LOCKED_IN + INFLIGHT, path, slow_disk, loop_kind], capture_output=True,
-                           text=True, timeout=60)
-        assert r.returncode == 0, r.stderr
-        out = json.loads(r.stdout.strip().splitlines()[-1])
+        out = run_throttled(INFLIGHT, path, slow_disk, loop_kind)
         outs.append(out)
         # whatever the disk did, the bytes are right
         assert out["loop"].startswith(loop_kind), out
         assert out["sent"] == 16 << 10 and out["right"], out
         # and the loop never waited for them
-        assert out["locked"][0] > 0 and not out["locked"][1], out["locked"]
         assert out["max_gap"] < max(0.1, out["took"] / 4), out
         if out["took"] > 0.5:
             break
@@ -468,14 +486,14 @@ def test_a_range_still_being_read_in_is_never_stepped_on_the_loop(diskfile, slow
     assert out["max_gap"] < out["took"] / 4, outs
 
 
-
 # ---- progress reads never wait for the engine's step ---------------------------
 # timeout= reads the transfer's progress every timeout/4 from the loop thread
 # (the GIL held). The engine holds the job's lock for a whole step; with the
 # prefetch threads off and the disk at 1 MB/s, one step of 2 MiB (the budget)
 # read from it holds that lock for two seconds or more. Read under that lock,
 # progress stalled the loop (and every Python thread) from the first read,
-# 1.5 s in, to the step's end (1.1 s measured); read atomically, it never waits.
+# 1.5 s in, to the step's end (1.1-1.9 s measured); read atomically, it never
+# waits.
 PROGRESS = r"""
 import asyncio, json, os, socket, sys, threading, time
 import zcsend
@@ -489,9 +507,7 @@ with open(path, "rb") as f:
 fd = os.open(path, os.O_RDONLY)
 os.fsync(fd)
 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-out = {"locked": lock_in_own_files()}
-with open(os.path.join(cg, "cgroup.procs"), "w") as f:
-    f.write(str(os.getpid()))
+out = {"locked": join_throttled(cg)}
 
 async def main():
     a, b = socket.socketpair()
@@ -505,25 +521,14 @@ async def main():
     reader = threading.Thread(target=drain, daemon=True)  # a failed send must not hang the exit
     reader.start()
     _, writer = await asyncio.open_unix_connection(sock=a)
-    gap = {"last": time.monotonic(), "max": 0.0}
-    stop = False
-    async def tick():
-        while not stop:
-            await asyncio.sleep(0.005)
-            now = time.monotonic()
-            gap["max"], gap["last"] = max(gap["max"], now - gap["last"]), now
-    ticker = asyncio.ensure_future(tick())
-    await asyncio.sleep(0.02)
-    gap["max"] = 0.0
+    gap = LoopGap()
     prefetches = _zcsend.engine_stats()["prefetches"]
-    t0 = time.monotonic()
+    t0 = gap.begin()
     with open(fd, "rb", closefd=False) as f:
         out["sent"] = await zcsend.sendfile(writer, f, 0, N, timeout=6)
     out["took"] = time.monotonic() - t0
     out["prefetches"] = _zcsend.engine_stats()["prefetches"] - prefetches
-    stop = True
-    await ticker
-    out["max_gap"] = gap["max"]
+    out["max_gap"] = await gap.end()
     out["loop"] = type(asyncio.get_running_loop()).__module__
     writer.close()
     await writer.wait_closed()  # the peer's read sees the end
@@ -539,17 +544,10 @@ print(json.dumps(out))
 
 
 def test_progress_reads_never_wait_for_the_engines_step(diskfile, slow_disk, loop_kind):
-    import json
-    import subprocess
-    import sys
     path, _ = diskfile
     env = dict(os.environ, ZCSEND_ENGINE_PREFETCH="0")  # the engine steps it, reading the disk
-    r = subprocess.run([sys.executable, "-c", LOCKED_IN + PROGRESS, path, slow_disk, loop_kind],
-                       capture_output=True, text=True, timeout=60, env=env)
-    assert r.returncode == 0, r.stderr
-    out = json.loads(r.stdout.strip().splitlines()[-1])
+    out = run_throttled(PROGRESS, path, slow_disk, loop_kind, env=env)
     assert out["loop"].startswith(loop_kind), out
-    assert out["locked"][0] > 0 and not out["locked"][1], out["locked"]
     assert out["sent"] == 2 << 20 and out["right"], out
     # the disk's time (2 MiB at 1 MB/s) in one engine step (no prefetch thread
     # waited for it), progress read every 1.5 s (timeout=6: the send ends only
@@ -558,19 +556,15 @@ def test_progress_reads_never_wait_for_the_engines_step(diskfile, slow_disk, loo
     assert out["took"] > 1.5, out
     assert out["max_gap"] < 0.2, out
 
+
 # the readiness check's own cases (found by review): run in the throttled
 # cgroup, where a read in flight stays so for a tenth of a second or more
 PROBES = r"""
-import ctypes, json, os, socket, struct, sys, tempfile
+import ctypes, json, os, socket, sys, tempfile
 from zcsend import _zcsend
 path, cg = sys.argv[1], sys.argv[2]
 K = 1024
 libc = ctypes.CDLL(None, use_errno=True)
-
-def cachestat_pages(fd, off, n):
-    rng, out = struct.pack("QQ", off, n), ctypes.create_string_buffer(40)
-    assert libc.syscall(451, fd, ctypes.c_char_p(rng), out, 0) == 0, ctypes.get_errno()
-    return struct.unpack("5Q", out.raw)[0]
 
 def read_in(fd, at):
     try:
@@ -599,9 +593,7 @@ os.rmdir(shm)
 fd = os.open(path, os.O_RDONLY)
 os.fsync(fd)
 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)  # no readahead of the test's own reads
-out["locked"] = lock_in_own_files()
-with open(os.path.join(cg, "cgroup.procs"), "w") as f:
-    f.write(str(os.getpid()))
+out["locked"] = join_throttled(cg)
 
 # [128K, 256K) read in earlier; a read of [0, 128K) in flight (another reader at
 # the file's start): cachestat counts all 64 pages, the chunk's last byte is
@@ -623,15 +615,8 @@ print(json.dumps(out))
 
 
 def test_the_readiness_check_sees_reads_in_flight_where_cachestat_cannot(diskfile, slow_disk):
-    import json
-    import subprocess
-    import sys
     path, _ = diskfile
-    r = subprocess.run([sys.executable, "-c", LOCKED_IN + PROBES, path, slow_disk], capture_output=True,
-                       text=True, timeout=60)
-    assert r.returncode == 0, r.stderr
-    out = json.loads(r.stdout.strip().splitlines()[-1])
-    assert out["locked"][0] > 0 and not out["locked"][1], out["locked"]
+    out = run_throttled(PROBES, path, slow_disk)
     assert out["tmpfs"] is True  # can't be probed: cachestat (a tmpfs is all in memory) says so
     # cachestat counts them all, the chunk's last byte is read in, its first is
     # not: ready only once the first byte's probe says so too
@@ -641,14 +626,11 @@ def test_the_readiness_check_sees_reads_in_flight_where_cachestat_cannot(diskfil
     assert out["range_in_flight"] == [64, False, False, False], out
 
 
-def cachestat_pages(fd, off, n):
-    """cachestat(2)'s count of cached pages of [off, off + n): no side effect."""
-    import ctypes
-    import struct
-    libc = ctypes.CDLL(None, use_errno=True)
-    rng, out = struct.pack("QQ", off, n), ctypes.create_string_buffer(40)
-    assert libc.syscall(451, fd, ctypes.c_char_p(rng), out, 0) == 0, ctypes.get_errno()
-    return struct.unpack("5Q", out.raw)[0]
+# cachestat(2)'s count of cached pages of [off, off + n), asked without a side
+# effect: THROTTLED's own, for this process too
+_THROTTLED = {}
+exec(THROTTLED, _THROTTLED)
+cachestat_pages = _THROTTLED["cachestat_pages"]
 
 
 def test_one_page_past_a_shrunk_end_is_not_ready_until_read_in(tmp_path):

@@ -1,5 +1,6 @@
 """Many transfers at once, and resources back to baseline after many more."""
 import asyncio
+import errno
 import gc
 import hashlib
 import os
@@ -252,6 +253,46 @@ def test_cancel_while_the_engine_takes_the_batch_in(tmp_path):
         for a, b in pairs:
             a.close()
             b.close()
+
+
+def test_a_submitted_transfer_is_read_only_through_its_atomic_fields(tmp_path):
+    """Once submitted, the engine's thread writes a transfer's offset, remaining,
+    head and backend while it steps it: reading them from Python then would be a
+    data race, so those getters (and step, set_head) refuse; sent,
+    sent_zero_copy, result and id stay readable, running and ended."""
+    from zcsend import _zcsend
+    path = tmp_path / "src"
+    path.write_bytes(b"x" * (1 << 20))
+    a, b = socket.socketpair()
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    a.setblocking(False)
+    ch = _zcsend.Channel()
+    try:
+        with open(path, "rb") as f:
+            job = _zcsend.Transfer(a.fileno(), f.fileno(), 0, 1 << 20, True)
+            job.set_head(b"HEAD")
+            assert (job.remaining, job.seekable, job.head_sent) == (1 << 20, True, 0)
+            assert job.backend in ("sendfile", "emulated")
+            job.submit(ch)
+            for state in ("running", "ended"):
+                for name in ("remaining", "seekable", "head_sent", "backend"):
+                    with pytest.raises(RuntimeError, match="^transfer belongs to the engine now$"):
+                        getattr(job, name)
+                with pytest.raises(RuntimeError, match="^transfer belongs to the engine now$"):
+                    job.step()
+                with pytest.raises(RuntimeError, match="^transfer belongs to the engine now$"):
+                    job.set_head(b"x")
+                assert 0 <= job.sent_zero_copy <= job.sent < 1 << 20 and job.id > 0
+                if state == "running":
+                    assert job.result == _zcsend.RUNNING  # the peer has not read: it can't end
+                    job.cancel()
+                    assert select.select([ch.fileno()], [], [], 10)[0], "the cancelled job never came back"
+                    assert ch.drain() == [job.id]
+            assert job.result == -errno.ECANCELED
+    finally:
+        ch.close()
+        a.close()
+        b.close()
 
 
 def test_tls_slow_reader_memory_bounded(tmp_path):
