@@ -314,9 +314,15 @@ class ReadLimit:
                 time.sleep(0.1)
 
 
+def warm(path):
+    with open(path, "rb") as f:
+        while f.read(4 * MiB):
+            pass
+
+
 def one_run(mode, env, hot, hot_size, cold, args):
     for path in cold:
-        evict(path)
+        (warm if args.warm else evict)(path)
     argv = [sys.executable, os.path.abspath(__file__), "--serve", mode, hot, *cold]
     if args.hot_inline:
         argv.append("--hot-inline")
@@ -436,6 +442,9 @@ def main():
     ap.add_argument("--read-mbps", type=int,
                     help="cap the server's disk reads at this many MB/s (a cgroup; needs root; "
                          "the server locks its own files in memory first)")
+    ap.add_argument("--warm", action="store_true",
+                    help="the control: the stream files read into the page cache before each run, not "
+                         "evicted (the streams' CPU, no disk: what the hot requests pay for sharing the cores)")
     ap.add_argument("--only", help="comma-separated contender names")
     ap.add_argument("--quick", action="store_true", help="a smoke run: one run, small files")
     ap.add_argument("--json", help="also write the raw results here")
@@ -489,7 +498,8 @@ def main():
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
-    print(f"\n{args.streams} cold files of {args.cold_size} MiB (evicted before each run, "
+    how = "read into the page cache before each run: --warm, the control" if args.warm else "evicted before each run"
+    print(f"\n{args.streams} cold files of {args.cold_size} MiB ({how}, "
           f"read at <= {args.pace} KiB/ms each"
           f"{f'; server disk reads capped at {args.read_mbps} MB/s' if args.read_mbps else ''}); hot file {args.hot_size} KiB"
           f"{' (zcsend: inline step allowed)' if args.hot_inline else ' (zcsend: handed to the engine)'}; "
