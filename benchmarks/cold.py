@@ -48,6 +48,9 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "python"))
+from throttle import join_throttled  # noqa: E402 (tests/python/throttle.py: the cold tests use it too)
+
 MiB = 1 << 20
 STALL = 0.002  # a lag sample over issue 13's bound: the server says where its time went
 CONTENDERS = [
@@ -83,35 +86,6 @@ def prefetch_threads():
     return core.engine_stats()["workers"] if core else 0
 
 
-def lock_in_own_files():
-    """mlock(2)s this process's file-backed readable mappings (the interpreter,
-    its libraries and modules). In the --read-mbps cgroup a page of them the
-    kernel had reclaimed would be faulted back in at the cap's pace, behind the
-    cold reads: the loop thread stalled on its own code, whatever the contender
-    (tests/python/test_cold.py found a 4.2 s stall so). File-backed only: under
-    ASan mlockall would lock the shadow. Returns (bytes locked, [(mapping,
-    errno)] not locked)."""
-    import ctypes
-    import resource
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.mlock.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
-    try:
-        resource.setrlimit(resource.RLIMIT_MEMLOCK, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
-    except (ValueError, OSError):
-        pass  # then as much as the limit lets
-    locked, failed = 0, []
-    with open("/proc/self/maps") as maps:
-        for line in maps:
-            f = line.split()
-            if len(f) >= 6 and f[5].startswith("/") and not f[5].startswith("/dev/") and f[1][0] == "r":
-                lo, hi = (int(x, 16) for x in f[0].split("-"))
-                if libc.mlock(lo, hi - lo) == 0:
-                    locked += hi - lo
-                else:
-                    failed.append((f[5], ctypes.get_errno()))
-    return locked, failed
-
-
 def serve(mode, hot, cold, hot_inline, lifetime):
     if mode == "zcsend":
         import zcsend  # before the files are locked in
@@ -119,10 +93,8 @@ def serve(mode, hot, cold, hot_inline, lifetime):
             zcsend._core.INLINE_BUDGET = 0  # cold ones go to the engine regardless
     cg = os.environ.pop("ZCS_COLDBENCH_CGROUP", None)
     locked = None
-    if cg:  # --read-mbps: this process (and every thread it starts) reads the disk slowly
-        locked = lock_in_own_files()
-        with open(os.path.join(cg, "cgroup.procs"), "w") as f:
-            f.write(str(os.getpid()))
+    if cg:  # --read-mbps: this process (and every thread it starts) reads the disk slowly,
+        locked = join_throttled(cg)  # its own files locked in first
     watch_ms = float(os.environ.pop("ZCS_COLDBENCH_WATCH_MS", 0))
 
     async def main():

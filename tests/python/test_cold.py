@@ -14,6 +14,7 @@ import pytest
 import zcsend
 from zcsend import _core, _zcsend
 from conftest import Pair, file_sha1, make_file, run
+from throttle import cachestat_pages
 
 MiB = 1 << 20
 
@@ -282,70 +283,15 @@ def test_a_hot_transfer_in_the_engine_ends_while_cold_files_stream(coldfiles, tm
     assert engine_prefetches() - before >= 4
 
 
-# The throttled scripts begin with THROTTLED, whose join_throttled(cg) locks
-# the process's own files (the interpreter, its libraries, zcsend's and
-# uvloop's modules) in memory and only then joins the throttled cgroup.
-# Otherwise a page of them the kernel had reclaimed (a disk busy with writes,
-# DAMON's proactive reclaim) is faulted in at the throttle's pace, queued behind
-# the test's own 4 MiB readahead: the loop thread then stalled 4.2 s in
-# filemap_fault in the middle of a send (sampled from /proc/PID/stack while
-# CI-like writes ran), which looked like zcsend's doing. File-backed mappings
-# only: under ASan, mlockall would lock the shadow. It returns the bytes locked
-# and the mappings that could not be (a root without CAP_IPC_LOCK stops at
-# RLIMIT_MEMLOCK, raised first where it may be); run_throttled asserts on them.
-# LoopGap measures the loop's longest gap between 5 ms ticks from begin() (the
-# send) to end(): the set-up before it runs on the loop thread too, and is not
-# what these measure.
-THROTTLED = r"""
-import asyncio as _aio, ctypes as _ct, os as _os, resource as _rs, struct as _st, time as _tm
-
-_libc = _ct.CDLL(None, use_errno=True)
-_libc.mlock.argtypes = (_ct.c_void_p, _ct.c_size_t)
-
-def join_throttled(cg):
-    try:
-        _rs.setrlimit(_rs.RLIMIT_MEMLOCK, (_rs.RLIM_INFINITY, _rs.RLIM_INFINITY))
-    except (ValueError, OSError):
-        pass
-    locked, failed = 0, []
-    with open("/proc/self/maps") as maps:
-        for line in maps:
-            f = line.split()
-            if len(f) >= 6 and f[5].startswith("/") and not f[5].startswith("/dev/") and f[1][0] == "r":
-                lo, hi = (int(x, 16) for x in f[0].split("-"))
-                if _libc.mlock(lo, hi - lo) == 0:
-                    locked += hi - lo
-                else:
-                    failed.append((f[5], _ct.get_errno()))
-    with open(_os.path.join(cg, "cgroup.procs"), "w") as f:
-        f.write(str(_os.getpid()))
-    return locked, failed
-
-def cachestat_pages(fd, off, n):
-    rng, out = _st.pack("QQ", off, n), _ct.create_string_buffer(40)
-    assert _libc.syscall(451, fd, _ct.c_char_p(rng), out, 0) == 0, _ct.get_errno()
-    return _st.unpack("5Q", out.raw)[0]
-
-class LoopGap:
-    def __init__(self):
-        self.last, self.max, self._stop = None, 0.0, False
-        self._ticker = _aio.ensure_future(self._tick())
-
-    async def _tick(self):
-        while not self._stop:
-            await _aio.sleep(0.005)
-            now = _tm.monotonic()
-            if self.last is not None:
-                self.max, self.last = max(self.max, now - self.last), now
-
-    def begin(self):
-        self.last, self.max = _tm.monotonic(), 0.0
-        return self.last
-
-    async def end(self):
-        self._stop = True
-        await self._ticker
-        return self.max
+# The throttled scripts begin with THROTTLED, which imports throttle.py (beside
+# this file): join_throttled(cg) locks the process's own files in memory, then
+# joins the throttled cgroup (in that order: see its docstring, and
+# run_throttled asserts that nothing failed to lock); LoopGap measures the
+# loop's longest gap during the send.
+THROTTLED = f"""
+import sys as _sys
+_sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})
+from throttle import LoopGap, cachestat_pages, join_throttled
 """
 
 
@@ -624,13 +570,6 @@ def test_the_readiness_check_sees_reads_in_flight_where_cachestat_cannot(diskfil
     # pages being read: not ready, for the range and for a page of it, even after
     # a file that refuses the probes (the refusal is that file's, not the process's)
     assert out["range_in_flight"] == [64, False, False, False], out
-
-
-# cachestat(2)'s count of cached pages of [off, off + n), asked without a side
-# effect: THROTTLED's own, for this process too
-_THROTTLED = {}
-exec(THROTTLED, _THROTTLED)
-cachestat_pages = _THROTTLED["cachestat_pages"]
 
 
 def test_one_page_past_a_shrunk_end_is_not_ready_until_read_in(tmp_path):
