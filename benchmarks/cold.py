@@ -4,14 +4,14 @@ up the event loop, or the transfers beside it?
 A server process (asyncio, one loop) answers one-byte requests on 127.0.0.1:
 '0'..'3' send one of N cold files (evicted from the page cache before each run
 with fsync + posix_fadvise(DONTNEED); on /var/tmp, which is a real disk, not a
-tmpfs) and close; 'h' sends a small cached ("hot") file and waits for the next
-request. The server measures its own loop lag: the lateness of a 1 ms
-asyncio.sleep, sampled while at least one cold stream runs. N client processes
-read the cold files (slowly: --pace KiB per ms at most, so the streams last
-and the clients leave the 2 cores to the server), while
-this process asks for the hot file again and again on one connection and times
-request -> last byte; the same hot requests are timed with no cold stream
-("alone"). Contenders:
+tmpfs; --warm, the control, reads them into the cache instead) and close;
+'h' sends a small cached ("hot") file and waits for the next request. The
+server measures its own loop lag: the lateness of a 1 ms asyncio.sleep,
+sampled while at least one cold stream runs. N client processes read the cold
+files (slowly: --pace KiB per ms at most, so the streams last and the clients
+leave the 2 cores to the server), while this process asks for the hot file
+again and again on one connection and times request -> last byte; the same hot
+requests are timed with no cold stream ("alone"). Contenders:
 
   zcsend                       zcsend.sendfile (hot transfers handed to the engine:
                                no inline step, unless --hot-inline)
@@ -33,7 +33,11 @@ issue's targets (loop lag never above 2 ms; hot p99 beside N cold streams within
 1.5x of alone).
 
     python benchmarks/cold.py [--runs 3] [--cold-size 64] [--streams 4] [--quick]
-                              [--hot-inline] [--watch MS]
+                              [--hot-inline] [--watch MS] [--read-mbps MB] [--warm]
+
+--read-mbps puts the server in a cgroup that caps its disk reads, its own files
+locked in memory first (tests/python/throttle.py's join_throttled, which is why
+this script reads that directory).
 """
 import argparse
 import asyncio
@@ -48,7 +52,7 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "python"))
+sys.path.append(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "python"))
 from throttle import join_throttled  # noqa: E402 (tests/python/throttle.py: the cold tests use it too)
 
 MiB = 1 << 20
@@ -92,9 +96,11 @@ def serve(mode, hot, cold, hot_inline, lifetime):
         if not hot_inline:
             zcsend._core.INLINE_BUDGET = 0  # cold ones go to the engine regardless
     cg = os.environ.pop("ZCS_COLDBENCH_CGROUP", None)
-    locked = None
     if cg:  # --read-mbps: this process (and every thread it starts) reads the disk slowly,
         locked = join_throttled(cg)  # its own files locked in first
+        if not locked[0] or locked[1]:  # a fault on its own code would count as a stall
+            raise SystemExit(f"cold.py server: its files not locked in ({locked[0]} bytes; failed: "
+                             f"{locked[1][:3]})")
     watch_ms = float(os.environ.pop("ZCS_COLDBENCH_WATCH_MS", 0))
 
     async def main():
@@ -158,7 +164,7 @@ def serve(mode, hot, cold, hot_inline, lifetime):
                     if req == b"q":
                         w.write(json.dumps({"lags": lags, "lags_alone": lags_alone, "stalls": stalls,
                                             "prefetch_threads": prefetch_threads(),
-                                            "thread_cpu": thread_cpu(), "locked": locked}).encode())
+                                            "thread_cpu": thread_cpu()}).encode())
                         await w.drain()
                         quit_.set_result(None)
                         return
@@ -350,8 +356,6 @@ def one_run(mode, env, hot, hot_size, cold, args):
             data += chunk
         q.close()
         reply = json.loads(data)
-        if reply["locked"] and reply["locked"][1]:  # a fault on its own code would count as a stall
-            raise RuntimeError(f"the server could not lock its files in: {reply['locked'][1][:3]}")
         lags = reply["lags"]
         server.wait(30)
     finally:

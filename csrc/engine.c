@@ -545,7 +545,7 @@ static int may_step(zcs_job_t *j) {
   }
   size_t budget = j->t.budget ? j->t.budget : ZCS_DEFAULT_BUDGET;
   if (!prefetch_on || !zcs__reads_sized_file(&j->t))
-    return 1; /* no page cache behind it (a pipe, memory) */
+    return 1; /* no page cache behind it (a pipe, memory), or it ended */
   size_t len = zcs__transfer_unread(&j->t, budget); /* offset is past bytes held; 0: none left */
   if (!len)
     return 1;

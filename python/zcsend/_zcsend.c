@@ -365,6 +365,7 @@ static PyObject *transfer_use_fds(TransferObject *self, PyObject *args) {
   if (!PyArg_ParseTuple(args, "i|i:use_fds", &sock_fd, &file_fd))
     return NULL;
   zcs_transfer_t *t = zcs_job_transfer(self->job);
+  /* callers_transfer()'s refusal, and a read job's too (its fd is its own) */
   if (self->submitted || zcs_job_data(self->job)) {
     PyErr_SetString(PyExc_RuntimeError, "transfer belongs to the engine now");
     return NULL;
@@ -426,10 +427,10 @@ static PyGetSetDef transfer_getset[] = {
     {"result", (getter)transfer_get_result, NULL, "RUNNING (1) while running, DONE (0) done, else -error", NULL},
     {"owns_fds", (getter)transfer_get_owns_fds, NULL, "it holds dups for take_fds()", NULL},
     {"id", (getter)transfer_get_id, NULL, "id that Channel.drain() reports", NULL},
-    {"backend", (getter)transfer_get_backend, NULL, "sendfile, splice, emulated or memory (until submitted)", NULL},
-    {"remaining", (getter)transfer_get_remaining, NULL, "bytes left to send, -1 if unknown (until submitted)", NULL},
-    {"seekable", (getter)transfer_get_seekable, NULL, "the source has offsets (a pipe has not; until submitted)", NULL},
-    {"head_sent", (getter)transfer_get_head_sent, NULL, "bytes of the head sent, not in sent (until submitted)", NULL},
+    {"backend", (getter)transfer_get_backend, NULL, "sendfile, splice, emulated or memory; until submit", NULL},
+    {"remaining", (getter)transfer_get_remaining, NULL, "bytes left, -1 if unknown; until submit", NULL},
+    {"seekable", (getter)transfer_get_seekable, NULL, "the source has offsets; until submit", NULL},
+    {"head_sent", (getter)transfer_get_head_sent, NULL, "head bytes sent (not in sent); until submit", NULL},
     {NULL}};
 
 static PyMethodDef transfer_methods[] = {
