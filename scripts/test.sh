@@ -145,6 +145,7 @@ step "What each check of the small-send path costs, smoke run (benchmarks/checks
 cc -O2 -Wall -Werror benchmarks/checks.c -o "$OUT/checks"
 "$OUT/checks" --quick >"$OUT/checks.md"
 has '^| preadv2(RWF_NOWAIT) | [0-9]* | 2 |' "$OUT/checks.md"
+has '^| read back from disk | 1024 KiB | [0-9]* |' "$OUT/checks.md"
 cat "$OUT/checks.md"
 step "ASGI benchmark smoke run (benchmarks/asgi.py --quick)"
 $PY benchmarks/asgi.py --quick >"$OUT/asgi.md" 2>"$OUT/asgi.log" || { cat "$OUT/asgi.log"; exit 1; }
