@@ -583,9 +583,11 @@ int zcs__range_ready(int fd, int64_t off, size_t len) {
     page = sysconf(_SC_PAGESIZE);
   if (!len || fd < 0 || off < 0)
     return 1;
-  if (off / page == (off + (int64_t)len - 1) / page) {
-    /* one page: its first byte's probe says both (cached, and read in) */
-    int r = probe(fd, off);
+  uint64_t pages = (uint64_t)(off + (int64_t)len - 1) / (uint64_t)page - (uint64_t)off / (uint64_t)page + 1;
+  if (pages <= 2) {
+    /* the first and the last byte's probes cover every page: each says both
+       (cached, and read in), and cachestat would add nothing but its cost */
+    int r = range_probed(fd, off, len, page);
     if (r >= 0)
       return r;
   }
@@ -593,7 +595,6 @@ int zcs__range_ready(int fd, int64_t off, size_t len) {
     return 1;
   struct zcs__cachestat_range r = {(uint64_t)off, len};
   struct zcs__cachestat cs;
-  uint64_t pages = (r.off + len - 1) / (uint64_t)page - r.off / (uint64_t)page + 1;
   if (syscall(__NR_cachestat, fd, &r, &cs, 0) < 0) {
     if (errno == EPERM)
       return pages_probed(fd, off, pages, page);

@@ -253,7 +253,7 @@ ZCS_API int zcs_transfer_step(zcs_transfer_t *t);
  * len bytes of a regular file's range are all in the page cache (cachestat(2),
  * Linux 6.5+) and read in (cachestat counts a page still being read as cached:
  * a preadv2(RWF_NOWAIT) of the first and the last byte of every 256 KiB says
- * so; for one page the first byte's probe alone answers; a file that refuses
+ * so; for one or two pages those probes alone answer; a file that refuses
  * the probes, e.g. on tmpfs, is answered by cachestat alone), or the source is no file (a pipe,
  * memory), or nothing is left;
  * 0 when some of them are not (a host's event thread should hand the transfer

@@ -2983,16 +2983,20 @@ static int ready_soon(int fd, int64_t off, size_t len) {
   return 0;
 }
 
-/* the child of range_ready_without_cachestat_rights, as nobody: its exit
-   code is the first check that failed (0: all passed) */
-static int not_the_owner(int fd, size_t len) {
-  if (setgroups(0, NULL) < 0 || setgid(65534) < 0 || setuid(65534) < 0)
-    return 1;
-  struct { uint64_t off, len; } r = {0, len};
-  uint64_t cs[5];
-  errno = 0;
-  if (syscall(451 /* __NR_cachestat */, fd, &r, cs, 0) == 0 || errno != EPERM)
-    return 2; /* the kernel answers nobody: this test shows nothing here */
+/* the readiness check's answers for fd, an evicted file of len bytes, asked
+   by its owner (cachestat answers: range_ready_as_the_owner) or by nobody
+   (it refuses: the child of range_ready_without_cachestat_rights): the first
+   check that failed (0: all passed) */
+static int readiness_checks(int fd, size_t len, int as_nobody) {
+  if (as_nobody) {
+    if (setgroups(0, NULL) < 0 || setgid(65534) < 0 || setuid(65534) < 0)
+      return 1;
+    struct { uint64_t off, len; } r = {0, len};
+    uint64_t cs[5];
+    errno = 0;
+    if (syscall(451 /* __NR_cachestat */, fd, &r, cs, 0) == 0 || errno != EPERM)
+      return 2; /* the kernel answers nobody: this test shows nothing here */
+  }
   if (posix_fadvise(fd, 0, 0, POSIX_FADV_RANDOM) != 0)
     return 12; /* no readahead: a read (or a probe) brings in its own pages only */
   if (zcs__range_ready(fd, 0, 16384) != 0)
@@ -3011,7 +3015,11 @@ static int not_the_owner(int fd, size_t len) {
   if (pread(fd, buf, 4096, 800 << 10) != 4096 || !ready_soon(fd, 800 << 10, 4096))
     return 9;
   if (zcs__range_ready(fd, 800 << 10, 8192) != 0)
-    return 13; /* one page in, the next out */
+    return 13; /* one page in, the next out (two pages: probes alone, either way) */
+  if (zcs__range_ready(fd, (800 << 10) - 100, 200) != 0)
+    return 15; /* the page before it out, the range's first */
+  if (pread(fd, buf, 4096, (800 << 10) + 4096) != 4096 || !ready_soon(fd, 800 << 10, 8192))
+    return 16; /* both in */
   int sv[2];
   if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) < 0)
     return 10;
@@ -3022,9 +3030,24 @@ static int not_the_owner(int fd, size_t len) {
   if (zcs_transfer_cached(&t, 16384) != 0)
     return 14;
   zcs_transfer_release(&t);
-  (void)len;
+  close(sv[0]);
+  close(sv[1]);
   return 0;
 }
+
+/* the same answers where cachestat answers (the file's owner): evicted ranges
+   not ready, read-in ones ready, from one page to 17 */
+START_TEST(range_ready_as_the_owner) {
+  size_t len = 1 << 20;
+  unsigned char *data = pattern(len, 53);
+  int fd = make_cold_file("mine", data, len);
+  ck_assert_int_ge(fd, 0);
+  ck_assert_int_eq(readiness_checks(fd, len, 0), 0);
+  close(fd);
+  cold_cleanup();
+  free(data);
+}
+END_TEST
 
 /* cachestat(2) refuses a file the process may neither write nor owns (EPERM,
    Linux >= 6.14), as a server worker serving root's files: a cold range must
@@ -3042,7 +3065,7 @@ START_TEST(range_ready_without_cachestat_rights) {
   pid_t pid = fork();
   ck_assert_int_ge(pid, 0);
   if (pid == 0)
-    _exit(not_the_owner(fd, len));
+    _exit(readiness_checks(fd, len, 1));
   int status;
   ck_assert_int_eq(waitpid(pid, &status, 0), pid);
   ck_assert(WIFEXITED(status));
@@ -3255,6 +3278,7 @@ int main(void) {
   tcase_add_test(eng, small_rest_is_one_copy);
   tcase_add_test(eng, small_rest_only_when_read_in);
   tcase_add_test(eng, range_ready_without_cachestat_rights);
+  tcase_add_test(eng, range_ready_as_the_owner);
   tcase_add_test(eng, small_rest_of_a_shrunk_file);
   tcase_add_test(eng, small_rest_to_a_closed_pipe_no_sigpipe);
   tcase_add_test(eng, small_rest_peek_and_advance);
