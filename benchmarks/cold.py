@@ -13,8 +13,13 @@ leave the 2 cores to the server), while this process asks for the hot file
 again and again on one connection and times request -> last byte; the same hot
 requests are timed with no cold stream ("alone"). Contenders:
 
-  zcsend                       zcsend.sendfile (hot transfers handed to the engine:
-                               no inline step, unless --hot-inline)
+  zcsend                       zcsend.sendfile as the library runs it: a hot
+                               transfer is stepped on the loop thread (it is all
+                               in the page cache), a cold one goes to the engine
+  zcsend (hot via the engine)  every transfer handed to the engine (no inline step):
+                               hot ones then share the engine thread with the
+                               cold ones (issue 13 §3: a cold file never stalls a
+                               hot one)
   zcsend (engine prefetch off) the same with ZCSEND_ENGINE_PREFETCH=0: the engine
                                thread steps cold ranges itself (before issue 13 §3)
   asyncio loop.sendfile        the loop's own native sendfile
@@ -33,7 +38,7 @@ issue's targets (loop lag never above 2 ms; hot p99 beside N cold streams within
 1.5x of alone).
 
     python benchmarks/cold.py [--runs 3] [--cold-size 64] [--streams 4] [--quick]
-                              [--hot-inline] [--watch MS] [--read-mbps MB] [--warm]
+                              [--watch MS] [--read-mbps MB] [--warm] [--only NAMES]
 
 --read-mbps puts the server in a cgroup that caps its disk reads, its own files
 locked in memory first (tests/python/throttle.py's join_throttled, which is why
@@ -53,13 +58,14 @@ import tempfile
 import time
 
 sys.path.append(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "python"))
-from throttle import join_throttled  # noqa: E402 (tests/python/throttle.py: the cold tests use it too)
+from throttle import evict, join_throttled, warm  # noqa: E402 (tests/python/throttle.py: the cold tests use them too)
 
 MiB = 1 << 20
 STALL = 0.002  # a lag sample over issue 13's bound: the server says where its time went
 CONTENDERS = [
     ("zcsend", "zcsend", {}),
-    ("zcsend (engine prefetch off)", "zcsend", {"ZCSEND_ENGINE_PREFETCH": "0"}),
+    ("zcsend (hot via the engine)", "zcsend-engine", {}),
+    ("zcsend (engine prefetch off)", "zcsend-engine", {"ZCSEND_ENGINE_PREFETCH": "0"}),
     ("asyncio loop.sendfile", "loop", {}),
     ("read + write", "readwrite", {}),
 ]
@@ -90,17 +96,14 @@ def prefetch_threads():
     return core.engine_stats()["workers"] if core else 0
 
 
-def serve(mode, hot, cold, hot_inline, lifetime):
-    if mode == "zcsend":
+def serve(mode, hot, cold, lifetime):
+    if mode.startswith("zcsend"):
         import zcsend  # before the files are locked in
-        if not hot_inline:
+        if mode == "zcsend-engine":
             zcsend._core.INLINE_BUDGET = 0  # cold ones go to the engine regardless
     cg = os.environ.pop("ZCS_COLDBENCH_CGROUP", None)
     if cg:  # --read-mbps: this process (and every thread it starts) reads the disk slowly,
-        locked = join_throttled(cg)  # its own files locked in first
-        if not locked[0] or locked[1]:  # a fault on its own code would count as a stall
-            raise SystemExit(f"cold.py server: its files not locked in ({locked[0]} bytes; failed: "
-                             f"{locked[1][:3]})")
+        join_throttled(cg)  # its own files locked in first (or it raises): a fault on its code would count as a stall
     watch_ms = float(os.environ.pop("ZCS_COLDBENCH_WATCH_MS", 0))
 
     async def main():
@@ -142,7 +145,7 @@ def serve(mode, hot, cold, hot_inline, lifetime):
 
         async def send(w, path):
             with open(path, "rb") as f:
-                if mode == "zcsend":
+                if mode.startswith("zcsend"):
                     await zcsend.sendfile(w, f)
                 elif mode == "loop":
                     await loop.sendfile(w.transport, f)
@@ -228,15 +231,6 @@ def cold_client(port, idx, pace):
 
 
 # ---- the driver --------------------------------------------------------------------
-def evict(path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
-
-
 def hot_request(s, size, buf):
     t0 = time.perf_counter()
     s.sendall(b"h")
@@ -292,18 +286,10 @@ class ReadLimit:
                 time.sleep(0.1)
 
 
-def warm(path):
-    with open(path, "rb") as f:
-        while f.read(4 * MiB):
-            pass
-
-
 def one_run(mode, env, hot, hot_size, cold, args):
     for path in cold:
         (warm if args.warm else evict)(path)
     argv = [sys.executable, os.path.abspath(__file__), "--serve", mode, hot, *cold]
-    if args.hot_inline:
-        argv.append("--hot-inline")
     if args.limit:
         env = {**env, "ZCS_COLDBENCH_CGROUP": args.limit.dir}
     if args.watch:
@@ -413,8 +399,6 @@ def main():
     ap.add_argument("--cold-size", type=int, default=64, help="MiB per cold file")
     ap.add_argument("--hot-size", type=int, default=64, help="KiB of the hot file")
     ap.add_argument("--hot-requests", type=int, default=300, help="hot requests timed alone")
-    ap.add_argument("--hot-inline", action="store_true",
-                    help="let zcsend step hot transfers inline (they then never meet the engine)")
     ap.add_argument("--read-mbps", type=int,
                     help="cap the server's disk reads at this many MB/s (a cgroup; needs root; "
                          "the server locks its own files in memory first)")
@@ -433,8 +417,7 @@ def main():
     args = ap.parse_args()
     if args.serve:
         mode, hot, *cold = args.serve
-        # argparse took the --hot-inline one_run appends as this process's own flag
-        return serve(mode, hot, cold, args.hot_inline, 120)
+        return serve(mode, hot, cold, 120)
     if args.client:
         return cold_client(*map(int, args.client))
     if args.quick:
@@ -478,7 +461,7 @@ def main():
     print(f"\n{args.streams} cold files of {args.cold_size} MiB ({how}, "
           f"read at <= {args.pace} KiB/ms each"
           f"{f'; server disk reads capped at {args.read_mbps} MB/s' if args.read_mbps else ''}); hot file {args.hot_size} KiB"
-          f"{' (zcsend: inline step allowed)' if args.hot_inline else ' (zcsend: handed to the engine)'}; "
+          "; "
           f"medians of {args.runs} run(s), (min–max); times in ms\n")
     print("| server | loop lag p99 | loop lag max | loop lag p99 / max, no cold stream | hot p50 alone | hot p99 alone "
           f"| hot p50 beside {args.streams} cold | hot p99 beside {args.streams} cold "

@@ -1,5 +1,6 @@
 """Helpers for processes that read their disk through a throttled cgroup
-(test_cold.py's throttled scripts, benchmarks/cold.py --read-mbps's server)."""
+(test_cold.py's throttled scripts, benchmarks/cold.py --read-mbps's server),
+and the page-cache helpers both use."""
 import asyncio
 import ctypes
 import os
@@ -22,8 +23,9 @@ def join_throttled(cgroup):
     (test_cold.py saw 4.2 s in filemap_fault, sampled from /proc/PID/stack while
     CI-like writes ran). File-backed only: under ASan, mlockall would lock the
     shadow. RLIMIT_MEMLOCK is raised first where it may be (a root without
-    CAP_IPC_LOCK stops at it). Returns (bytes locked, [(mapping, errno)] not
-    locked): callers fail on any."""
+    CAP_IPC_LOCK stops at it). Returns the bytes locked; raises OSError, before
+    joining, where any mapping could not be locked (or none was found): the
+    stalls measured after it would be its own."""
     try:
         resource.setrlimit(resource.RLIMIT_MEMLOCK, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
     except (ValueError, OSError):
@@ -37,10 +39,30 @@ def join_throttled(cgroup):
                 if _libc.mlock(lo, hi - lo) == 0:
                     locked += hi - lo
                 else:
-                    failed.append((f[5], ctypes.get_errno()))
+                    failed.append((f[5], os.strerror(ctypes.get_errno())))
+    if failed or not locked:
+        raise OSError(f"join_throttled: {locked} bytes locked; not locked: {failed[:3]} "
+                      f"({len(failed)} mappings)")
     with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
         f.write(str(os.getpid()))
-    return locked, failed
+    return locked
+
+
+def evict(path):
+    """Drops the file's pages from the page cache (clean pages: fsync first)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def warm(path):
+    """Reads the whole file: its pages into the page cache."""
+    with open(path, "rb") as f:
+        while f.read(4 << 20):
+            pass
 
 
 def cachestat_pages(fd, off, n):
