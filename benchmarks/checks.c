@@ -4,15 +4,18 @@
  * a row, 5 rounds, and the median round's ns per call printed, with what the
  * call is for; the sum is the kernel time the checks take per send at best
  * (warm caches, no other work between). A second table times cachestat over
- * larger ranges (the inline step checks up to 1 MiB before it sends): its cost
- * grows with the page cache entries it counts, and with it the readiness
- * check's (cachestat, and a probe of the first and last byte of every 256 KiB):
- * on a file written in one go (where the filesystem gives it large folios:
- * ext4 on Linux >= 6.16), on one written 4 KiB at a time (4 KiB pages), and on
- * one evicted and read back from the disk by 128 KiB reads, as a file a server
- * sends usually is (readahead's folios: mostly small here).
+ * ranges of one page to 1 MiB (the inline step checks up to 1 MiB before it
+ * sends): its cost grows with the page cache entries it counts, and with it the
+ * readiness check's, which the table times too: the core's own
+ * zcs__range_ready (transfer.c: cachestat and its probes; one page, a probe
+ * alone), linked from the static library. On a file written in one go (where
+ * the filesystem gives it large folios: ext4 on Linux >= 6.16), on one written
+ * 4 KiB at a time (4 KiB pages), and on one evicted and read back from the disk
+ * by 128 KiB reads, as a file a server sends usually is (readahead's folios:
+ * mostly small here).
  *
- *   cc -O2 -Wall benchmarks/checks.c -o /tmp/checks && /tmp/checks [--quick]
+ *   make -s -C csrc && cc -O2 -Wall -Icsrc benchmarks/checks.c csrc/build/libzcsend.a \
+ *     -lev -lssl -lcrypto -pthread -o /tmp/checks && /tmp/checks [--quick]
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -27,6 +30,8 @@
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "zcs_internal.h" /* zcs__range_ready: the readiness check itself */
 
 #define SIZE 16384
 #define FILE_SIZE (1 << 20)
@@ -52,6 +57,7 @@ static int c_cachestat(void) {
   struct stat5 cs;
   return syscall(451, cs_fd, &r, &cs, 0) == 0 && cs.v[0] == cs_len / (uint64_t)sysconf(_SC_PAGESIZE);
 }
+static int c_ready(void) { return zcs__range_ready(cs_fd, 0, cs_len) == 1; }
 static int c_probe(void) {
   struct iovec v = {&byte, 1};
   return preadv2(fd, &v, 1, SIZE - 1, RWF_NOWAIT) == 1;
@@ -149,32 +155,29 @@ int main(int argc, char **argv) {
   printf("ns per call, median of %d rounds of %d calls, the first 16 KiB of a cached file\n\n", ROUNDS, n);
   printf("| syscall | ns | per send | why |\n|---|---|---|---|\n");
   double total = 0;
-  double probe = 0;
   for (size_t i = 0; i < sizeof CHECKS / sizeof CHECKS[0]; i++) {
     double ns = median_ns(CHECKS[i].name, CHECKS[i].call, n);
     if (ns < 0)
       return 1;
-    if (CHECKS[i].call == c_probe)
-      probe = ns;
     total += ns * CHECKS[i].times;
     printf("| %s | %.0f | %d | %s |\n", CHECKS[i].name, ns, CHECKS[i].times, CHECKS[i].why);
   }
   printf("\nzcsend's checks per 16 KiB send: %.2f us\n", total / 1000);
-  printf("\ncachestat by range (the readiness check: cachestat, and 2 probes per 256 KiB)\n\n");
+  printf("\ncachestat, and the readiness check (zcs__range_ready), by range\n\n");
   printf("| file cached | range | cachestat ns | ns per page | readiness check us |\n"
          "|---|---|---|---|---|\n");
   long page = sysconf(_SC_PAGESIZE);
   for (int k = 0; k < 3; k++) {
     cs_fd = files[k];
-    for (uint64_t len = SIZE; len <= FILE_SIZE; len *= 4) {
+    for (uint64_t len = (uint64_t)page; len <= FILE_SIZE; len *= len < SIZE ? 2 : 4) {
       cs_len = len;
-      double ns = median_ns("cachestat", c_cachestat, len > (256 << 10) ? n / 16 : n / 4);
-      if (ns < 0)
+      int times = len > (256 << 10) ? n / 16 : n / 4;
+      double ns = median_ns("cachestat", c_cachestat, times);
+      double ready = median_ns("the readiness check", c_ready, times);
+      if (ns < 0 || ready < 0)
         return 1;
-      uint64_t chunks = (len + (256 << 10) - 1) / (256 << 10);
       printf("| %s | %llu KiB | %.0f | %.1f | %.2f |\n", how[k],
-             (unsigned long long)(len >> 10), ns, ns / (double)(len / (uint64_t)page),
-             (ns + probe * 2 * (double)chunks) / 1000);
+             (unsigned long long)(len >> 10), ns, ns / (double)(len / (uint64_t)page), ready / 1000);
     }
   }
   close(files[1]);
