@@ -44,12 +44,20 @@ head=: the head's write, then zcsend's checks, then the body) can wake wrk
 twice (0.9 sleeps per request).
 Compare servers at similar sleeps per request, or read it as part of the cost.
 
+The same holds for the request rate: a server that wrk keeps saturated does more
+work per request than one idling between requests in a delayed-ACK rhythm
+(measured 2026-11-29, 1 MiB: head= at 5,900 requests/s spent 157 us per request,
+at 1,900 requests/s without MSG_MORE 96-124 us). --rate R compares at equal
+throughput: each of wrk's 100 connections waits 100/R s before each request
+(wrk's Lua delay()), so every contender that can serve R requests/s serves
+about R (a little less: the delay adds to each response's own time).
+
 Prints median (min-max) of the runs, and the issue 13 ratio: each zcsend
 variant's CPU per request over read+write's with the same file handling
 (target: <= 1.00x).
 
     python benchmarks/bare.py [--runs 5] [--secs 2] [--loop asyncio|uvloop] [--pin] [--quick]
-                              [--size KiB]
+                              [--size KiB] [--rate REQUESTS_PER_S]
 """
 import argparse
 import asyncio
@@ -283,9 +291,22 @@ def verify(server, want):
             raise AssertionError(f"{server.name}: {len(rest)} bytes more than asked for")
 
 
+CONNECTIONS = 100
+WRK_SCRIPT = []  # --rate: ["-s", a script whose delay() paces every connection]
+
+
+def pace(rate, tmp):
+    """wrk's arguments for about rate requests/s over all its connections"""
+    path = os.path.join(tmp, "pace.lua")
+    with open(path, "w") as f:
+        f.write(f"function delay() return {round(CONNECTIONS * 1000 / rate)} end\n")
+    return ["-s", path]
+
+
 def wrk(server, secs):
     """(requests completed, requests/s, wrk's voluntary context switches)"""
-    argv = CLIENT_CPUS + ["wrk", "-t1", "-c100", f"-d{secs}s", f"http://127.0.0.1:{server.port}/f16"]
+    argv = CLIENT_CPUS + ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{secs}s"] + WRK_SCRIPT + [
+        f"http://127.0.0.1:{server.port}/f16"]
     sleeps = resource.getrusage(resource.RUSAGE_CHILDREN).ru_nvcsw
     out = subprocess.run(argv, capture_output=True, text=True, timeout=secs + 60)
     sleeps = resource.getrusage(resource.RUSAGE_CHILDREN).ru_nvcsw - sleeps  # taskset execs wrk
@@ -329,6 +350,7 @@ def main():
     ap.add_argument("--pin", action="store_true", help="servers on core 0, wrk on the others")
     ap.add_argument("--quick", action="store_true", help="1 run of 1 s per contender (CI smoke)")
     ap.add_argument("--size", type=int, help="KiB per file (default 16)")
+    ap.add_argument("--rate", type=float, help="requests/s wrk asks for (default: as many as served)")
     ap.add_argument("--serve", nargs=5, metavar=("BODY", "OPEN", "PATH", "LOOP", "DEADLINE"),
                     help=argparse.SUPPRESS)
     opts = ap.parse_args()
@@ -355,6 +377,8 @@ def main():
     want = os.urandom(SIZE)
     with open(path, "wb") as f:
         f.write(want)
+    if opts.rate:
+        WRK_SCRIPT[:] = pace(opts.rate, tmp)
     servers = []
     try:
         for body, how in contenders:
@@ -383,7 +407,8 @@ def main():
             os.unlink(os.path.join(tmp, name))
         os.rmdir(tmp)
 
-    print(f"\nBare asyncio protocol server, {SIZE / 1024:g} KiB file, wrk -t1 -c100 -d{secs}s "
+    paced = f", paced to {opts.rate:,.0f} requests/s" if opts.rate else ""
+    print(f"\nBare asyncio protocol server, {SIZE / 1024:g} KiB file, wrk -t1 -c{CONNECTIONS} -d{secs}s{paced} "
           f"({opts.loop}, backend {zcsend.backend()}, {'pinned: server core 0, wrk the others' if opts.pin else 'unpinned'}; "
           f"median of {runs} (min-max); Python {sys.version.split()[0]}, {os.cpu_count()} cores)\n")
     print("| contender | server CPU us/request | requests/s | client sleeps/request |")
@@ -405,6 +430,12 @@ def main():
             ratio = med / base
             print(f"issue 13 target: {label(body, how)} <= {label(TARGET, how)} server CPU per request: "
                   f"{ratio:.2f}x ({'met' if ratio <= 1.0 else 'not met'})")
+    if "loop.sendfile" in (c[0] for c in contenders):
+        for how in OPENS:  # the 1 MiB target; printed at every size, as a ratio to read
+            ours = statistics.median(r[0] for r in results[label("zcsend", how)])
+            theirs = statistics.median(r[0] for r in results[label("loop.sendfile", how)])
+            print(f"loop.sendfile / zcsend server CPU per request ({OPENS[how]}): {theirs / ours:.2f}x "
+                  f"(issue 13's target at 1 MiB: >= 1.40x)")
 
 
 if __name__ == "__main__":
