@@ -11,7 +11,9 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #ifdef __linux__
+#include <linux/magic.h>
 #include <sys/syscall.h>
+#include <sys/vfs.h>
 #endif
 #include <sys/uio.h>
 #include <time.h>
@@ -553,11 +555,22 @@ static int range_probed(int fd, int64_t off, size_t len, long page) {
 #endif
 
 #ifdef __linux__
-/* cachestat(2) refuses (EPERM, Linux >= 6.14: a page-cache side channel) a file
-   this process may not write and does not own: a server's worker reading root's
-   files, the common case. Then every page's first byte is probed, up to
+/* A file whose pages are never read from a disk (swap aside): tmpfs (and
+   memfd, /dev/shm), ramfs, hugetlbfs. */
+static int in_memory_fs(int fd) {
+  struct statfs sf;
+  return fstatfs(fd, &sf) == 0 &&
+         (sf.f_type == TMPFS_MAGIC || sf.f_type == RAMFS_MAGIC || sf.f_type == HUGETLBFS_MAGIC);
+}
+
+/* Where cachestat(2) can't answer: it refuses (EPERM, Linux >= 6.14: a
+   page-cache side channel) a file this process may not write and does not own,
+   a server's worker reading root's files, the common case; or the kernel has
+   none (ENOSYS: before 6.5). Then every page's first byte is probed, up to
    PROBE_ALL_PAGES pages; a longer range is not ready: a prefetch thread's
-   sendfile to /dev/null makes it so, at little cost where it was all there. */
+   sendfile to /dev/null makes it so, at little cost where it was all there. A
+   file that refuses the probes too is ready only where it lives in memory: any
+   other (a network or FUSE filesystem) may wait longest of all. */
 #define PROBE_ALL_PAGES 16
 
 static int pages_probed(int fd, int64_t off, uint64_t pages, long page) {
@@ -567,7 +580,7 @@ static int pages_probed(int fd, int64_t off, uint64_t pages, long page) {
   for (uint64_t i = 0; i < pages; i++) {
     int r = probe(fd, i ? first + (int64_t)i * page : off);
     if (r < 0)
-      return 1; /* no RWF_NOWAIT on this file either: nothing can tell; step */
+      return in_memory_fs(fd);
     if (!r)
       return 0;
   }
@@ -577,7 +590,7 @@ static int pages_probed(int fd, int64_t off, uint64_t pages, long page) {
 
 int zcs__range_ready(int fd, int64_t off, size_t len) {
 #ifdef __linux__
-  static int unsupported; /* no cachestat here: stays so (a benign race) */
+  static int unsupported; /* no cachestat in this kernel: stays so (a benign race) */
   static long page;
   if (!page)
     page = sysconf(_SC_PAGESIZE);
@@ -592,15 +605,16 @@ int zcs__range_ready(int fd, int64_t off, size_t len) {
       return r;
   }
   if (__atomic_load_n(&unsupported, __ATOMIC_RELAXED))
-    return 1;
+    return pages_probed(fd, off, pages, page);
   struct zcs__cachestat_range r = {(uint64_t)off, len};
   struct zcs__cachestat cs;
   if (syscall(__NR_cachestat, fd, &r, &cs, 0) < 0) {
-    if (errno == EPERM)
-      return pages_probed(fd, off, pages, page);
-    if (errno == ENOSYS)
+    int e = errno;
+    if (e == ENOSYS)
       __atomic_store_n(&unsupported, 1, __ATOMIC_RELAXED);
-    return 1; /* can't tell: step, as before */
+    if (e == EPERM || e == ENOSYS)
+      return pages_probed(fd, off, pages, page);
+    return 1; /* another error (a bad fd): the step meets and reports it */
   }
   /* where the file can't be probed, cachestat's answer stands */
   return cs.nr_cache >= pages && range_probed(fd, off, len, page) != 0;

@@ -77,7 +77,8 @@ void zcs__stats_bytes(int zero_copy, uint64_t n);
 int zcs__pread_nowait(int fd, void *buf, size_t len, int64_t offset);
 /* Whether reading [off, off + len) of fd can't wait for the disk (transfer.c):
    cachestat(2) says every page is cached, and preadv2(RWF_NOWAIT) probes say
-   none of them is still being read in. 1 also where the kernel can't tell. */
+   none of them is still being read in (zcs_transfer_cached says how, and
+   where cachestat can't answer). */
 int zcs__range_ready(int fd, int64_t off, size_t len);
 /* A running transfer that reads a file range of a known length: the only kind
    whose next bytes may have to come from the disk (the readiness checks' and

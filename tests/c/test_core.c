@@ -2267,6 +2267,10 @@ END_TEST
  * orders events: the worker holding a prefetch still reads the evicted file
  * once let go. */
 #include <dirent.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <stddef.h>
+#include <sys/prctl.h>
 #include "zcs_internal.h"
 
 static int open_fds(void) {
@@ -2983,19 +2987,39 @@ static int ready_soon(int fd, int64_t off, size_t len) {
   return 0;
 }
 
-/* the readiness check's answers for fd, an evicted file of len bytes, asked
-   by its owner (cachestat answers: range_ready_as_the_owner) or by nobody
-   (it refuses: the child of range_ready_without_cachestat_rights): the first
-   check that failed (0: all passed) */
-static int readiness_checks(int fd, size_t len, int as_nobody) {
-  if (as_nobody) {
-    if (setgroups(0, NULL) < 0 || setgid(65534) < 0 || setuid(65534) < 0)
-      return 1;
+/* this process, and its children, without cachestat(2), as before Linux 6.5:
+   a seccomp filter makes the kernel answer ENOSYS. 0, or -1. */
+static int without_cachestat(void) {
+  struct sock_filter f[] = {
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 451 /* __NR_cachestat */, 0, 1),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ENOSYS),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+  };
+  struct sock_fprog prog = {.len = sizeof f / sizeof f[0], .filter = f};
+  if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
+    return -1;
+  return prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog);
+}
+
+enum asker { OWNER, NOBODY, NO_CACHESTAT };
+
+/* the readiness check's answers for fd, an evicted file of len bytes, asked by
+   its owner (cachestat answers: range_ready_as_the_owner), by nobody (it
+   refuses: range_ready_without_cachestat_rights) or where the kernel has none
+   (range_ready_without_cachestat); the last two in a child: the first check
+   that failed (0: all passed) */
+static int readiness_checks(int fd, size_t len, enum asker who) {
+  if (who == NOBODY && (setgroups(0, NULL) < 0 || setgid(65534) < 0 || setuid(65534) < 0))
+    return 1;
+  if (who == NO_CACHESTAT && without_cachestat() < 0)
+    return 1;
+  if (who != OWNER) {
     struct { uint64_t off, len; } r = {0, len};
     uint64_t cs[5];
     errno = 0;
-    if (syscall(451 /* __NR_cachestat */, fd, &r, cs, 0) == 0 || errno != EPERM)
-      return 2; /* the kernel answers nobody: this test shows nothing here */
+    if (syscall(451 /* __NR_cachestat */, fd, &r, cs, 0) == 0 || errno != (who == NOBODY ? EPERM : ENOSYS))
+      return 2; /* the kernel answers: this test shows nothing here */
   }
   if (posix_fadvise(fd, 0, 0, POSIX_FADV_RANDOM) != 0)
     return 12; /* no readahead: a read (or a probe) brings in its own pages only */
@@ -3042,9 +3066,66 @@ START_TEST(range_ready_as_the_owner) {
   unsigned char *data = pattern(len, 53);
   int fd = make_cold_file("mine", data, len);
   ck_assert_int_ge(fd, 0);
-  ck_assert_int_eq(readiness_checks(fd, len, 0), 0);
+  ck_assert_int_eq(readiness_checks(fd, len, OWNER), 0);
   close(fd);
   cold_cleanup();
+  free(data);
+}
+END_TEST
+
+/* readiness_checks(fd, len, who) in a child: its exit code */
+static int readiness_in_child(int fd, size_t len, enum asker who) {
+  pid_t pid = fork();
+  ck_assert_int_ge(pid, 0);
+  if (pid == 0)
+    _exit(readiness_checks(fd, len, who));
+  int status;
+  ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+  ck_assert(WIFEXITED(status));
+  return WEXITSTATUS(status);
+}
+
+/* a kernel without cachestat(2) (before 6.5): a cold range must not look
+   ready (it did: "the kernel can't tell" meant "step", a disk read on the
+   host's thread); every page probed up to 16, and a longer range not ready */
+START_TEST(range_ready_without_cachestat) {
+  size_t len = 1 << 20;
+  unsigned char *data = pattern(len, 54);
+  int fd = make_cold_file("old-kernel", data, len);
+  ck_assert_int_ge(fd, 0);
+  ck_assert_int_eq(readiness_in_child(fd, len, NO_CACHESTAT), 0);
+  close(fd);
+  cold_cleanup();
+  free(data);
+}
+END_TEST
+
+/* a file on tmpfs refuses the probes (no RWF_NOWAIT): where cachestat can't
+   answer either it is ready, being all in memory (a file of a network
+   filesystem, refusing both, would not be: none here to show) */
+START_TEST(range_ready_in_memory_without_cachestat) {
+  char dir[] = "/dev/shm/zcs-mem-XXXXXX", path[64];
+  ck_assert_ptr_nonnull(mkdtemp(dir));
+  snprintf(path, sizeof path, "%s/f", dir);
+  size_t len = 256 << 10;
+  unsigned char *data = pattern(len, 55);
+  int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0644);
+  ck_assert_int_ge(fd, 0);
+  ck_assert_int_eq(write(fd, data, len), (ssize_t)len);
+  pid_t pid = fork();
+  ck_assert_int_ge(pid, 0);
+  if (pid == 0) {
+    int e = without_cachestat() < 0 ? 1 : zcs__range_ready(fd, 0, 16384) != 1 ? 2
+          : zcs__range_ready(fd, 4096, 4096) != 1 ? 3 : 0;
+    _exit(e);
+  }
+  int status;
+  ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+  ck_assert(WIFEXITED(status));
+  ck_assert_int_eq(WEXITSTATUS(status), 0);
+  close(fd);
+  ck_assert_int_eq(unlink(path), 0);
+  ck_assert_int_eq(rmdir(dir), 0);
   free(data);
 }
 END_TEST
@@ -3062,14 +3143,7 @@ START_TEST(range_ready_without_cachestat_rights) {
   unsigned char *data = pattern(len, 52);
   int fd = make_cold_file("not-mine", data, len); /* root's, 0644 */
   ck_assert_int_ge(fd, 0);
-  pid_t pid = fork();
-  ck_assert_int_ge(pid, 0);
-  if (pid == 0)
-    _exit(readiness_checks(fd, len, 1));
-  int status;
-  ck_assert_int_eq(waitpid(pid, &status, 0), pid);
-  ck_assert(WIFEXITED(status));
-  ck_assert_int_eq(WEXITSTATUS(status), 0);
+  ck_assert_int_eq(readiness_in_child(fd, len, NOBODY), 0);
   close(fd);
   cold_cleanup();
   free(data);
@@ -3279,6 +3353,8 @@ int main(void) {
   tcase_add_test(eng, small_rest_only_when_read_in);
   tcase_add_test(eng, range_ready_without_cachestat_rights);
   tcase_add_test(eng, range_ready_as_the_owner);
+  tcase_add_test(eng, range_ready_without_cachestat);
+  tcase_add_test(eng, range_ready_in_memory_without_cachestat);
   tcase_add_test(eng, small_rest_of_a_shrunk_file);
   tcase_add_test(eng, small_rest_to_a_closed_pipe_no_sigpipe);
   tcase_add_test(eng, small_rest_peek_and_advance);
