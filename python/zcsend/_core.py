@@ -174,11 +174,11 @@ def _source_fd(file):
 
 
 def _own(file, hold):
-    """A dup of the file's fd, its number read and dup'ed in one C call (no other
-    thread between) and no await since the file was seen open: a close and reuse
-    of the number can't change what is read."""
+    """hold.src_fd = a dup of the file's fd, its number read and dup'ed in one C
+    call (no other thread between) and no await since the file was seen open: a
+    close and reuse of the number can't change what is read."""
     try:
-        return _zcsend.dup_of(file)
+        _zcsend.dup_into(hold, "src_fd", file)
     except OSError as exc:
         raise SendfileError(exc.errno, f"{exc.strerror} (after {hold.sent} bytes)", hold.sent) from None
 
@@ -521,7 +521,7 @@ async def sendfile(transport, file, offset=0, count=None, *, fallback=True, head
     else:
         seekable = None  # the core's transfer, or the fd, will say
     stepped = False
-    src = None  # our dup of the source fd, once the call may wait
+    src = None  # our dup of the source fd (hold.src_fd, which closes it), once the call may wait
     if r is None and hold.zero_copy and fd is not None and INLINE_BUDGET > 0 and hold.idle():
         # The inline step before taking the hold, in one C call: most small files
         # end in it, and then swapping protocols and pausing reading would be
@@ -541,8 +541,9 @@ async def sendfile(transport, file, offset=0, count=None, *, fallback=True, head
         except OSError as exc:
             r = exc
         if type(r) is tuple and r[0] == 0:
-            # all sent; nothing ran meanwhile that could close the transport or the file
-            if r[3]:
+            # all sent. A step that let go of the GIL (over 64 KiB: on dups) may
+            # have let another thread close the file meanwhile: no position then
+            if r[3] and not getattr(file, "closed", False):
                 file.seek(offset + r[1])
             return r[1]
     try:
@@ -564,11 +565,11 @@ async def sendfile(transport, file, offset=0, count=None, *, fallback=True, head
                 # the inline step's transfer goes on over dups it took while the
                 # numbers were provably the caller's (the GIL held since the look
                 # at them): another thread may have closed and reused them since
-                # (one statement: nothing can run between taking them and keeping them)
-                if stepped and transfer.owns_fds:
-                    hold.sock_fd, src = transfer.take_fds()
-                else:
-                    src = _own(file, hold)
+                # (stored in the hold by the C call itself: not even a signal
+                # handler's exception can come between taking and keeping them)
+                if not (stepped and transfer.take_fds_into(hold)):
+                    _own(file, hold)
+                src = hold.src_fd
                 if seekable is None:
                     seekable = _seekable_fd(src)
             async with hold:
@@ -592,8 +593,9 @@ async def sendfile(transport, file, offset=0, count=None, *, fallback=True, head
                 transfer.step()  # now (a cancelled step ends it and touches no fd)
             raise
     finally:
-        if src is not None and not hold.forked():  # a child may have reused the number
-            os.close(src)
+        if hold.src_fd >= 0 and not hold.forked():  # a child may have reused the number
+            os.close(hold.src_fd)
+            hold.src_fd = -1
         if hold.pid is None and hold.sock_fd >= 0:  # handed over, never taken: ours
             os.close(hold.sock_fd)
             hold.sock_fd = -1

@@ -34,7 +34,7 @@ import errno as _errno
 
 _held = set()  # ids of transports held now: one transfer per transport
 # what _zcsend.fast_send checks sendfile's common case against
-_zcsend.fast_setup(_held, io.BufferedReader, asyncio.StreamWriter, asyncio._get_running_loop)
+_zcsend.fast_setup(_held, io.BufferedReader, io.FileIO, asyncio.StreamWriter, asyncio._get_running_loop)
 
 
 # ---- what a transport is, to zcsend: decided once per type ----------------------
@@ -230,6 +230,7 @@ class _Hold:
     _wake = None
     _timer = None
     sock_fd = -1  # the hold's own dup of the socket, while taken (zero-copy holds)
+    src_fd = -1  # sendfile's own dup of the file, while it sends from it
     timeout = None  # seconds without progress that end the transfer (sendfile's timeout=)
     timed_out = False
     _progress_at = 0.0  # loop time of the last sign of progress
@@ -370,8 +371,9 @@ class _Hold:
         # inline step's dup was handed over already: _core sets sock_fd then)
         if self.zero_copy and self.sock_fd < 0:
             try:
-                # the number read and dup'ed in one C call: no thread between
-                self.sock_fd = _zcsend.dup_of(self.raw_sock)
+                # the number read, dup'ed and stored in one C call: no thread
+                # between, and no signal handler's exception to lose the dup
+                _zcsend.dup_into(self, "sock_fd", self.raw_sock)
             except OSError as exc:
                 raise SendfileError(exc.errno, f"{exc.strerror} (after {self.sent} bytes)",
                                     self.sent) from None

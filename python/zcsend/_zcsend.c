@@ -16,6 +16,7 @@ typedef struct {
      Python layer told it (fast_setup, fast_type) */
   PyObject *held;              /* _transports._held: ids of transports held now */
   PyObject *reader_type;       /* io.BufferedReader: open(path, "rb") */
+  PyObject *raw_type;          /* io.FileIO, its raw: no Python code in closed, fileno() */
   PyObject *writer_type;       /* asyncio.StreamWriter */
   PyObject *running_loop;      /* asyncio._get_running_loop */
   PyObject *fast_types[FAST_TYPES]; /* transport types whose hold _transports decided */
@@ -24,7 +25,15 @@ typedef struct {
 } module_state;
 
 static PyObject *s_is_closing, *s_get_write_buffer_size, *s_empty_waiter, *s_sock, *s_fileno,
-    *s_closed, *s_seek, *s_transport, *s_get_extra_info, *s_socket;
+    *s_closed, *s_seek, *s_transport, *s_get_extra_info, *s_socket, *s_raw, *s_src_fd, *s_sock_fd;
+
+/* obj.name = fd (an int); 0, or -1 with an error set (fd not stored) */
+static int store_fd(PyObject *obj, PyObject *name, int fd) {
+  PyObject *v = PyLong_FromLong(fd);
+  int rc = v ? PyObject_SetAttr(obj, name, v) : -1;
+  Py_XDECREF(v);
+  return rc;
+}
 
 /* ---- errors ----------------------------------------------------------------- */
 /* OSError(code, message); for zcsend's own codes, the code is positive too
@@ -143,7 +152,7 @@ typedef struct {
   zcs_job_t *job;
   int submitted;
   /* dups of both fds step_now took while the GIL proved the numbers the
-     caller's, for take_fds() to hand over (-1: none); closed by dealloc if
+     caller's, for take_fds_into() to hand over (-1: none); closed by dealloc if
      never taken, in the process that took them */
   int own_sock, own_file;
   long own_pid;
@@ -345,17 +354,22 @@ static PyObject *transfer_cancel(TransferObject *self, PyObject *args) {
   Py_RETURN_NONE;
 }
 
-/* take_fds() -> (sock_fd, file_fd), the dups this transfer was made with (by
-   send_now or fast_send, when it had to go on), now the caller's to close; or
-   None: it holds none (the caller dups the numbers it has) */
-static PyObject *transfer_take_fds(TransferObject *self, PyObject *unused) {
-  (void)unused;
+/* take_fds_into(hold) -> whether it held any: hold.src_fd and hold.sock_fd
+   become the dups this transfer was made with (by send_now or fast_send, when
+   it had to go on), now the hold's to close. Stored here, not returned: no
+   bytecode runs between, so an exception a signal handler raises can't come
+   between their hand-over and their store and lose them. Each stays the
+   transfer's (its dealloc closes it) until stored. */
+static PyObject *transfer_take_fds_into(TransferObject *self, PyObject *hold) {
   if (self->own_sock < 0)
-    Py_RETURN_NONE;
-  PyObject *r = Py_BuildValue("(ii)", self->own_sock, self->own_file);
-  if (r)
-    self->own_sock = self->own_file = -1;
-  return r;
+    Py_RETURN_FALSE;
+  if (store_fd(hold, s_src_fd, self->own_file) < 0)
+    return NULL;
+  self->own_file = -1;
+  if (store_fd(hold, s_sock_fd, self->own_sock) < 0)
+    return NULL;
+  self->own_sock = -1;
+  Py_RETURN_TRUE;
 }
 
 /* use_fds(sock_fd, file_fd=-1): the same transfer, from here on over these fds
@@ -425,7 +439,7 @@ static PyGetSetDef transfer_getset[] = {
     {"sent", (getter)transfer_get_sent, NULL, "bytes delivered to the socket", NULL},
     {"sent_zero_copy", (getter)transfer_get_sent_zc, NULL, "part of sent that was not copied", NULL},
     {"result", (getter)transfer_get_result, NULL, "RUNNING (1) while running, DONE (0) done, else -error", NULL},
-    {"owns_fds", (getter)transfer_get_owns_fds, NULL, "it holds dups for take_fds()", NULL},
+    {"owns_fds", (getter)transfer_get_owns_fds, NULL, "it holds dups for take_fds_into()", NULL},
     {"id", (getter)transfer_get_id, NULL, "id that Channel.drain() reports", NULL},
     {"backend", (getter)transfer_get_backend, NULL, "sendfile, splice, emulated or memory; until submit", NULL},
     {"remaining", (getter)transfer_get_remaining, NULL, "bytes left, -1 if unknown; until submit", NULL},
@@ -451,8 +465,8 @@ static PyMethodDef transfer_methods[] = {
     {"cancel", (PyCFunction)transfer_cancel, METH_VARARGS,
      "cancel([code]): stop; once this returns no further byte is written and sent is final; "
      "the transfer ends with code (default -ECANCELED; another error counts as failed)"},
-    {"take_fds", (PyCFunction)transfer_take_fds, METH_NOARGS,
-     "take_fds() -> (sock_fd, file_fd) dups made with it, now the caller's; or None"},
+    {"take_fds_into", (PyCFunction)transfer_take_fds_into, METH_O,
+     "take_fds_into(hold) -> whether it had dups: hold.src_fd, hold.sock_fd are them now"},
     {"use_fds", (PyCFunction)transfer_use_fds, METH_VARARGS,
      "use_fds(sock_fd, file_fd=-1): go on over these fds (before submit)"},
     {NULL}};
@@ -692,7 +706,7 @@ static PyObject *mod_errname(PyObject *m, PyObject *arg) {
  * Returns (result, sent, total, seekable) when the transfer ended (total: -1 when
  * unknown); else (a range not in the page cache, which the loop thread must not
  * read; the socket full; the budget spent) a Transfer that goes on from where it
- * stands over dups of its own (take_fds), never submitted. Errors of init raise
+ * stands over dups of its own (take_fds_into), never submitted. Errors of init raise
  * as Transfer() does. */
 static int long_arg(PyObject *o, long long *v) {
   *v = PyLong_AsLongLong(o);
@@ -708,7 +722,7 @@ static int dup_cloexec(int fd) { return fcntl(fd, F_DUPFD_CLOEXEC, 0); }
    step of more than 64 KiB, which works on dups taken first: another thread may
    close either number and reuse it meanwhile. A transfer that goes on gets dups
    too (taken while the GIL still proves the numbers the caller's) for the
-   caller to go on with (take_fds): never the numbers again. */
+   caller to go on with (take_fds_into): never the numbers again. */
 static PyObject *step_now(PyObject *m, int sock_fd, int file_fd, long long offset,
                           long long count, int flags, PyObject *head_obj, long long budget,
                           int *stepped) {
@@ -808,18 +822,27 @@ static int fd_of(PyObject *o) {
   return fd;
 }
 
-/* dup_of(fd or object with fileno()) -> a close-on-exec dup of the fd it names
-   now: read and dup'ed in one C call, so no other thread's close and reuse of
-   the number can come between the look at it and the dup */
-static PyObject *mod_dup_of(PyObject *m, PyObject *o) {
+/* dup_into(obj, name, fd or object with fileno()): obj.name = a close-on-exec
+   dup of the fd it names now: read and dup'ed in one C call, so no other
+   thread's close and reuse of the number can come between the look at it and
+   the dup; and stored with no bytecode between (a signal handler's exception
+   can't lose it) */
+static PyObject *mod_dup_into(PyObject *m, PyObject *args) {
   (void)m;
+  PyObject *obj, *name, *o;
+  if (!PyArg_ParseTuple(args, "OUO:dup_into", &obj, &name, &o))
+    return NULL;
   int fd = fd_of(o);
   if (fd < 0)
     return NULL;
   int d = dup_cloexec(fd);
   if (d < 0)
     return PyErr_SetFromErrno(PyExc_OSError);
-  return PyLong_FromLong(d);
+  if (store_fd(obj, name, d) < 0) {
+    close(d);
+    return NULL;
+  }
+  Py_RETURN_NONE;
 }
 
 static PyObject *mod_send_now(PyObject *m, PyObject *const *args, Py_ssize_t nargs) {
@@ -930,6 +953,25 @@ static int fast_sock_fd(module_state *st, PyObject *t, int mode) {
   return fd >= 0 && fd <= INT32_MAX ? (int)fd : -1;
 }
 
+/* file (a BufferedReader) over a FileIO and open: 1; closed, or over another
+   raw (whose getters may be Python code): 0; -1 with an error set. Runs no
+   Python code. */
+static int fast_file_open(module_state *st, PyObject *file) {
+  PyObject *raw = PyObject_GetAttr(file, s_raw); /* detached: ValueError */
+  if (!raw)
+    return -1;
+  int plain = (PyObject *)Py_TYPE(raw) == st->raw_type;
+  Py_DECREF(raw);
+  if (!plain)
+    return 0;
+  PyObject *closed = PyObject_GetAttr(file, s_closed);
+  if (!closed)
+    return -1;
+  int open = closed == Py_False;
+  Py_DECREF(closed);
+  return open;
+}
+
 static PyObject *mod_fast_send(PyObject *m, PyObject *const *args, Py_ssize_t nargs) {
   module_state *st = PyModule_GetState(m);
   if (nargs != 7) {
@@ -969,14 +1011,12 @@ static PyObject *mod_fast_send(PyObject *m, PyObject *const *args, Py_ssize_t na
     goto not_taken;
   int no_loop = loop == Py_None;
   Py_DECREF(loop);
-  if (no_loop || (sock_fd = fast_sock_fd(st, t, mode)) < 0)
-    goto not_taken;
-  PyObject *closed = PyObject_GetAttr(file, s_closed);
-  if (!closed)
-    goto not_taken;
-  int open = closed == Py_False;
-  Py_DECREF(closed);
-  if (!open || (file_fd = call0_int(file, s_fileno)) < 0 || file_fd > INT32_MAX)
+  /* the socket's number is read last of what may run Python code (the
+     transport's getters; another thread may run meanwhile, close and reuse a
+     number): from here to the step nothing does, as the file's raw is checked
+     to be a FileIO, whose closed and fileno() are C */
+  if (no_loop || (sock_fd = fast_sock_fd(st, t, mode)) < 0 || fast_file_open(st, file) != 1 ||
+      (file_fd = call0_int(file, s_fileno)) < 0 || file_fd > INT32_MAX)
     goto not_taken;
   int stepped;
   PyObject *r = step_now(m, sock_fd, (int)file_fd, offset, count,
@@ -994,7 +1034,13 @@ static PyObject *mod_fast_send(PyObject *m, PyObject *const *args, Py_ssize_t na
   result = PyTuple_GET_ITEM(r, 1);
   Py_INCREF(result);
   fast_sends++;
-  if (PyTuple_GET_ITEM(r, 3) == Py_True) {
+  /* not where another thread closed (or detached) the file during a step that
+     let go of the GIL (the Python path skips a closed one too): every byte went
+     all the same */
+  int still_open = PyTuple_GET_ITEM(r, 3) == Py_True ? fast_file_open(st, file) : 0;
+  if (still_open < 0)
+    PyErr_Clear();
+  if (still_open == 1) {
     PyObject *pos = PyLong_FromLongLong(offset + PyLong_AsLongLong(result));
     PyObject *seek_args[2] = {file, pos};
     PyObject *sk = pos ? PyObject_VectorcallMethod(s_seek, seek_args,
@@ -1023,15 +1069,16 @@ out:
   return result;
 }
 
-/* fast_setup(held, BufferedReader, StreamWriter, get_running_loop) */
+/* fast_setup(held, BufferedReader, FileIO, StreamWriter, get_running_loop) */
 static PyObject *mod_fast_setup(PyObject *m, PyObject *args) {
   module_state *st = PyModule_GetState(m);
-  PyObject *held, *reader, *writer, *loop;
-  if (!PyArg_ParseTuple(args, "O!OOO", &PySet_Type, &held, &reader, &writer, &loop))
+  PyObject *held, *reader, *raw, *writer, *loop;
+  if (!PyArg_ParseTuple(args, "O!OOOO", &PySet_Type, &held, &reader, &raw, &writer, &loop))
     return NULL;
-  Py_INCREF(held), Py_INCREF(reader), Py_INCREF(writer), Py_INCREF(loop);
+  Py_INCREF(held), Py_INCREF(reader), Py_INCREF(raw), Py_INCREF(writer), Py_INCREF(loop);
   Py_XSETREF(st->held, held);
   Py_XSETREF(st->reader_type, reader);
+  Py_XSETREF(st->raw_type, raw);
   Py_XSETREF(st->writer_type, writer);
   Py_XSETREF(st->running_loop, loop);
   Py_RETURN_NONE;
@@ -1074,8 +1121,9 @@ static PyObject *mod_debug_counts(PyObject *m, PyObject *unused) {
 }
 
 static PyMethodDef module_methods[] = {
-    {"dup_of", mod_dup_of, METH_O,
-     "dup_of(fd or object with fileno()) -> a close-on-exec dup of the fd it names now"},
+    {"dup_into", mod_dup_into, METH_VARARGS,
+     "dup_into(obj, name, fd or object with fileno()): obj.name = a close-on-exec dup of "
+     "the fd it names now"},
     {"send_now", (PyCFunction)(void (*)(void))mod_send_now, METH_FASTCALL,
      "send_now(sock, file, offset, count, fallback, head, budget, readable) -> "
      "(result, sent, total, seekable) when the send ended in its first step, else a "
@@ -1084,7 +1132,7 @@ static PyMethodDef module_methods[] = {
      "fast_send(transport, file, offset, count, fallback, head, budget) -> None (not the "
      "common case: nothing done), the bytes sent, or what send_now returns"},
     {"fast_setup", mod_fast_setup, METH_VARARGS,
-     "fast_setup(held, BufferedReader, StreamWriter, get_running_loop)"},
+     "fast_setup(held, BufferedReader, FileIO, StreamWriter, get_running_loop)"},
     {"fast_type", mod_fast_type, METH_VARARGS,
      "fast_type(cls, mode) -> registered: fast_send may take transports of type cls "
      "(mode 1: asyncio selector socket transport; 2: uvloop stream transport)"},
@@ -1116,6 +1164,9 @@ static int module_exec(PyObject *m) {
   INTERN(s_sock, "_sock")
   INTERN(s_fileno, "fileno")
   INTERN(s_closed, "closed")
+  INTERN(s_raw, "raw")
+  INTERN(s_src_fd, "src_fd")
+  INTERN(s_sock_fd, "sock_fd")
   INTERN(s_seek, "seek")
   INTERN(s_transport, "transport")
   INTERN(s_get_extra_info, "get_extra_info")
@@ -1152,6 +1203,7 @@ static int module_traverse(PyObject *m, visitproc visit, void *arg) {
   Py_VISIT(st->chunks_type);
   Py_VISIT(st->held);
   Py_VISIT(st->reader_type);
+  Py_VISIT(st->raw_type);
   Py_VISIT(st->writer_type);
   Py_VISIT(st->running_loop);
   for (int i = 0; i < st->n_fast; i++)
@@ -1166,6 +1218,7 @@ static int module_clear(PyObject *m) {
   Py_CLEAR(st->chunks_type);
   Py_CLEAR(st->held);
   Py_CLEAR(st->reader_type);
+  Py_CLEAR(st->raw_type);
   Py_CLEAR(st->writer_type);
   Py_CLEAR(st->running_loop);
   for (int i = 0; i < st->n_fast; i++)

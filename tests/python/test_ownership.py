@@ -9,6 +9,7 @@ import os
 import resource
 import signal
 import socket
+import sys
 import threading
 import time
 import weakref
@@ -177,6 +178,82 @@ def test_source_closed_and_number_reused_by_another_file(kind, tmp_path):
             assert bytes(got) == want  # A's bytes, all of them, and only them
             assert fb.tell() == 0
             fb.close()
+    run(main())
+
+
+@pytest.mark.asyncio_only("the socket object closed under the transport is asyncio's (uvloop's is a view)")
+def test_a_file_whose_fileno_runs_python_code_never_sends_to_a_reused_number(tmp_path):
+    """A BufferedReader over a raw of Python code: its fileno() runs bytecode,
+    where another thread may close the transport's socket and a new socket take
+    the number. Before: the one-call path had read the socket's number first,
+    and the file's bytes went to the new socket, the call saying all were sent."""
+    path = tmp_path / "f"
+    path.write_bytes(b"S" * 1800)
+    grabbed = []
+
+    class Raw(io.RawIOBase):
+        def __init__(self, fd, sock):
+            self.fd, self.sock = fd, sock
+
+        def readable(self):
+            return True
+
+        def readinto(self, b):
+            return os.readv(self.fd, [b])
+
+        def fileno(self):
+            if self.sock is not None:  # "another thread", once: the close, and a reuse
+                sock, self.sock = self.sock, None
+                sock.close()
+                grabbed.extend(_grab_numbers())
+            return self.fd
+
+    async def main():
+        async with Pair("tcp") as p:
+            with open(path, "rb") as f:  # the transport's kind is known from now on
+                assert await zcsend.sendfile(p.server, f) == 1800
+            await _read_exact(p.reader, 1800)
+            sock = p.server.transport._sock
+            old = sock.fileno()
+            fd = os.open(path, os.O_RDONLY)
+            f = io.BufferedReader(Raw(fd, sock))
+            try:
+                with pytest.raises(OSError):
+                    await zcsend.sendfile(p.server, f)
+            finally:
+                f.close()
+                os.close(fd)
+            assert any(old in (a.fileno(), b.fileno()) for a, b in grabbed)  # the setup did what it says
+            assert _drain_socketpairs(grabbed) == 0
+    run(main())
+
+
+def test_a_file_closed_by_another_thread_during_the_send_is_no_error(tmp_path):
+    """Another thread closes the file while the inline step sends it (a step of
+    more than 64 KiB lets go of the GIL, and works on dups). Before: every byte
+    went, and then the seek of the closed file raised ValueError. Now the call
+    returns the count where the bytes went, and raises only where none did."""
+    path = tmp_path / "f"
+    size = 200_000
+    make_file(path, size)
+
+    async def main():
+        async with Pair("tcp") as p:
+            expected = 0
+            reading = asyncio.ensure_future(p.reader.read())
+            for _ in range(10):
+                f = open(path, "rb")
+                go = threading.Event()
+                th = threading.Thread(target=lambda: (go.wait(), f.close()))
+                th.start()
+                go.set()  # it closes f as soon as it has the GIL: at the step's release, or before the call
+                try:
+                    expected += await zcsend.sendfile(p.server, f, 0, size)
+                except ValueError:  # closed before the call looked at it: nothing went
+                    pass
+                th.join()
+            p.server.close()
+            assert len(await asyncio.wait_for(reading, 30)) == expected
     run(main())
 
 
@@ -636,9 +713,49 @@ def _links():
     return out
 
 
+@pytest.mark.parametrize("hook", ["take_fds_into", "dup_into"])
+def test_a_signal_handlers_exception_as_the_dups_are_taken_leaks_none(hook, tmp_path, monkeypatch):
+    """A signal whose Python handler raises (a SIGTERM handler's SystemExit, an
+    alarm's timeout) runs at the first bytecode after the C call that hands the
+    dups over. Before: they were returned, the exception came before they were
+    stored, and nothing closed them (the aborted connection's socket stayed
+    open). Now the C call stores them in the hold, whose end closes them."""
+    path = tmp_path / "f"
+    make_file(path, 8 << 20)
+    if hook == "dup_into":  # no inline step, whose transfer would hand its own dups over
+        monkeypatch.setattr(zcsend._core, "INLINE_BUDGET", 0)
+
+    class Boom(Exception):
+        pass
+
+    def boom(*_):
+        raise Boom()
+
+    def prof(frame, event, arg):
+        if event == "c_return" and getattr(arg, "__name__", "") in (hook, "take_fds"):
+            os.kill(os.getpid(), signal.SIGUSR1)  # as if it came during the call
+
+    async def main():
+        async with Pair("tcp", sndbuf=65536) as p:  # the peer reads nothing: the send must go on
+            before = _links()
+            old = signal.signal(signal.SIGUSR1, boom)
+            try:
+                with open(path, "rb") as f:
+                    sys.setprofile(prof)
+                    try:
+                        with pytest.raises(Boom):
+                            await asyncio.wait_for(zcsend.sendfile(p.server, f), 10)
+                    finally:
+                        sys.setprofile(None)
+            finally:
+                signal.signal(signal.SIGUSR1, old)
+            assert _links() == before  # no dup of the socket or the file left open
+    run(main())
+
+
 def test_untaken_dups_are_closed_only_by_the_process_that_took_them(tmp_path):
     """A send that must go on comes back from the one C call as a Transfer that
-    holds dups of both fds until take_fds(). Dropped untaken, it closes them in
+    holds dups of both fds until take_fds_into(). Dropped untaken, it closes them in
     the process that took them. A forked child that drops its copy closes
     nothing: its numbers may name other files by then (here the child closed
     them and opened two files, which got the same numbers)."""
