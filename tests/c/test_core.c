@@ -3059,46 +3059,65 @@ static int readiness_checks(int fd, size_t len, enum asker who) {
   return 0;
 }
 
-/* the same answers where cachestat answers (the file's owner): evicted ranges
-   not ready, read-in ones ready, from one page to 17 */
-START_TEST(range_ready_as_the_owner) {
-  size_t len = 1 << 20;
-  unsigned char *data = pattern(len, 53);
-  int fd = make_cold_file("mine", data, len);
-  ck_assert_int_ge(fd, 0);
-  ck_assert_int_eq(readiness_checks(fd, len, OWNER), 0);
-  close(fd);
-  cold_cleanup();
-  free(data);
-}
-END_TEST
-
-/* readiness_checks(fd, len, who) in a child: its exit code */
-static int readiness_in_child(int fd, size_t len, enum asker who) {
+/* fn(fd, len, who) in a child: its exit code */
+static int in_child(int (*fn)(int, size_t, enum asker), int fd, size_t len, enum asker who) {
   pid_t pid = fork();
   ck_assert_int_ge(pid, 0);
   if (pid == 0)
-    _exit(readiness_checks(fd, len, who));
+    _exit(fn(fd, len, who));
   int status;
   ck_assert_int_eq(waitpid(pid, &status, 0), pid);
   ck_assert(WIFEXITED(status));
   return WEXITSTATUS(status);
 }
 
-/* a kernel without cachestat(2) (before 6.5): a cold range must not look
-   ready (it did: "the kernel can't tell" meant "step", a disk read on the
-   host's thread); every page probed up to 16, and a longer range not ready */
-START_TEST(range_ready_without_cachestat) {
+/* readiness_checks on a new cold file of 1 MiB, asked as who (in a child, but
+   for the owner): every one passes */
+static void check_readiness(const char *name, unsigned seed, enum asker who) {
   size_t len = 1 << 20;
-  unsigned char *data = pattern(len, 54);
-  int fd = make_cold_file("old-kernel", data, len);
+  unsigned char *data = pattern(len, seed);
+  int fd = make_cold_file(name, data, len); /* root's (or the test user's), 0644 */
   ck_assert_int_ge(fd, 0);
-  ck_assert_int_eq(readiness_in_child(fd, len, NO_CACHESTAT), 0);
+  ck_assert_int_eq(who == OWNER ? readiness_checks(fd, len, who) : in_child(readiness_checks, fd, len, who), 0);
   close(fd);
   cold_cleanup();
   free(data);
 }
+
+/* the same answers where cachestat answers (the file's owner): evicted ranges
+   not ready, read-in ones ready, from one page to 17 */
+START_TEST(range_ready_as_the_owner) { check_readiness("mine", 53, OWNER); }
 END_TEST
+
+/* a kernel without cachestat(2) (before 6.5): a cold range must not look
+   ready (it did: "the kernel can't tell" meant "step", a disk read on the
+   host's thread); every page probed up to 16, and a longer range not ready */
+START_TEST(range_ready_without_cachestat) { check_readiness("old-kernel", 54, NO_CACHESTAT); }
+END_TEST
+
+/* cachestat(2) refuses a file the process may neither write nor owns (EPERM,
+   Linux >= 6.14), as a server worker serving root's files: a cold range must
+   still never look ready (it did: "can't tell" meant "step"). Needs root, to
+   be nobody in a child. */
+START_TEST(range_ready_without_cachestat_rights) {
+  if (geteuid() != 0) {
+    fprintf(stderr, "range_ready_without_cachestat_rights: not root, nothing to show\n");
+    return;
+  }
+  check_readiness("not-mine", 52, NOBODY);
+}
+END_TEST
+
+/* the child of range_ready_in_memory_without_cachestat: a tmpfs file's ranges,
+   asked without cachestat */
+static int in_memory_checks(int fd, size_t len, enum asker who) {
+  (void)len, (void)who;
+  if (without_cachestat() < 0)
+    return 1;
+  if (zcs__range_ready(fd, 0, 16384) != 1)
+    return 2;
+  return zcs__range_ready(fd, 4096, 4096) != 1 ? 3 : 0;
+}
 
 /* a file on tmpfs refuses the probes (no RWF_NOWAIT): where cachestat can't
    answer either it is ready, being all in memory (a file of a network
@@ -3112,40 +3131,10 @@ START_TEST(range_ready_in_memory_without_cachestat) {
   int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0644);
   ck_assert_int_ge(fd, 0);
   ck_assert_int_eq(write(fd, data, len), (ssize_t)len);
-  pid_t pid = fork();
-  ck_assert_int_ge(pid, 0);
-  if (pid == 0) {
-    int e = without_cachestat() < 0 ? 1 : zcs__range_ready(fd, 0, 16384) != 1 ? 2
-          : zcs__range_ready(fd, 4096, 4096) != 1 ? 3 : 0;
-    _exit(e);
-  }
-  int status;
-  ck_assert_int_eq(waitpid(pid, &status, 0), pid);
-  ck_assert(WIFEXITED(status));
-  ck_assert_int_eq(WEXITSTATUS(status), 0);
+  ck_assert_int_eq(in_child(in_memory_checks, fd, len, NO_CACHESTAT), 0);
   close(fd);
   ck_assert_int_eq(unlink(path), 0);
   ck_assert_int_eq(rmdir(dir), 0);
-  free(data);
-}
-END_TEST
-
-/* cachestat(2) refuses a file the process may neither write nor owns (EPERM,
-   Linux >= 6.14), as a server worker serving root's files: a cold range must
-   still never look ready (it did: "can't tell" meant "step"). Needs root, to
-   be nobody in a child. */
-START_TEST(range_ready_without_cachestat_rights) {
-  if (geteuid() != 0) {
-    fprintf(stderr, "range_ready_without_cachestat_rights: not root, nothing to show\n");
-    return;
-  }
-  size_t len = 1 << 20;
-  unsigned char *data = pattern(len, 52);
-  int fd = make_cold_file("not-mine", data, len); /* root's, 0644 */
-  ck_assert_int_ge(fd, 0);
-  ck_assert_int_eq(readiness_in_child(fd, len, NOBODY), 0);
-  close(fd);
-  cold_cleanup();
   free(data);
 }
 END_TEST
