@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 #ifdef __linux__
 #include <linux/magic.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <sys/vfs.h>
 #endif
@@ -567,10 +568,12 @@ static int in_memory_fs(int fd) {
    page-cache side channel) a file this process may not write and does not own,
    a server's worker reading root's files, the common case; or the kernel has
    none (ENOSYS: before 6.5). Then every page's first byte is probed, up to
-   PROBE_ALL_PAGES pages; a longer range is not ready: a prefetch thread's
-   sendfile to /dev/null makes it so, at little cost where it was all there. A
-   file that refuses the probes too is ready only where it lives in memory: any
-   other (a network or FUSE filesystem) may wait longest of all. */
+   PROBE_ALL_PAGES pages; a longer range the process may not see (EPERM) is not
+   ready: a prefetch thread's sendfile to /dev/null makes it so, at little cost
+   where it was all there (without cachestat, mincore answers for the owner:
+   ready_without_cachestat). A file that refuses the probes too is ready only
+   where it lives in memory: any other (a network or FUSE filesystem) may wait
+   longest of all. */
 #define PROBE_ALL_PAGES 16
 
 static int pages_probed(int fd, int64_t off, uint64_t pages, long page) {
@@ -585,6 +588,43 @@ static int pages_probed(int fd, int64_t off, uint64_t pages, long page) {
       return 0;
   }
   return 1;
+}
+#endif
+
+#ifdef __linux__
+/* Where the kernel has no cachestat (before 6.5): mincore(2) of a shared
+   mapping of the range, never touched (no page is read in or mapped by it). 1
+   when every page is resident, 0 when one is not, or the mapping failed. For a
+   file the process neither owns nor may write, mincore answers only for the
+   pages this mapping has, none: 0, and the range is prefetched first. */
+static int resident(int fd, int64_t off, size_t len, long page) {
+  unsigned char vec[256];
+  size_t most = sizeof vec * (size_t)page; /* a mapping's span at a time */
+  int64_t at = off / page * page, end = off + (int64_t)len;
+  while (at < end) {
+    size_t span = (size_t)(end - at) < most ? (size_t)(end - at) : most;
+    void *m = mmap(NULL, span, PROT_READ, MAP_SHARED, fd, (off_t)at);
+    if (m == MAP_FAILED)
+      return 0;
+    int rc = mincore(m, span, vec);
+    munmap(m, span);
+    if (rc < 0)
+      return 0;
+    for (size_t i = 0; i < (span + (size_t)page - 1) / (size_t)page; i++)
+      if (!(vec[i] & 1))
+        return 0;
+    at += (int64_t)span;
+  }
+  return 1;
+}
+
+/* no cachestat answer (none in this kernel, or EPERM): up to PROBE_ALL_PAGES
+   pages the probes alone; more, mincore and the probes (for reads in flight)
+   where there is no cachestat, not ready where it refused */
+static int ready_without_cachestat(int fd, int64_t off, size_t len, uint64_t pages, long page, int refused) {
+  if (pages <= PROBE_ALL_PAGES || refused)
+    return pages_probed(fd, off, pages, page);
+  return resident(fd, off, len, page) && range_probed(fd, off, len, page) != 0;
 }
 #endif
 
@@ -605,7 +645,7 @@ int zcs__range_ready(int fd, int64_t off, size_t len) {
       return r;
   }
   if (__atomic_load_n(&unsupported, __ATOMIC_RELAXED))
-    return pages_probed(fd, off, pages, page);
+    return ready_without_cachestat(fd, off, len, pages, page, 0);
   struct zcs__cachestat_range r = {(uint64_t)off, len};
   struct zcs__cachestat cs;
   if (syscall(__NR_cachestat, fd, &r, &cs, 0) < 0) {
@@ -613,7 +653,7 @@ int zcs__range_ready(int fd, int64_t off, size_t len) {
     if (e == ENOSYS)
       __atomic_store_n(&unsupported, 1, __ATOMIC_RELAXED);
     if (e == EPERM || e == ENOSYS)
-      return pages_probed(fd, off, pages, page);
+      return ready_without_cachestat(fd, off, len, pages, page, e == EPERM);
     return 1; /* another error (a bad fd): the step meets and reports it */
   }
   /* where the file can't be probed, cachestat's answer stands */

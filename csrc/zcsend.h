@@ -259,9 +259,10 @@ ZCS_API int zcs_transfer_step(zcs_transfer_t *t);
  * 0 when some of them are not (a host's event thread should hand the transfer
  * to a thread that may block, e.g. the engine, instead of stepping it). Where
  * cachestat can't answer (none before Linux 6.5; EPERM since 6.14 for a file
- * the process neither owns nor may write) every page is probed up to 16 pages,
- * and a longer range is 0; a file that refuses the probes too is 1 only on an
- * in-memory filesystem (tmpfs, ramfs, hugetlbfs). Nothing is
+ * the process neither owns nor may write) every page is probed up to 16 pages;
+ * a longer range is asked of mincore(2) (and probed at its ends) where there is
+ * no cachestat, and is 0 where it refused; a file that refuses the probes too
+ * is 1 only on an in-memory filesystem (tmpfs, ramfs, hugetlbfs). Nothing is
  * remembered: every call asks anew, so a page evicted between a host's steps
  * (memory pressure, a slow reader) is seen before the step would read it on
  * the host's thread. (The engine, on its own thread, does remember.) */
