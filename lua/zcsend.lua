@@ -39,6 +39,12 @@ M.TLS_CHUNK = 128 * 1024
 local owners = setmetatable({}, { __mode = "k" }) -- coroutine -> the loop that runs it
 
 -- raised at the caller of the public function: argerror <- helper <- public <- caller
+local unpack = table.unpack or unpack -- 5.1 (LuaJIT): the global
+
+local function pack(...)
+  return { n = select("#", ...), ... }
+end
+
 local function argerror(n, fname, msg, level)
   error(("bad argument #%d to '%s' (%s)"):format(n, fname, msg), level or 4)
 end
@@ -59,7 +65,9 @@ end
 
 --- true for objects that must never get plaintext on their fd: luasec
 -- connections (metatable "SSL:Connection"), cqueues sockets with TLS started,
--- and any object with a truthy zcsend_tls field.
+-- and any object with a truthy zcsend_tls field; nil, msg where the object's
+-- checktls() can't tell (cqueues without luaossl says "module 'openssl.ssl'
+-- not found" for every socket): callers refuse it, never risk plaintext.
 function M.istls(sock)
   if type(sock) ~= "userdata" and type(sock) ~= "table" then
     return false
@@ -75,7 +83,13 @@ function M.istls(sock)
   end
   local ok2, checktls = pcall(function() return sock.checktls end)
   if ok2 and type(checktls) == "function" then
-    return checktls(sock) ~= nil
+    local ssl, why = checktls(sock)
+    if ssl ~= nil then
+      return true
+    elseif why ~= nil then
+      return nil, "EOPNOTSUPP: can't tell whether this socket is TLS (its checktls() says: "
+        .. tostring(why) .. "); refusing rather than risking plaintext on TLS"
+    end
   end
   return false
 end
@@ -99,8 +113,11 @@ local function host_adapters()
 end
 
 -- the socket's fd, and whether it is TLS (or nil, msg, name: a cqueues
--- socket's buffered output could not be flushed; noflush: leave it buffered)
-local function sockfd(sock, fname, noflush)
+-- socket's buffered output could not be flushed; noflush: leave it buffered);
+-- with guard (the file's fd), a 5th value where the flush may have yielded: a
+-- dup of guard taken before it (another coroutine may close guard and have its
+-- number reused meanwhile), the caller's to use instead and close
+local function sockfd(sock, fname, noflush, guard)
   if mtype(sock) == "integer" then
     return checkfd(sock, 1, fname, "closed socket"), false
   end
@@ -117,17 +134,34 @@ local function sockfd(sock, fname, noflush)
       end
     end
   end
-  local tls = M.istls(sock)
-  local fd
+  local tls, unknown = M.istls(sock)
+  if tls == nil then
+    return nil, unknown, "EOPNOTSUPP"
+  end
+  local fd, own
   local ok, getfd = pcall(function() return sock.getfd end)
   if ok and type(getfd) == "function" then
     fd = getfd(sock) -- luasocket: a float on 5.3+
   else
     local ok2, pollfd = pcall(function() return sock.pollfd end)
     if ok2 and type(pollfd) == "function" then -- cqueues socket: its buffered output first
-      if not tls and not noflush and sock.flush then
+      if tls then -- its send() is not luasec's (i, j; a count): sent its own way only
+        return nil, "EOPNOTSUPP: a cqueues socket with TLS: send the file with its own "
+          .. "write() (zcsend's TLS path speaks luasec's send())", "EOPNOTSUPP"
+      end
+      if not noflush and sock.flush then
+        if guard then
+          local msg, name
+          own, msg, name = core.dup(guard)
+          if not own then
+            return nil, msg, name
+          end
+        end
         local ok3, flushed, err = pcall(sock.flush, sock)
         if ok3 and not flushed then
+          if own then
+            core.close(own)
+          end
           if mtype(err) == "integer" then
             return nil, core.strerror(err)
           end
@@ -140,7 +174,11 @@ local function sockfd(sock, fname, noflush)
       argerror(1, fname, "socket, fd or object with getfd() expected, got " .. type(sock))
     end
   end
-  return checkfd(tointeger(fd) or -1, 1, fname, "closed socket"), tls
+  fd = tointeger(fd) or -1
+  if own and (fd < 0 or fd > INT_MAX) then -- checkfd raises: our dup goes first
+    core.close(own)
+  end
+  return checkfd(fd, 1, fname, "closed socket"), tls, nil, nil, own
 end
 
 local function filefd(file, fname)
@@ -446,14 +484,20 @@ local function drive(t, host, sock, timeout, owner)
         t:cancel(core.ETIMEDOUT)
         fresh = true
       else
-        local slice, ok = math.min(left, CHECK), nil
-        if r == "disk" then
+        local slice, ok, called = math.min(left, CHECK), nil, true
+        if r == "disk" then -- (a raise there closes disk.fd itself)
           ok, hmsg, hname = wait_disk(t, host, disk, slice)
           fresh = ok
         elseif r == "write" and host.wait_transfer then
-          ok, hmsg, hname = host.wait_transfer(t, sock, slice, left)
+          called, ok, hmsg, hname = pcall(host.wait_transfer, t, sock, slice, left)
         else
-          ok, hmsg, hname = host.wait(t:ownfd(), t:events(), slice)
+          called, ok, hmsg, hname = pcall(host.wait, t:ownfd(), t:events(), slice)
+        end
+        if not called then -- the host raised: the prefetch's eventfd, kept across waits, goes too
+          if disk.fd then
+            core.close(disk.fd)
+          end
+          error(ok, 0)
         end
         if ok == nil then
           if disk.fd then
@@ -473,6 +517,32 @@ local function drive(t, host, sock, timeout, owner)
     err = ETIMEDOUT_MSG:format(timeout)
   end
   return nil, err, name, sent
+end
+
+-- a chunk's bytes into the page cache, read by a prefetch thread while the host
+-- waits for its eventfd; true when done (or where no thread could read it: the
+-- plain read that follows does), nil, msg, name when the wait failed
+local function wait_chunk(host, c, timeout)
+  local efd = c:prefetch(M.TLS_CHUNK)
+  if not efd then
+    return true
+  end
+  local deadline = core.now() + timeout
+  local called, ok, msg, name
+  repeat
+    local left = deadline - core.now()
+    if left <= 0 then
+      ok, msg, name = nil, ETIMEDOUT_MSG:format(timeout), "ETIMEDOUT"
+      break
+    end
+    called, ok, msg, name = pcall(host.wait, efd, "r", math.min(left, CHECK))
+    if not called then -- the host raised: the eventfd must not outlive the wait
+      core.close(efd)
+      error(ok, 0)
+    end
+  until ok or ok == nil
+  core.close(efd)
+  return ok, msg, name
 end
 
 -- TLS: never plaintext on the fd. Read bounded chunks, send them with the
@@ -535,7 +605,22 @@ local function send_chunks(host, sock, fd, c, timeout)
     if core.fdid(fd) ~= id then
       return fail(EBADF_CLOSED, "EBADF")
     end
-    local data, err, name = c:read(M.TLS_CHUNK) -- ETRUNCATED: the file shrank
+    local data, err, name
+    if host ~= BLOCKING and c:seekable() then
+      -- from the page cache only: a chunk that is not there is read in by a
+      -- prefetch thread while the host waits its way (never on its thread)
+      data, err, name = c:read(M.TLS_CHUNK, true)
+      if name == "EAGAIN" then
+        local ok, werr, wname = wait_chunk(host, c, timeout)
+        if not ok then
+          return fail(werr, wname)
+        end
+        data = nil
+      end
+    end
+    if not data and name ~= "ETRUNCATED" then
+      data, err, name = c:read(M.TLS_CHUNK) -- ETRUNCATED: the file shrank
+    end
     if not data then
       return fail(err, name)
     end
@@ -590,18 +675,21 @@ end
 -- the rest of the file (of a pipe: to its end). opts.timeout: seconds without
 -- progress before the transfer ends with ETIMEDOUT (default zcsend.TIMEOUT).
 function M.sendfile(sock, file, offset, count, opts)
-  local fd, tls, ename, owner = sockfd(sock, "sendfile")
+  local ffd = filefd(file, "sendfile") -- before sockfd, whose flush may yield
+  check_range(offset, count, "sendfile")
+  local timeout = timeout_of(opts, 5, "sendfile")
+  local fd, tls, ename, owner, own = sockfd(sock, "sendfile", false, ffd)
   if not fd then
     return nil, tls, ename, 0
   end
-  local ffd = filefd(file, "sendfile")
-  check_range(offset, count, "sendfile")
-  local timeout = timeout_of(opts, 5, "sendfile")
   local host = current_host()
-  if tls then
+  if tls then -- (never flushed: no own)
     return send_tls(host, sock, fd, ffd, offset or 0, count, timeout)
   end
-  local t, err, name, sent = core.transfer(fd, ffd, offset, count)
+  local t, err, name, sent = core.transfer(fd, own or ffd, offset, count) -- its own dups
+  if own then
+    core.close(own)
+  end
   if not t then
     return nil, err, name, sent
   end
@@ -680,15 +768,29 @@ function Loop:sendfile(sock, file, offset, count, callback)
   if type(callback) ~= "function" then
     argerror(5, "sendfile", "callback function expected, got " .. type(callback), 3)
   end
-  local fd = sockfd(sock, "sendfile", true) -- sendfile flushes, and says if that failed
-  filefd(file, "sendfile")
+  local fd, serr, sname = sockfd(sock, "sendfile", true) -- sendfile flushes, and says if that failed
+  local ffd = filefd(file, "sendfile")
   check_range(offset, count, "sendfile")
+  if not fd then -- refused (a TLS object it can't send on): said from run(), as every outcome is
+    return self:wait(ffd, "r", function() callback(nil, serr, sname, 0) end, 0.001)
+  end
+  -- the file as it is now: the caller may close it (and its number be reused)
+  -- before the socket turns writable
+  local own, omsg, oname = core.dup(ffd)
   self:wait(fd, "w", function(ok, msg, name)
-    if not ok then
+    if not own then -- (EMFILE) said from run(), as every outcome is
+      return callback(nil, omsg, oname, 0)
+    elseif not ok then
+      core.close(own)
       return callback(nil, msg, name, 0)
     end
     self:wrap(function()
-      callback(M.sendfile(sock, file, offset, count))
+      local r = pack(pcall(M.sendfile, sock, own, offset, count))
+      core.close(own)
+      if not r[1] then
+        error(r[2], 0)
+      end
+      callback(unpack(r, 2, r.n))
     end)
   end)
 end

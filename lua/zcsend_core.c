@@ -519,8 +519,17 @@ static int t_cancel(lua_State *L) {
   return 0;
 }
 
+static void push_refs(lua_State *L, lloop *lp);
+
 static int t_close(lua_State *L) {
   ltransfer *x = check_transfer(L, 1);
+  if (x->loop) { /* driven: the loop lets go of the callback (never called now) and of it */
+    push_refs(L, x->loop);
+    luaL_unref(L, -1, x->cb_ref);
+    luaL_unref(L, -1, x->self_ref);
+    lua_pop(L, 1);
+    x->cb_ref = x->self_ref = LUA_NOREF;
+  }
   transfer_release(x);
   return 0;
 }
@@ -980,18 +989,37 @@ static int l_chunks(lua_State *L) {
   return 1;
 }
 
-/* c:read(n) -> the next bytes, at most n ("" at the end) | nil, msg, name (ETRUNCATED:
-   the file shrank; the chunk source has ended with the error) */
+/* c:read(n [, nowait]) -> the next bytes, at most n ("" at the end) | nil, msg,
+   name (ETRUNCATED: the file shrank; the chunk source has ended with the error).
+   nowait: only from the page cache, all n or nothing: EAGAIN where the disk
+   would be waited for (nothing consumed: c:prefetch(n), wait, read again) */
 static int c_read(lua_State *L) {
   lchunks *x = check_chunks(L, 1);
   lua_Integer n = luaL_checkinteger(L, 2);
   luaL_argcheck(L, n > 0 && n <= (64 << 20), 2, "1 to 64 MiB");
   luaL_argcheck(L, x->fd >= 0, 1, "chunk source is closed");
+  int nowait = lua_toboolean(L, 3);
   char *p = (char *)lua_newuserdata(L, (size_t)n); /* collected, even if a push fails */
-  ssize_t got = zcs_chunks_read(&x->c, p, (size_t)n, 0);
+  ssize_t got = zcs_chunks_read(&x->c, p, (size_t)n, nowait ? ZCS_READ_NOWAIT : 0);
   if (got < 0)
     return push_error(L, (int)got);
   lua_pushlstring(L, p, (size_t)got);
+  return 1;
+}
+
+/* c:prefetch(n) -> eventfd | nil, msg, name: a prefetch thread reads the next
+   n bytes (at most what is left) into the page cache, for a host whose
+   c:read(n, true) said EAGAIN; the eventfd turns readable when it is done
+   (zcs_prefetch), and is the caller's to close */
+static int c_prefetch(lua_State *L) {
+  lchunks *x = check_chunks(L, 1);
+  lua_Integer n = luaL_checkinteger(L, 2);
+  luaL_argcheck(L, n > 0 && n <= (64 << 20), 2, "1 to 64 MiB");
+  size_t want = x->fd >= 0 && x->c.offset >= 0 ? zcs_chunks_want(&x->c, (size_t)n) : 0;
+  int efd = want ? zcs_prefetch(x->fd, x->c.offset, want) : -EINVAL;
+  if (efd < 0)
+    return push_error(L, efd);
+  lua_pushinteger(L, efd);
   return 1;
 }
 
@@ -1113,7 +1141,8 @@ static const luaL_Reg transfer_methods[] = {
 static const luaL_Reg chunks_methods[] = {
     {"read", c_read},   {"wrote", c_wrote},         {"finish", c_finish}, {"fail", c_fail},
     {"sent", c_sent},   {"remaining", c_remaining}, {"seekable", c_seekable},
-    {"ownfd", c_ownfd}, {"close", c_close},         {NULL, NULL}};
+    {"ownfd", c_ownfd}, {"close", c_close},         {"prefetch", c_prefetch},
+    {NULL, NULL}};
 
 static const luaL_Reg loop_methods[] = {{"drive", lp_drive}, {"wait", lp_wait}, {"run", lp_run},
                                         {"stop", lp_stop},   {"active", lp_active}, {NULL, NULL}};

@@ -8,7 +8,7 @@ if command -v apt-get >/dev/null; then
   $SUDO apt-get update -q
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends \
     build-essential pkg-config libev-dev libssl-dev openssl liblua5.4-dev lua5.4 check curl \
-    lua-busted lua-socket lua-cqueues lua-sec luarocks valgrind nginx-light wrk strace
+    lua-busted lua-socket lua-cqueues lua-luaossl lua-sec luarocks valgrind nginx-light wrk strace
   # the Lua hosts zcsend is tested in (lua/hostspec): nginx + lua-nginx-module, Tarantool,
   # luv. libnginx-mod-http-lua conflicts with Debian's luajit/libluajit-5.1-dev; OpenResty's
   # luajit2 coexists with it, and `make -C lua LUA=luajit` builds against its headers.

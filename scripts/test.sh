@@ -91,7 +91,7 @@ make -s -C lua SAN=1 OUT=build-san/zcsend/core.so
   $BUSTED)
 step "Lua tests under valgrind (errors and definite/indirect leaks fail the run)"
 (cd lua && valgrind -q --leak-check=full --errors-for-leak-kinds=definite,indirect --error-exitcode=99 \
-  lua5.4 "$(command -v busted)" -o utfTerminal)
+  --suppressions=spec/valgrind.supp lua5.4 "$(command -v busted)" -o utfTerminal)
 step "Lua tests under LuaJIT 2.1 (the same module built against luajit's headers)"
 make -s -C lua LUA=luajit
 (cd lua && ZCSEND_LUA=luajit ZCSEND_CPATH="./build-luajit/?.so" busted --lua=luajit -o utfTerminal)

@@ -62,6 +62,71 @@ describe("a cqueues-hosted server", function()
   end)
 end)
 
+describe("cqueues sockets and TLS", function()
+  local cqueues = require "cqueues"
+  local csocket = require "cqueues.socket"
+
+  -- fn(a, b) on a connected cqueues pair, in a controller
+  local function on_pair(fn)
+    local cq = cqueues.new()
+    local res
+    cq:wrap(function()
+      local a, b = csocket.pair()
+      res = { fn(a, b) }
+      a:close()
+      b:close()
+    end)
+    assert(cq:loop())
+    return table.unpack(res)
+  end
+
+  it("a socket with TLS started is refused, before a byte goes out (its send() is not luasec's)", function()
+    local MARK = "ZCSEND-FILE-BYTES"
+    local f = assert(io.open(H.file("cq-tls.bin", MARK), "rb"))
+    local n, msg, name, sent, got = on_pair(function(a, b)
+      a:starttls(nil, 0.01) -- no handshake with a plain peer: TLS is on all the same
+      assert.is_true(zcsend.istls(a))
+      local r1, r2, r3, r4 = zcsend.sendfile(a, f)
+      b:settimeout(0.1)
+      return r1, r2, r3, r4, b:read(-65536) -- the TLS handshake's first bytes, no more
+    end)
+    f:close()
+    assert.is_nil(n)
+    assert.are.equal("EOPNOTSUPP", name, msg)
+    assert.are.equal(0, sent)
+    assert.is_nil((got or ""):find(MARK, 1, true)) -- nothing of the file reached the peer
+  end)
+
+  it("an object whose checktls() can't tell (cqueues without luaossl) is refused, never sent plaintext", function()
+    local f = assert(io.open(H.file("cq-unknown.bin", "x"), "rb"))
+    local srv, port = H.listen()
+    local c = assert(require("socket").connect("127.0.0.1", port))
+    local s = assert(srv:accept())
+    srv:close()
+    local unknown = {
+      pollfd = function() return H.int(s:getfd()) end,
+      checktls = function() return nil, "module 'openssl.ssl' not found" end,
+    }
+    local ok, msg = zcsend.istls(unknown)
+    assert.is_nil(ok)
+    assert.truthy(msg:find("can't tell", 1, true))
+    local n, emsg, name, sent = zcsend.sendfile(unknown, f)
+    assert.is_nil(n)
+    assert.are.equal("EOPNOTSUPP", name, emsg)
+    assert.are.equal(0, sent)
+    local loop, res = zcsend.loop(), nil
+    loop:sendfile(unknown, f, 0, nil, function(...) res = { ... } end)
+    assert.is_nil(res) -- said from run(), not from the call
+    assert.is_true(loop:run())
+    assert.are.same({ nil, emsg, "EOPNOTSUPP", 0 }, res)
+    c:settimeout(0.1)
+    assert.is_nil((c:receive(1)))
+    f:close()
+    s:close()
+    c:close()
+  end)
+end)
+
 describe("luasec TLS connections", function()
   local ssl = require "ssl"
   local crt, key = H.cert()

@@ -129,6 +129,33 @@ describe("zcsend.loop", function()
     f:close()
   end)
 
+  it("closes a driven transfer: the loop lets go of it and of its callback (and what that holds)", function()
+    local srv, port = H.listen()
+    local c = assert(require("socket").connect("127.0.0.1", port)) -- never reads: the transfer waits
+    local s = assert(srv:accept())
+    srv:close()
+    local f = assert(io.open(H.file("big.bin", string.rep(DATA, 32)), "rb"))
+    local loop = zcsend.loop()
+    local held = setmetatable({}, { __mode = "k" })
+    local called = false
+    do
+      local captured = {} -- stands for a connection object the callback holds
+      held[captured] = true
+      local t = assert(zcsend.transfer(s, f))
+      loop:drive(t, function() called = true; return captured end)
+      loop:wait(H.int(c:getfd()), "w", function() t:close() end) -- another callback closes it
+      assert.is_true(loop:run())
+      assert.are.equal(0, loop:active()) -- nothing left to run
+    end
+    collectgarbage()
+    collectgarbage()
+    assert.is_nil(next(held)) -- collected though the loop lives on
+    assert.is_false(called)
+    s:close()
+    c:close()
+    f:close()
+  end)
+
   it("stop() ends run() with work still pending", function()
     local srv, port = H.listen()
     local rd = H.reader(port, H.path("stop"), 1)

@@ -468,6 +468,88 @@ describe("a socket closed by another coroutine mid-transfer (issue 10, item 3)",
   end)
 end)
 
+describe("a file fd closed and its number reused before the transfer dups it", function()
+  local PUB = H.file("own-public.txt", string.rep("P", 1000))
+  local SECRET = H.file("own-secret.txt", string.rep("S", 1000))
+
+  -- the caller's integer fd of PUB (its own, not an io handle's)
+  local function public_fd()
+    local pub = assert(io.open(PUB, "rb"))
+    local fd = core.dup(core.fileno(pub))
+    pub:close()
+    return fd
+  end
+
+  it("cqueues: while sendfile flushes the socket's buffered head (a yield), the file sent is still the one given",
+    function()
+      local cqueues = require "cqueues"
+      local csocket = require "cqueues.socket"
+      local HEAD = 8 * 1024 * 1024 -- more than the peer's buffers hold before it reads: the flush yields
+      local fd = public_fd()
+      local lsrv = csocket.listen("127.0.0.1", 0)
+      lsrv:listen()
+      local _, _, port = lsrv:localname()
+      local cq = cqueues.new()
+      local result, flushing, secret = nil, false, nil
+      cq:wrap(function() -- the handler
+        local c = assert(lsrv:accept())
+        c:setmode("b", "b")
+        c:setbufsiz(nil, 2 * HEAD)
+        assert(c:write(string.rep("h", HEAD))) -- buffered by cqueues: sendfile flushes it first
+        flushing = true
+        result = { zcsend.sendfile(c, fd, 0, 1000) }
+        c:close()
+      end)
+      local got = {}
+      cq:wrap(function() -- elsewhere in the server, then the (slow) peer
+        local cl = csocket.connect("127.0.0.1", port)
+        cl:setmode("b", "b")
+        assert(cl:connect())
+        cqueues.sleep(0.2) -- the handler is inside the flush now
+        assert.is_true(flushing)
+        core.close(fd) -- the fd it was given is closed...
+        secret = assert(io.open(SECRET, "rb")) -- ...and its number reused
+        assert.are.equal(fd, core.fileno(secret)) -- the setup did what it says
+        while true do
+          local b = cl:read(-65536)
+          if not b then
+            break
+          end
+          got[#got + 1] = b
+        end
+        cl:close()
+      end)
+      assert(cq:loop())
+      lsrv:close()
+      secret:close()
+      assert.are.equal(1000, result[1], result[2])
+      local all = table.concat(got)
+      assert.are.equal(HEAD + 1000, #all)
+      assert.is_true(all:sub(HEAD + 1) == string.rep("P", 1000)) -- the file given, none of the other
+    end)
+
+  it("loop:sendfile: the file as it was at the call, though the caller closed it before the socket turned writable",
+    function()
+      local srv, port = H.listen(64)
+      local s, c = pair(srv, port)
+      srv:close()
+      local fd = public_fd()
+      local loop = zcsend.loop()
+      local res
+      loop:sendfile(s, fd, 0, 1000, function(...) res = { ... } end)
+      core.close(fd) -- the caller is done with its fd...
+      local secret = assert(io.open(SECRET, "rb")) -- ...and the number is reused
+      assert.are.equal(fd, core.fileno(secret))
+      loop:run()
+      secret:close()
+      assert.are.equal(1000, res[1], res[2])
+      c:settimeout(2)
+      assert.are.equal(string.rep("P", 1000), (c:receive(1000)))
+      s:close()
+      c:close()
+    end)
+end)
+
 describe("runtime failures are nil, 'ENAME: message', 'ENAME', bytes_sent", function()
   it("from zcsend.transfer, its steps and loop:sendfile's callback", function()
     local srv, port = H.listen()

@@ -77,10 +77,11 @@ function M.is_socket(sock)
 end
 
 -- a socket that says it is TLS (zcsend.istls: a zcsend_tls field, a
--- checktls() that answers), or whose checktls() raises: refused either way
+-- checktls() that answers), or whose checktls() can't tell or raises: refused
+-- all the same
 local function claims_tls(sock)
   local ok, tls = pcall(require("zcsend").istls, sock)
-  return not ok or tls
+  return not ok or tls ~= false
 end
 
 function M.active()
