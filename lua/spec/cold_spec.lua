@@ -64,53 +64,59 @@ teardown(function()
   os.execute("rm -rf " .. DIR)
 end)
 
+-- send(s, f) of PATH to a connection whose peer never reads; what it returned
+local function send_to_a_peer_that_never_reads(send)
+  local srv, port = H.listen()
+  local c = assert(require("socket").connect("127.0.0.1", port))
+  local s = assert(srv:accept())
+  srv:close()
+  local f = assert(io.open(PATH, "rb"))
+  local r = { send(s, f) }
+  f:close()
+  s:close()
+  c:close()
+  return table.unpack(r, 1, 4)
+end
+
 describe("a cold file", function()
   before_each(function()
     zcsend.set_waiter(nil)
   end)
 
-  it("is read in by a prefetch thread while the host waits on its eventfd, then sent whole", function()
+  -- sends the evicted PATH through sock_of(s), s a connection to a reader: every
+  -- byte arrives, and the first wait was for the disk (a prefetch), before any byte
+  local function sends_cold(name, sock_of)
     if not evicted() then
       return pending(NO_CACHESTAT)
     end
     local asked = {}
     recording_waiter(asked)
-    local s, received = to_reader("cold-out")
+    local s, received = to_reader(name)
     local before = core.engine_stats().prefetches
     local f = assert(io.open(PATH, "rb"))
-    local n, msg = zcsend.sendfile(s, f)
+    local n, msg = zcsend.sendfile(sock_of(s), f)
     f:close()
     s:close()
     assert.is_true(received() == DATA)
     assert.are.equal(SIZE, n, msg)
-    assert.are.equal("r", asked[1]) -- the first wait was for the disk, before any byte
+    assert.are.equal("r", asked[1])
     assert.is_true(core.engine_stats().prefetches > before)
     assert.are.equal(0, core.engine_stats().prefetching)
+  end
+
+  it("is read in by a prefetch thread while the host waits on its eventfd, then sent whole", function()
+    sends_cold("cold-out", function(s) return s end)
   end)
 
   it("over TLS (chunks through the object's own send()): read in by a prefetch thread too, never by the host's",
     function()
-      if not evicted() then
-        return pending(NO_CACHESTAT)
-      end
-      local asked = {}
-      recording_waiter(asked)
-      local s, received = to_reader("cold-tls-out")
-      local tls = { -- a TLS object's send() (luasec's: the last index sent), plaintext to the reader here
-        zcsend_tls = true,
-        getfd = function() return s:getfd() end,
-        send = function(_, data, i) return s:send(data, i) end,
-      }
-      local before = core.engine_stats().prefetches
-      local f = assert(io.open(PATH, "rb"))
-      local n, msg = zcsend.sendfile(tls, f)
-      f:close()
-      s:close()
-      assert.is_true(received() == DATA)
-      assert.are.equal(SIZE, n, msg)
-      assert.are.equal("r", asked[1]) -- the first wait was for the disk, before any byte
-      assert.is_true(core.engine_stats().prefetches > before)
-      assert.are.equal(0, core.engine_stats().prefetching)
+      sends_cold("cold-tls-out", function(s)
+        return { -- a TLS object's send() (luasec's: the last index sent), plaintext to the reader here
+          zcsend_tls = true,
+          getfd = function() return s:getfd() end,
+          send = function(_, data, i) return s:send(data, i) end,
+        }
+      end)
     end)
 
   it("in zcsend's own loop: the loop runs other work while the first range is read in", function()
@@ -205,15 +211,7 @@ describe("a cold file", function()
       end
       error("the host's wait raised (a cancelled fiber, a killed light thread)")
     end)
-    local srv, port = H.listen()
-    local c = assert(require("socket").connect("127.0.0.1", port)) -- never reads
-    local s = assert(srv:accept())
-    srv:close()
-    local f = assert(io.open(PATH, "rb"))
-    local ok, err = pcall(zcsend.sendfile, s, f)
-    f:close()
-    s:close()
-    c:close()
+    local ok, err = send_to_a_peer_that_never_reads(function(s, f) return pcall(zcsend.sendfile, s, f) end)
     assert.is_false(ok)
     assert.truthy(tostring(err):find("the host's wait raised", 1, true))
     assert.are.equal("r", asked[1])
@@ -230,15 +228,9 @@ describe("a cold file", function()
       asked[#asked + 1] = ev
       return false -- the disk's eventfd and the full socket alike: never in time
     end)
-    local srv, port = H.listen()
-    local c = assert(require("socket").connect("127.0.0.1", port)) -- never reads
-    local s = assert(srv:accept())
-    srv:close()
-    local f = assert(io.open(PATH, "rb"))
-    local n, msg, name, sent = zcsend.sendfile(s, f, 0, nil, { timeout = 0.3 })
-    f:close()
-    s:close()
-    c:close()
+    local n, msg, name, sent = send_to_a_peer_that_never_reads(function(s, f)
+      return zcsend.sendfile(s, f, 0, nil, { timeout = 0.3 })
+    end)
     assert.is_nil(n)
     assert.are.equal("ETIMEDOUT", name, msg)
     assert.is_true(sent < SIZE)
