@@ -618,13 +618,22 @@ static int resident(int fd, int64_t off, size_t len, long page) {
   return 1;
 }
 
+/* the probes' answer for a range cachestat or mincore calls cached: a file
+   that refuses them (no RWF_NOWAIT: an O_DIRECT fd, whose reads skip the page
+   cache; FUSE, a network filesystem, which may still be reading it) is read
+   in only where it lives in memory */
+static int read_in(int fd, int64_t off, size_t len, long page) {
+  int r = range_probed(fd, off, len, page);
+  return r < 0 ? in_memory_fs(fd) : r;
+}
+
 /* no cachestat answer (none in this kernel, or EPERM): up to PROBE_ALL_PAGES
    pages the probes alone; more, mincore and the probes (for reads in flight)
    where there is no cachestat, not ready where it refused */
 static int ready_without_cachestat(int fd, int64_t off, size_t len, uint64_t pages, long page, int refused) {
   if (pages <= PROBE_ALL_PAGES || refused)
     return pages_probed(fd, off, pages, page);
-  return resident(fd, off, len, page) && range_probed(fd, off, len, page) != 0;
+  return resident(fd, off, len, page) && read_in(fd, off, len, page);
 }
 #endif
 
@@ -656,8 +665,7 @@ int zcs__range_ready(int fd, int64_t off, size_t len) {
       return ready_without_cachestat(fd, off, len, pages, page, e == EPERM);
     return 1; /* another error (a bad fd): the step meets and reports it */
   }
-  /* where the file can't be probed, cachestat's answer stands */
-  return cs.nr_cache >= pages && range_probed(fd, off, len, page) != 0;
+  return cs.nr_cache >= pages && read_in(fd, off, len, page);
 #else
   (void)fd, (void)off, (void)len;
   return 1;

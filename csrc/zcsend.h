@@ -253,16 +253,16 @@ ZCS_API int zcs_transfer_step(zcs_transfer_t *t);
  * len bytes of a regular file's range are all in the page cache (cachestat(2),
  * Linux 6.5+) and read in (cachestat counts a page still being read as cached:
  * a preadv2(RWF_NOWAIT) of the first and the last byte of every 256 KiB says
- * so; for one or two pages those probes alone answer; a file that refuses
- * the probes, e.g. on tmpfs, is answered by cachestat alone), or the source is
- * no file (a pipe, memory), or nothing is left;
+ * so; for one or two pages those probes alone answer), or the source is no
+ * file (a pipe, memory), or nothing is left;
  * 0 when some of them are not (a host's event thread should hand the transfer
  * to a thread that may block, e.g. the engine, instead of stepping it). Where
  * cachestat can't answer (none before Linux 6.5; EPERM since 6.14 for a file
  * the process neither owns nor may write) every page is probed up to 16 pages;
  * a longer range is asked of mincore(2) (and probed at its ends) where there is
- * no cachestat, and is 0 where it refused; a file that refuses the probes too
- * is 1 only on an in-memory filesystem (tmpfs, ramfs, hugetlbfs). Nothing is
+ * no cachestat, and is 0 where it refused. A file that refuses the probes (no
+ * RWF_NOWAIT: an O_DIRECT fd, FUSE, a network filesystem) is 1 only on an
+ * in-memory filesystem (tmpfs, ramfs, hugetlbfs). Nothing is
  * remembered: every call asks anew, so a page evicted between a host's steps
  * (memory pressure, a slow reader) is seen before the step would read it on
  * the host's thread. (The engine, on its own thread, does remember.) */

@@ -39,12 +39,6 @@ M.TLS_CHUNK = 128 * 1024
 local owners = setmetatable({}, { __mode = "k" }) -- coroutine -> the loop that runs it
 
 -- raised at the caller of the public function: argerror <- helper <- public <- caller
-local unpack = table.unpack or unpack -- 5.1 (LuaJIT): the global
-
-local function pack(...)
-  return { n = select("#", ...), ... }
-end
-
 local function argerror(n, fname, msg, level)
   error(("bad argument #%d to '%s' (%s)"):format(n, fname, msg), level or 4)
 end
@@ -116,8 +110,9 @@ end
 -- socket's buffered output could not be flushed; noflush: leave it buffered);
 -- with guard (the file's fd), a 5th value where the flush may have yielded: a
 -- dup of guard taken before it (another coroutine may close guard and have its
--- number reused meanwhile), the caller's to use instead and close
-local function sockfd(sock, fname, noflush, guard)
+-- number reused meanwhile), the caller's to use instead and close; waiting: for
+-- zcsend.wait, which sends nothing: no TLS object is refused
+local function sockfd(sock, fname, noflush, guard, waiting)
   if mtype(sock) == "integer" then
     return checkfd(sock, 1, fname, "closed socket"), false
   end
@@ -135,7 +130,7 @@ local function sockfd(sock, fname, noflush, guard)
     end
   end
   local tls, unknown = M.istls(sock)
-  if tls == nil then
+  if tls == nil and not waiting then
     return nil, unknown, "EOPNOTSUPP"
   end
   local fd, own
@@ -145,11 +140,11 @@ local function sockfd(sock, fname, noflush, guard)
   else
     local ok2, pollfd = pcall(function() return sock.pollfd end)
     if ok2 and type(pollfd) == "function" then -- cqueues socket: its buffered output first
-      if tls then -- its send() is not luasec's (i, j; a count): sent its own way only
+      if tls and not waiting then -- its send() is not luasec's (i, j; a count): sent its own way only
         return nil, "EOPNOTSUPP: a cqueues socket with TLS: send the file with its own "
           .. "write() (zcsend's TLS path speaks luasec's send())", "EOPNOTSUPP"
       end
-      if not noflush and sock.flush then
+      if not tls and not noflush and sock.flush then -- (TLS: waiting only, never flushed)
         if guard then
           local msg, name
           own, msg, name = core.dup(guard)
@@ -707,7 +702,7 @@ end
 -- coroutine closed the socket; ETIMEDOUT: timeout seconds (default
 -- zcsend.TIMEOUT) passed.
 function M.wait(sock, events, timeout)
-  local fd, err, ename = sockfd(sock, "wait")
+  local fd, err, ename = sockfd(sock, "wait", nil, nil, true)
   if not fd then
     return nil, err, ename
   end
@@ -774,23 +769,17 @@ function Loop:sendfile(sock, file, offset, count, callback)
   if not fd then -- refused (a TLS object it can't send on): said from run(), as every outcome is
     return self:wait(ffd, "r", function() callback(nil, serr, sname, 0) end, 0.001)
   end
-  -- the file as it is now: the caller may close it (and its number be reused)
-  -- before the socket turns writable
-  local own, omsg, oname = core.dup(ffd)
+  -- what the file's number names now: the caller may close it (and the number
+  -- be reused by another file) before the socket turns writable
+  local fid = core.fdid(ffd)
   self:wait(fd, "w", function(ok, msg, name)
-    if not own then -- (EMFILE) said from run(), as every outcome is
-      return callback(nil, omsg, oname, 0)
-    elseif not ok then
-      core.close(own)
+    if not ok then
       return callback(nil, msg, name, 0)
+    elseif core.fdid(ffd) ~= fid then
+      return callback(nil, "EBADF: file closed before the socket turned writable", "EBADF", 0)
     end
-    self:wrap(function()
-      local r = pack(pcall(M.sendfile, sock, own, offset, count))
-      core.close(own)
-      if not r[1] then
-        error(r[2], 0)
-      end
-      callback(unpack(r, 2, r.n))
+    self:wrap(function() -- (sendfile dups it before anything can yield)
+      callback(M.sendfile(sock, ffd, offset, count))
     end)
   end)
 end

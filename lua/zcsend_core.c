@@ -519,15 +519,22 @@ static int t_cancel(lua_State *L) {
   return 0;
 }
 
-static void push_refs(lua_State *L, lloop *lp);
-
 static int t_close(lua_State *L) {
   ltransfer *x = check_transfer(L, 1);
   if (x->loop) { /* driven: the loop lets go of the callback (never called now) and of it */
-    push_refs(L, x->loop);
-    luaL_unref(L, -1, x->cb_ref);
-    luaL_unref(L, -1, x->self_ref);
-    lua_pop(L, 1);
+    int top = lua_gettop(L);
+    lua_getfield(L, LUA_REGISTRYINDEX, LOOPS_KEY);
+    /* a loop being collected is gone from the (weak) map before its __gc runs,
+       and its table with it: nothing to let go of then */
+    lua_rawgetp(L, -1, x->loop);
+    if (lua_type(L, -1) == LUA_TUSERDATA) {
+      lua_getiuservalue(L, -1, 1);
+      if (lua_type(L, -1) == LUA_TTABLE) {
+        luaL_unref(L, -1, x->cb_ref);
+        luaL_unref(L, -1, x->self_ref);
+      }
+    }
+    lua_settop(L, top);
     x->cb_ref = x->self_ref = LUA_NOREF;
   }
   transfer_release(x);

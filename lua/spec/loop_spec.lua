@@ -156,6 +156,34 @@ describe("zcsend.loop", function()
     f:close()
   end)
 
+  it("t:close() from a finalizer run as the loop that drives it is collected: no crash", function()
+    local srv, port = H.listen()
+    local c = assert(require("socket").connect("127.0.0.1", port))
+    local s = assert(srv:accept())
+    srv:close()
+    local f = assert(io.open(PATH, "rb"))
+    local closed = false
+    do
+      local loop = zcsend.loop()
+      local t = assert(zcsend.transfer(s, f))
+      loop:drive(t, function() end)
+      -- made after the loop: finalized before it, in the same cycle, when the
+      -- loop's entry in the weak map of loops is already gone
+      local function close_it() t:close(); closed = true end
+      if newproxy then -- LuaJIT: no __gc for tables
+        getmetatable(newproxy(true)).__gc = close_it
+      else
+        setmetatable({}, { __gc = close_it })
+      end
+    end
+    collectgarbage()
+    collectgarbage()
+    assert.is_true(closed)
+    s:close()
+    c:close()
+    f:close()
+  end)
+
   it("stop() ends run() with work still pending", function()
     local srv, port = H.listen()
     local rd = H.reader(port, H.path("stop"), 1)

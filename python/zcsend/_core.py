@@ -491,7 +491,10 @@ async def sendfile(transport, file, offset=0, count=None, *, fallback=True, head
     if type(r) is int:
         return r
     transport = resolve(transport)
-    _check_params(file, offset, count)
+    if r is None:  # (else fast_send checked them all, and stepped: another thread
+        # may have closed the file since, during a step that let go of the GIL;
+        # the transfer goes on over its dups of both)
+        _check_params(file, offset, count)
     if count is not None and count > _MAX_COUNT:
         count = _MAX_COUNT  # more than any file holds: asyncio takes it too
     if head is not None:
@@ -503,7 +506,7 @@ async def sendfile(transport, file, offset=0, count=None, *, fallback=True, head
     loop = asyncio.get_running_loop()
     hold = hold_for(loop, transport)
     hold.timeout = timeout
-    fd = _source_fd(file)
+    fd = _source_fd(file) if r is None else -1  # -1: fast_send's, its transfer holds a dup
     regular = False
     if fd is not None:
         if not fallback:

@@ -3237,7 +3237,9 @@ START_TEST(small_rest_peek_and_advance) {
 END_TEST
 
 /* an O_DIRECT fd is never read by zcs_transfer_ready (RWF_NOWAIT does not
-   keep direct I/O off the disk): nothing held, the step goes zero-copy */
+   keep direct I/O off the disk): nothing held, the step goes zero-copy; and
+   never "ready", its pages cached or not: its reads skip the page cache (it
+   refuses the probes, and cachestat's answer counted) */
 START_TEST(small_rest_never_read_with_o_direct) {
   unsigned char *data = pattern(4096, 37);
   int fd = make_cold_file("direct", data, 4096);
@@ -3251,11 +3253,15 @@ START_TEST(small_rest_never_read_with_o_direct) {
     free(data);
     return;
   }
+  unsigned char in[4096];
+  ck_assert_int_eq(pread(fd, in, sizeof in, 0), (ssize_t)sizeof in); /* cached now */
+  ck_assert(ready_soon(fd, 0, sizeof in)); /* through the plain fd: ready */
+  ck_assert_int_eq(zcs__range_ready(dfd, 0, sizeof in), 0);
   int sv[2];
   make_pair(0, sv);
   zcs_transfer_t t;
   ck_assert_int_eq(zcs_transfer_init(&t, sv[0], dfd, 0, -1, 0), 0);
-  zcs_transfer_ready(&t, ZCS_DEFAULT_BUDGET);
+  ck_assert_int_eq(zcs_transfer_ready(&t, ZCS_DEFAULT_BUDGET), 0);
   ck_assert_uint_eq(t.buf_len - t.buf_pos, 0);
   zcs_transfer_release(&t);
   close(dfd); close(fd); close(sv[0]); close(sv[1]);

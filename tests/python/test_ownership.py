@@ -7,6 +7,7 @@ import gc
 import io
 import os
 import resource
+import select
 import signal
 import socket
 import sys
@@ -254,6 +255,51 @@ def test_a_file_closed_by_another_thread_during_the_send_is_no_error(tmp_path):
                 th.join()
             p.server.close()
             assert len(await asyncio.wait_for(reading, 30)) == expected
+    run(main())
+
+
+def test_a_file_closed_by_another_thread_while_the_send_goes_on_is_sent_whole(tmp_path):
+    """The same close, once the first bytes are out and the send must go on past
+    its inline step (8 MiB: more than the step and the socket take). Before: the
+    call went on to check the (closed) file and raised ValueError, the first MiB
+    gone, the transfer dropped. Now the transfer goes on over its dups."""
+    path = tmp_path / "f"
+    size = 8 << 20
+    make_file(path, size)
+
+    async def one():
+        a, b = socket.socketpair()
+        r, w = await asyncio.open_connection(sock=a)
+        f = open(path, "rb")
+        got = [0]
+
+        def peer():  # closes the file as the first bytes arrive, then reads it all
+            select.select([b], [], [], 10)
+            f.close()
+            b.settimeout(5)  # (a dropped transfer's dup may keep the end from coming)
+            try:
+                while True:
+                    d = b.recv(1 << 20)
+                    if not d:
+                        break
+                    got[0] += len(d)
+            except socket.timeout:
+                pass
+
+        th = threading.Thread(target=peer)
+        th.start()
+        try:
+            assert await zcsend.sendfile(w, f) == size
+        finally:
+            w.close()
+            await w.wait_closed()
+            await asyncio.get_running_loop().run_in_executor(None, th.join)
+            b.close()
+        assert got[0] == size
+
+    async def main():
+        for _ in range(10):
+            await one()
     run(main())
 
 
