@@ -378,13 +378,35 @@ async def _read_other(hold, c, file, fd, want):
                 data = file.read(want)
             else:
                 data = _clamp(await hold.loop.run_in_executor(None, file.read, want), want)
-        elif c.offset >= 0:
-            data = await hold.loop.run_in_executor(None, os.pread, fd, want, c.offset)
         else:
-            data = await hold.loop.run_in_executor(None, os.read, fd, want)
+            # on a dup of the read's own: a cancel can't stop a read its thread
+            # has begun, and the call's close of fd would let the number name
+            # another pipe or socket by the time it runs (its bytes lost to it)
+            own = os.dup(fd)
+            try:
+                fut = hold.loop.run_in_executor(None, _read_own, own, want, c.offset)
+            except BaseException:
+                os.close(own)
+                raise
+            fut.add_done_callback(_retrieved)  # a cancelled call's read may still fail
+            data = await asyncio.shield(fut)  # (run, it closes own; never cancelled unrun)
     except Exception as exc:
         raise _source_error(exc, file, hold.sent) from exc
     return data, c.take(len(data), want)
+
+
+def _read_own(fd, want, offset):
+    """Reads from fd, a dup that is this read's alone, at offset (where it stands
+    when negative), then closes it."""
+    try:
+        return os.pread(fd, want, offset) if offset >= 0 else os.read(fd, want)
+    finally:
+        os.close(fd)
+
+
+def _retrieved(fut):
+    if not fut.cancelled():
+        fut.exception()
 
 
 def _seekable_fd(fd):
@@ -524,7 +546,6 @@ async def sendfile(transport, file, offset=0, count=None, *, fallback=True, head
     else:
         seekable = None  # the core's transfer, or the fd, will say
     stepped = False
-    src = None  # our dup of the source fd (hold.src_fd, which closes it), once the call may wait
     if r is None and hold.zero_copy and fd is not None and INLINE_BUDGET > 0 and hold.idle():
         # The inline step before taking the hold, in one C call: most small files
         # end in it, and then swapping protocols and pausing reading would be
@@ -546,8 +567,8 @@ async def sendfile(transport, file, offset=0, count=None, *, fallback=True, head
         if type(r) is tuple and r[0] == 0:
             # all sent. A step that let go of the GIL (over 64 KiB: on dups) may
             # have let another thread close the file meanwhile: no position then
-            if r[3] and not getattr(file, "closed", False):
-                file.seek(offset + r[1])
+            if r[3]:
+                _seek_unless_closed(file, offset + r[1])
             return r[1]
     try:
         if r is not None:
@@ -572,17 +593,17 @@ async def sendfile(transport, file, offset=0, count=None, *, fallback=True, head
                 # handler's exception can come between taking and keeping them)
                 if not (stepped and transfer.take_fds_into(hold)):
                     _own(file, hold)
-                src = hold.src_fd
+                fd = hold.src_fd  # from here on, our dup (the finally closes it)
                 if seekable is None:
-                    seekable = _seekable_fd(src)
+                    seekable = _seekable_fd(fd)
             async with hold:
                 if not hold.zero_copy:
-                    rc, sent, total = await _send_by_write(hold, file, src, offset, count, head)
-                elif src is not None:
+                    rc, sent, total = await _send_by_write(hold, file, fd, offset, count, head)
+                elif fd is not None:
                     if stepped:
-                        transfer.use_fds(hold.sock_fd, src)
+                        transfer.use_fds(hold.sock_fd, fd)
                     else:
-                        transfer = _new_transfer(hold.sock_fd, src, offset, count, fallback, head)
+                        transfer = _new_transfer(hold.sock_fd, fd, offset, count, fallback, head)
                         total = transfer.remaining
                     rc = await _run(hold, transfer, stepped)
                     sent = hold.sent
@@ -608,7 +629,19 @@ async def sendfile(transport, file, offset=0, count=None, *, fallback=True, head
             if seekable is None:  # ended before a transfer was made
                 seekable = getattr(file, "seekable", lambda: False)()
             if seekable:
-                file.seek(offset + hold.sent)
+                _seek_unless_closed(file, offset + hold.sent)
+
+
+def _seek_unless_closed(file, pos):
+    """file.seek(pos), unless another thread closed the file (before the seek,
+    or during it: the send's result stands, there is no position to set)."""
+    if getattr(file, "closed", False):
+        return
+    try:
+        file.seek(pos)
+    except ValueError:
+        if not getattr(file, "closed", False):
+            raise
 
 
 async def _sendfile_zc(self, file, offset=0, count=None, *, fallback=True, head=None, timeout=None):

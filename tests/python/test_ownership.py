@@ -18,7 +18,7 @@ import weakref
 import pytest
 
 import zcsend
-from conftest import LOOP, Pair, held, make_file, run, until
+from conftest import LOOP, Pair, file_sha1, held, make_file, run, until
 
 
 def _fds():
@@ -41,6 +41,13 @@ def _drain_socketpairs(pairs):
         near.close()
         far.close()
     return got
+
+
+def _link(n):
+    try:
+        return os.readlink(f"/proc/self/fd/{n}")
+    except OSError:
+        return None
 
 
 def _fd_open(fd):
@@ -258,6 +265,37 @@ def test_a_file_closed_by_another_thread_during_the_send_is_no_error(tmp_path):
     run(main())
 
 
+@pytest.mark.parametrize("size", [100_000, 8 << 20])
+def test_a_file_closed_between_the_check_and_the_seek_is_no_error(size, tmp_path):
+    """Another thread closes the file after the call saw it open and before its
+    seek (here the seek itself closes it first, where a GIL switch could).
+    Before: ValueError, every byte gone. Now the count, the bytes all there."""
+    path = tmp_path / "f"
+    make_file(path, size)
+
+    class ClosedAtSeek(io.BufferedReader):
+        def seek(self, *args):
+            if self.closed_at_seek:
+                self.close()
+            return super().seek(*args)
+
+    async def main():
+        async with Pair("tcp") as p:
+            f = ClosedAtSeek(io.FileIO(path, "rb"))
+            f.closed_at_seek = True
+            task = asyncio.ensure_future(p.read_all(size))
+            assert await zcsend.sendfile(p.server, f) == size
+            assert f.closed
+            assert await task == file_sha1(path)
+            g = ClosedAtSeek(io.FileIO(path, "rb"))
+            g.closed_at_seek = False
+            g.seek = lambda *a: (_ for _ in ()).throw(ValueError("not a close"))
+            with pytest.raises(ValueError, match="not a close"):  # others still raise
+                await zcsend.sendfile(p.server, g, 0, 10)
+            g.close()
+    run(main())
+
+
 def test_a_file_closed_by_another_thread_while_the_send_goes_on_is_sent_whole(tmp_path):
     """The same close, once the first bytes are out and the send must go on past
     its inline step (8 MiB: more than the step and the socket take). Before: the
@@ -300,6 +338,66 @@ def test_a_file_closed_by_another_thread_while_the_send_goes_on_is_sent_whole(tm
     async def main():
         for _ in range(10):
             await one()
+    run(main())
+
+
+def test_a_cancelled_read_of_a_pipe_never_takes_a_reused_numbers_bytes():
+    """Over TLS a pipe is read in the default executor. A call cancelled just
+    as the executor's thread is about to read (the worker has taken the job,
+    so the cancel can't stop it) closed its dup of the pipe; a new pipe took
+    the number. Before: the read ran on the number and took the new pipe's
+    bytes (another connection's, say), lost to it. Now the read runs on a dup
+    of its own, closed when it is done."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def dups_of(r, w, pipe):
+        """pipe's numbers other than r and w (both ends name its inode)."""
+        return {int(n) for n in os.listdir("/proc/self/fd")
+                if int(n) not in (r, w) and _link(n) == pipe}
+
+    reading, go = threading.Event(), threading.Event()
+
+    def hold_reads(frame, event, arg):
+        """In the worker: each os.read or os.pread waits, about to run, for go."""
+        if event == "c_call" and arg in (os.read, os.pread):
+            reading.set()
+            go.wait(10)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        pool = ThreadPoolExecutor(1)
+        loop.set_default_executor(pool)
+        await loop.run_in_executor(None, sys.setprofile, hold_reads)
+        r, w = os.pipe()
+        os.write(w, b"old pipe's bytes")
+        pipe = _link(r)
+        try:
+            async with Pair("tls") as p:
+                src = io.FileIO(r, "rb", closefd=True)
+                task = asyncio.ensure_future(zcsend.sendfile(p.server, src))
+                await until(reading.is_set, what="the read about to run")
+                dups = dups_of(r, w, pipe)
+                assert dups  # the call's own dup of the pipe
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+                closed = dups - dups_of(r, w, pipe)
+                assert closed  # the call's dup of the pipe, at least
+                nr, nw = os.pipe()
+                os.set_blocking(nr, False)
+                os.write(nw, b"another's bytes")
+                for n in closed:  # each number the call closed: the new pipe's now
+                    os.dup2(nr, n)
+                go.set()
+                await loop.run_in_executor(None, sys.setprofile, None)  # the read has run
+                assert os.read(nr, 100) == b"another's bytes"
+                for n in closed | {nr, nw}:
+                    os.close(n)
+                src.close()
+        finally:
+            go.set()
+        os.close(w)
+        await until(lambda: not dups_of(r, w, pipe), what="every dup closed")
     run(main())
 
 
