@@ -637,9 +637,26 @@ static int ready_without_cachestat(int fd, int64_t off, size_t len, uint64_t pag
 }
 #endif
 
+#ifdef __linux__
+/* cachestat(2)'s count of the range's cached pages; -errno where it has none
+   to give (-ENOSYS: none in this kernel, which stays so; -EPERM: refused) */
+static int64_t cached_pages(int fd, int64_t off, size_t len) {
+  static int unsupported; /* a benign race */
+  if (__atomic_load_n(&unsupported, __ATOMIC_RELAXED))
+    return -ENOSYS;
+  struct zcs__cachestat_range r = {(uint64_t)off, len};
+  struct zcs__cachestat cs;
+  if (syscall(__NR_cachestat, fd, &r, &cs, 0) < 0) {
+    if (errno == ENOSYS)
+      __atomic_store_n(&unsupported, 1, __ATOMIC_RELAXED);
+    return -errno;
+  }
+  return (int64_t)cs.nr_cache;
+}
+#endif
+
 int zcs__range_ready(int fd, int64_t off, size_t len) {
 #ifdef __linux__
-  static int unsupported; /* no cachestat in this kernel: stays so (a benign race) */
   static long page;
   if (!page)
     page = sysconf(_SC_PAGESIZE);
@@ -652,20 +669,19 @@ int zcs__range_ready(int fd, int64_t off, size_t len) {
     int r = range_probed(fd, off, len, page);
     if (r >= 0)
       return r;
+    /* refused: only a file that lives in memory is read in; there cachestat
+       still tells a page swapped out (where it answers) */
+    if (!in_memory_fs(fd))
+      return 0;
+    int64_t cached = cached_pages(fd, off, len);
+    return cached < 0 || (uint64_t)cached >= pages;
   }
-  if (__atomic_load_n(&unsupported, __ATOMIC_RELAXED))
-    return ready_without_cachestat(fd, off, len, pages, page, 0);
-  struct zcs__cachestat_range r = {(uint64_t)off, len};
-  struct zcs__cachestat cs;
-  if (syscall(__NR_cachestat, fd, &r, &cs, 0) < 0) {
-    int e = errno;
-    if (e == ENOSYS)
-      __atomic_store_n(&unsupported, 1, __ATOMIC_RELAXED);
-    if (e == EPERM || e == ENOSYS)
-      return ready_without_cachestat(fd, off, len, pages, page, e == EPERM);
+  int64_t cached = cached_pages(fd, off, len);
+  if (cached == -EPERM || cached == -ENOSYS)
+    return ready_without_cachestat(fd, off, len, pages, page, cached == -EPERM);
+  if (cached < 0)
     return 1; /* another error (a bad fd): the step meets and reports it */
-  }
-  return cs.nr_cache >= pages && read_in(fd, off, len, page);
+  return (uint64_t)cached >= pages && read_in(fd, off, len, page);
 #else
   (void)fd, (void)off, (void)len;
   return 1;

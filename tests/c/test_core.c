@@ -3126,8 +3126,8 @@ static int in_memory_checks(int fd, size_t len, enum asker who) {
   return zcs__range_ready(fd, 4096, 4096) != 1 ? 3 : 0;
 }
 
-/* a file on tmpfs refuses the probes (no RWF_NOWAIT): where cachestat can't
-   answer either it is ready, being all in memory (a file of a network
+/* a file on tmpfs refuses the probes (no RWF_NOWAIT): it is ready, cachestat
+   or not, being all in memory (a file of a network
    filesystem, refusing both, would not be: none here to show) */
 START_TEST(range_ready_in_memory_without_cachestat) {
   char dir[] = "/dev/shm/zcs-mem-XXXXXX", path[64];
@@ -3139,6 +3139,10 @@ START_TEST(range_ready_in_memory_without_cachestat) {
   ck_assert_int_ge(fd, 0);
   ck_assert_int_eq(write(fd, data, len), (ssize_t)len);
   ck_assert_int_eq(in_child(in_memory_checks, fd, len, NO_CACHESTAT), 0);
+  /* and where cachestat answers (one page, two: the probes refused, in memory) */
+  ck_assert_int_eq(zcs__range_ready(fd, 4096, 4096), 1);
+  ck_assert_int_eq(zcs__range_ready(fd, 4000, 200), 1);
+  ck_assert_int_eq(zcs__range_ready(fd, 0, len), 1);
   close(fd);
   ck_assert_int_eq(unlink(path), 0);
   ck_assert_int_eq(rmdir(dir), 0);
