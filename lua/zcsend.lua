@@ -140,11 +140,8 @@ local function sockfd(sock, fname, noflush, guard, waiting)
   else
     local ok2, pollfd = pcall(function() return sock.pollfd end)
     if ok2 and type(pollfd) == "function" then -- cqueues socket: its buffered output first
-      if tls and not waiting then -- its send() is not luasec's (i, j; a count): sent its own way only
-        return nil, "EOPNOTSUPP: a cqueues socket with TLS: send the file with its own "
-          .. "write() (zcsend's TLS path speaks luasec's send())", "EOPNOTSUPP"
-      end
-      if not tls and not noflush and sock.flush then -- (TLS: waiting only, never flushed)
+      -- (TLS: never flushed here; the file's chunks go through the same buffer, after it)
+      if not tls and not noflush and sock.flush then
         if guard then
           local msg, name
           own, msg, name = core.dup(guard)
@@ -404,7 +401,8 @@ end
 -- A range not in the page cache would hold up the host's thread in the next
 -- step while the disk reads it: a prefetch thread of the core reads it instead
 -- (t:prefetch), and the host waits for that the host's way, on the eventfd it
--- gives (disk.fd, kept across waits until it says done). true when the step
+-- gives (disk.fd, kept across waits until it says done; t's, which closes it
+-- should the host never resume us). true when the step
 -- may go (read in, or no prefetch could start: step as before), false when the
 -- wait timed out, nil, msg, name when it failed.
 local function wait_disk(t, host, disk, timeout)
@@ -416,7 +414,7 @@ local function wait_disk(t, host, disk, timeout)
   end
   local called, ok, msg, name = pcall(host.wait, disk.fd, "r", timeout)
   if not called or ok ~= false then -- done, failed or raised: the eventfd goes
-    core.close(disk.fd)
+    t:prefetch_close()
     disk.fd = nil
   end
   if not called then
@@ -465,9 +463,7 @@ local function drive(t, host, sock, timeout, owner)
         r = t:step()
       end
       if r == "done" or r == nil then
-        if disk.fd then
-          core.close(disk.fd)
-        end
+        t:prefetch_close()
         break
       end
       local now = core.now()
@@ -489,15 +485,11 @@ local function drive(t, host, sock, timeout, owner)
           called, ok, hmsg, hname = pcall(host.wait, t:ownfd(), t:events(), slice)
         end
         if not called then -- the host raised: the prefetch's eventfd, kept across waits, goes too
-          if disk.fd then
-            core.close(disk.fd)
-          end
+          t:prefetch_close()
           error(ok, 0)
         end
         if ok == nil then
-          if disk.fd then
-            core.close(disk.fd)
-          end
+          t:prefetch_close()
           t:cancel(core[hname] or core.EIO)
           t:step()
           return nil, hmsg, hname, t:sent()
@@ -532,11 +524,11 @@ local function wait_chunk(host, c, timeout)
     end
     called, ok, msg, name = pcall(host.wait, efd, "r", math.min(left, CHECK))
     if not called then -- the host raised: the eventfd must not outlive the wait
-      core.close(efd)
+      c:prefetch_close()
       error(ok, 0)
     end
   until ok or ok == nil
-  core.close(efd)
+  c:prefetch_close() -- (c's: closed with c should the host never resume us)
   return ok, msg, name
 end
 
@@ -579,11 +571,59 @@ local function send_chunk(host, sock, fd, id, data, timeout)
   return true
 end
 
+-- a cqueues socket's own send(data, i, j, "n") (not luasec's): it takes data
+-- into its output buffer and writes what the socket takes, through TLS; the
+-- count is what it took, and send(data, #data + 1, #data, "n") writes more of
+-- the rest. Waits on the fd for what it wants (events(): TLS may need to
+-- read). true once all of data has left the buffer; else nil, msg, name, how
+-- many of data's bytes had (as of the last send: only sends write).
+local function send_chunk_cqueues(host, sock, fd, id, data, timeout)
+  local i, out = 1, 0
+  local function send()
+    local n, why = sock:send(data, i, #data, "n")
+    i = i + n
+    local _, left = sock:pending() -- the buffer's last bytes: the caller's go first
+    out = math.max(0, i - 1 - left)
+    return why
+  end
+  local why = send()
+  while why or i <= #data do
+    local ok, werr, wname
+    if why == -core.EAGAIN then -- (cqueues' errnos are positive, the core's negative)
+      ok, werr, wname = wait_fd(host, fd, sock:events():find("r", 1, true) and "r" or "w", timeout)
+    elseif core.fdid(fd) ~= id then -- closed by another coroutine, not by the peer
+      ok, werr, wname = nil, EBADF_CLOSED, "EBADF"
+    elseif why == -core.EPIPE or why == -core.ECONNRESET then
+      werr, wname = core.strerror(why)
+    else
+      local cerrno = package.loaded["cqueues.errno"]
+      ok, werr, wname = nil, "EPIPE: TLS send failed: " .. (cerrno and cerrno.strerror(why) or tostring(why)), "EPIPE"
+    end
+    if not ok then
+      return nil, werr, wname, out
+    end
+    if core.fdid(fd) ~= id then -- (a closed cqueues socket raises)
+      return nil, EBADF_CLOSED, "EBADF", out
+    end
+    why = send()
+  end
+  return true
+end
+
+-- whether sock is a live cqueues socket
+local function cqueues_socket(sock)
+  local cs = package.loaded["cqueues.socket"]
+  return cs ~= nil and type(cs.type) == "function" and cs.type(sock) == "socket"
+end
+
 -- the core's chunk source c sizes, reads and counts the range; here: waiting
 -- and writing the host's way
 local function send_chunks(host, sock, fd, c, timeout)
   local id = core.fdid(fd)
-  if host ~= BLOCKING and not host.send and sock.settimeout then
+  local send = send_chunk
+  if not host.send and cqueues_socket(sock) then
+    send = send_chunk_cqueues
+  elseif host ~= BLOCKING and not host.send and sock.settimeout then
     sock:settimeout(0) -- these hosts need it non-blocking; they wait for us
   end
   local function fail(msg, name)
@@ -622,7 +662,7 @@ local function send_chunks(host, sock, fd, c, timeout)
     if #data == 0 then
       break
     end
-    local ok, serr, sname, partial = send_chunk(host, sock, fd, id, data, timeout)
+    local ok, serr, sname, partial = send(host, sock, fd, id, data, timeout)
     c:wrote(ok and #data or partial or 0)
     if not ok then
       return fail(serr, sname)

@@ -182,6 +182,7 @@ typedef struct ltransfer {
   int caller_file;
   fdid id;             /* what caller_fd named at the call */
   int sock_dup, file_dup; /* ours, -1 once closed */
+  int efd;             /* the last t:prefetch()'s eventfd, -1 once closed */
   int nonblock_set;    /* we set O_NONBLOCK on the socket's description */
   /* driven by a loop: */
   zcs_ev_transfer_t w;
@@ -261,6 +262,15 @@ static int check_owner(ltransfer *x) {
   return x->gone;
 }
 
+/* a prefetch's eventfd is its object's: a coroutine its host never resumes
+   (a scheduler dropped with it) may never close it, its object's __gc will */
+static void close_efd(int *efd) {
+  if (*efd >= 0) {
+    close(*efd);
+    *efd = -1;
+  }
+}
+
 static void transfer_release(ltransfer *x) {
   if (x->loop) { /* collected while a loop drives it */
     zcs_ev_stop(&x->w);
@@ -268,6 +278,7 @@ static void transfer_release(ltransfer *x) {
   }
   release_core(x);
   close_dups(x);
+  close_efd(&x->efd);
 }
 
 static int dup_fd(int fd) { return fcntl(fd, F_DUPFD_CLOEXEC, 0); }
@@ -284,7 +295,7 @@ static int l_transfer(lua_State *L) {
                 "count must be positive");
   ltransfer *x = (ltransfer *)lua_newuserdatauv(L, sizeof *x, 0);
   memset(x, 0, sizeof *x);
-  x->sock_dup = x->file_dup = -1;
+  x->sock_dup = x->file_dup = x->efd = -1;
   x->t.sock_fd = x->t.file_fd = -1;
   x->caller_fd = sock;
   x->caller_file = file;
@@ -481,8 +492,9 @@ static int t_cached(lua_State *L) {
 /* t:prefetch([n]) -> fd | nil, msg, name: a prefetch thread reads the next
    steps' bytes (of up to n each, default: the step budget: two steps' worth,
    zcs_transfer_prefetch) into the page cache; the fd (an eventfd) becomes
-   readable when it is done: wait for it the host's way, then core.close() it.
-   For a host whose thread must not wait for the disk. */
+   readable when it is done: wait for it the host's way, then
+   t:prefetch_close(). It is t's: the next prefetch, t:close() and t's __gc
+   close it too. For a host whose thread must not wait for the disk. */
 static int t_prefetch(lua_State *L) {
   ltransfer *x = check_transfer(L, 1);
   size_t n = step_window(x, L);
@@ -491,8 +503,16 @@ static int t_prefetch(lua_State *L) {
   int fd = zcs_transfer_prefetch(&x->t, n); /* -EINVAL: no file, nothing left */
   if (fd < 0)
     return push_error(L, fd);
+  close_efd(&x->efd);
+  x->efd = fd;
   lua_pushinteger(L, fd);
   return 1;
+}
+
+/* t:prefetch_close(): the prefetch's eventfd, waited for, is closed */
+static int t_prefetch_close(lua_State *L) {
+  close_efd(&check_transfer(L, 1)->efd);
+  return 0;
 }
 
 /* t:advance(n): n bytes from t:peek() went out through the host's own write */
@@ -954,7 +974,8 @@ static int l_stats(lua_State *L) {
 
 typedef struct lchunks {
   zcs_chunks_t c;
-  int fd; /* our dup, -1 once closed */
+  int fd;  /* our dup, -1 once closed */
+  int efd; /* the last c:prefetch()'s eventfd, -1 once closed */
 } lchunks;
 
 static lchunks *check_chunks(lua_State *L, int i) {
@@ -968,6 +989,7 @@ static void chunks_release(lchunks *x) {
     close(x->fd);
     x->fd = -1;
   }
+  close_efd(&x->efd);
 }
 
 static int l_chunks(lua_State *L) {
@@ -976,7 +998,7 @@ static int l_chunks(lua_State *L) {
   int64_t count = opt_int64(L, 3, ZCS_COUNT_TO_EOF, "count");
   lchunks *x = (lchunks *)lua_newuserdatauv(L, sizeof *x, 0);
   memset(x, 0, sizeof *x);
-  x->fd = -1;
+  x->fd = x->efd = -1;
   luaL_setmetatable(L, CHUNKS_MT); /* from here __gc closes what we open */
   int fd = dup_fd(file);
   int rc = fd < 0 ? -errno : 0;
@@ -1017,7 +1039,8 @@ static int c_read(lua_State *L) {
 /* c:prefetch(n) -> eventfd | nil, msg, name: a prefetch thread reads the next
    n bytes (at most what is left) into the page cache, for a host whose
    c:read(n, true) said EAGAIN; the eventfd turns readable when it is done
-   (zcs_prefetch), and is the caller's to close */
+   (zcs_prefetch); c:prefetch_close() closes it once waited for (and the next
+   prefetch, c:close() and c's __gc, as t's) */
 static int c_prefetch(lua_State *L) {
   lchunks *x = check_chunks(L, 1);
   lua_Integer n = luaL_checkinteger(L, 2);
@@ -1026,8 +1049,15 @@ static int c_prefetch(lua_State *L) {
   int efd = want ? zcs_prefetch(x->fd, x->c.offset, want) : -EINVAL;
   if (efd < 0)
     return push_error(L, efd);
+  close_efd(&x->efd);
+  x->efd = efd;
   lua_pushinteger(L, efd);
   return 1;
+}
+
+static int c_prefetch_close(lua_State *L) {
+  close_efd(&check_chunks(L, 1)->efd);
+  return 0;
 }
 
 /* c:wrote(n): the TLS object took n bytes */
@@ -1143,12 +1173,12 @@ static const luaL_Reg transfer_methods[] = {
     {"sent", t_sent},       {"done", t_done},     {"result", t_result}, {"backend", t_backend},
     {"cancel", t_cancel},   {"close", t_close},   {"ownfd", t_ownfd},   {"blocked", t_blocked},
     {"peek", t_peek},       {"advance", t_advance}, {"cached", t_cached},
-    {"prefetch", t_prefetch}, {NULL, NULL}};
+    {"prefetch", t_prefetch}, {"prefetch_close", t_prefetch_close}, {NULL, NULL}};
 
 static const luaL_Reg chunks_methods[] = {
     {"read", c_read},   {"wrote", c_wrote},         {"finish", c_finish}, {"fail", c_fail},
     {"sent", c_sent},   {"remaining", c_remaining}, {"seekable", c_seekable},
-    {"ownfd", c_ownfd}, {"close", c_close},         {"prefetch", c_prefetch},
+    {"ownfd", c_ownfd}, {"close", c_close},         {"prefetch", c_prefetch}, {"prefetch_close", c_prefetch_close},
     {NULL, NULL}};
 
 static const luaL_Reg loop_methods[] = {{"drive", lp_drive}, {"wait", lp_wait}, {"run", lp_run},

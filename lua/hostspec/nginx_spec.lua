@@ -520,6 +520,20 @@ describe("zcsend in nginx (lua-nginx-module, LuaJIT)", function()
     return C.raw_get(PORT, path)
   end
 
+  it("over TLS, a client that stops reading: ETIMEDOUT, saying the last chunk may have partly gone", function()
+    local out = OUT .. "/tlsslow"
+    local pid, p = curl_bg(("https://127.0.0.1:%d/t2/big.bin?id=tlsslow"):format(TLS_PORT), out,
+      "-k --limit-rate 1 --max-time 20")
+    local r = result("tlsslow", 15)
+    os.execute("kill " .. pid)
+    p:close()
+    assert.are.equal("ETIMEDOUT", r[2])
+    -- a cosocket's failed send doesn't say how much of its chunk went
+    assert.are.equal("ETIMEDOUT: no progress for 2 s (of the last 131072 bytes, some may have gone out)", r[5])
+    local sent = H.int(tonumber(r[1]))
+    assert.is_true(sent >= 0 and sent < BIG_SIZE and sent % 131072 == 0, tostring(sent))
+  end)
+
   it("ends a transfer to a client that never reads with ETIMEDOUT, and keeps serving", function()
     local c = never_reads("/t2/big.bin?id=noread")
     local t0 = socket.gettime()

@@ -181,7 +181,7 @@ describe("a cold file", function()
     local before = core.engine_stats().prefetch_bytes
     local efd = assert(t:prefetch(MiB))
     assert.is_true(core.poll(efd, "r", 20))
-    core.close(efd)
+    t:prefetch_close()
     assert.are.equal(2 * MiB, core.engine_stats().prefetch_bytes - before)
     local yes = false
     for _ = 1, 100 do -- a page read in a moment ago may be locked a moment longer
@@ -216,6 +216,45 @@ describe("a cold file", function()
     assert.truthy(tostring(err):find("the host's wait raised", 1, true))
     assert.are.equal("r", asked[1])
     assert.are.equal(fds, H.fd_count())
+  end)
+
+  -- a send whose host never resumes it once it waits for the disk (its
+  -- scheduler dropped it): once collected, it holds no fd (the prefetch's
+  -- eventfd was a plain number, left open)
+  local function dropped_at_the_disk_wait(sock_of)
+    if not evicted() then
+      return pending(NO_CACHESTAT)
+    end
+    local fds = H.fd_baseline()
+    local asked = {}
+    zcsend.set_waiter(function(_, ev)
+      asked[#asked + 1] = ev
+      coroutine.yield() -- never resumed
+    end)
+    send_to_a_peer_that_never_reads(function(s, f)
+      local co = coroutine.create(zcsend.sendfile)
+      assert(coroutine.resume(co, sock_of(s), f))
+      assert.are.equal("suspended", coroutine.status(co))
+    end)
+    assert.are.equal("r", asked[1])
+    for _ = 1, 100 do -- the prefetch thread lets go of its dups just after
+      if core.engine_stats().prefetching == 0 then
+        break
+      end
+      os.execute("sleep 0.01")
+    end
+    assert.are.equal(fds, H.fd_baseline())
+  end
+
+  it("a send dropped by its host at the disk wait leaves no fd once collected", function()
+    dropped_at_the_disk_wait(function(s) return s end)
+  end)
+
+  it("a TLS send dropped by its host at the disk wait leaves no fd once collected", function()
+    dropped_at_the_disk_wait(function(s)
+      return { zcsend_tls = true, getfd = function() return s:getfd() end,
+               send = function(_, data, i) return s:send(data, i) end }
+    end)
   end)
 
   it("a host that never says ready: ETIMEDOUT after the call's timeout, no fd left behind", function()

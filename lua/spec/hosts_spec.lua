@@ -80,22 +80,91 @@ describe("cqueues sockets and TLS", function()
     return table.unpack(res)
   end
 
-  it("a socket with TLS started is refused, before a byte goes out (its send() is not luasec's)", function()
-    local MARK = "ZCSEND-FILE-BYTES"
-    local f = assert(io.open(H.file("cq-tls.bin", MARK), "rb"))
-    local n, msg, name, sent, got = on_pair(function(a, b)
-      a:starttls(nil, 0.01) -- no handshake with a plain peer: TLS is on all the same
-      assert.is_true(zcsend.istls(a))
-      assert.is_true(zcsend.wait(a, "w", 1)) -- a wait sends nothing: no refusal
-      local r1, r2, r3, r4 = zcsend.sendfile(a, f)
-      b:settimeout(0.1)
-      return r1, r2, r3, r4, b:read(-65536) -- the TLS handshake's first bytes, no more
+  -- luaossl contexts for a real handshake: the server's with H.cert()'s pair
+  local function tls_contexts()
+    local context = require "openssl.ssl.context"
+    local crt, key = H.cert()
+    local server = context.new("TLS", true)
+    assert(server:setCertificate(require("openssl.x509").new(H.read_file(crt))))
+    assert(server:setPrivateKey(require("openssl.pkey").new(H.read_file(key))))
+    return server, context.new("TLS", false)
+  end
+
+  -- sendfile(a, f, ...) from one coroutine over TLS on a cqueues pair, the
+  -- peer reading want bytes (or until an error) in another; with stop, once
+  -- stop.at bytes arrived the peer goes away (stop.close "peer": a reset, as
+  -- the sender sees it) or closes the sender's socket under it ("sender").
+  -- sendfile's results, then what arrived.
+  local function over_tls(f, want, stop, ...)
+    local args = table.pack(...)
+    local server, client = tls_contexts()
+    local cq = cqueues.new()
+    local a, b = csocket.pair()
+    local res, got = nil, {}
+    cq:wrap(function()
+      assert(a:starttls(server, 5))
+      a:write("HEAD\n") -- buffered by cqueues: goes first, through TLS too
+      res = table.pack(zcsend.sendfile(a, f, table.unpack(args, 1, args.n)))
+      pcall(a.flush, a, 5) -- (raises where it was closed under us)
+      a:close()
     end)
+    cq:wrap(function()
+      assert(b:starttls(client, 5))
+      local n = 0
+      while n < want do
+        local data = b:xread(-65536, nil, 5)
+        if not data then
+          break
+        end
+        got[#got + 1] = data
+        n = n + #data
+        if stop and n >= stop.at then
+          if stop.close == "sender" then
+            a:close()
+          end
+          break
+        end
+      end
+      b:close()
+    end)
+    assert(cq:loop())
+    return res, table.concat(got)
+  end
+
+  it("a socket with TLS started gets the file through its own send(), byte-exact, waiting the host's way", function()
+    local size = 3 * H.MiB + 5
+    local data = H.bytes(size, 17)
+    local f = assert(io.open(H.file("cq-tls.bin", data), "rb"))
+    local polls, poll = 0, cqueues.poll
+    cqueues.poll = function(...)
+      polls = polls + 1
+      return poll(...)
+    end
+    local res, got = over_tls(f, size + 5)
+    cqueues.poll = poll
+    assert.are.equal(size, res[1], res[2])
+    assert.are.equal(#data + 5, #got)
+    assert.is_true(got == "HEAD\n" .. data, "not the file's bytes")
+    assert.is_true(polls > 0) -- its buffer filled: zcsend waited through cqueues
+    local res2, got2 = over_tls(f, 1000 + 5, nil, 5000, 1000) -- a range
+    assert.are.equal(1000, res2[1], res2[2])
+    assert.is_true(got2 == "HEAD\n" .. data:sub(5001, 6000))
     f:close()
-    assert.is_nil(n)
-    assert.are.equal("EOPNOTSUPP", name, msg)
-    assert.are.equal(0, sent)
-    assert.is_nil((got or ""):find(MARK, 1, true)) -- nothing of the file reached the peer
+  end)
+
+  it("a TLS socket whose peer goes away: an error with the bytes that left its buffer, never success", function()
+    local size = 8 * H.MiB
+    local f = assert(io.open(H.file("cq-tls-reset.bin", H.bytes(size, 18)), "rb"))
+    local res, got = over_tls(f, size, { at = 256 * 1024, close = "peer" })
+    assert.is_nil(res[1])
+    assert.is_true(res[3] == "EPIPE" or res[3] == "ECONNRESET", tostring(res[2]))
+    assert.is_true(res[4] < size and res[4] >= #got - 5, ("%d sent, %d arrived"):format(res[4], #got))
+    -- closed under it by another coroutine: EBADF, never success
+    res, got = over_tls(f, size, { at = 256 * 1024, close = "sender" })
+    f:close()
+    assert.is_nil(res[1])
+    assert.are.equal("EBADF", res[3], res[2])
+    assert.is_true(res[4] < size and res[4] >= #got - 5, ("%d sent, %d arrived"):format(res[4], #got))
   end)
 
   it("an object whose checktls() can't tell (cqueues without luaossl) is refused, never sent plaintext", function()

@@ -73,6 +73,9 @@ typedef struct zcsend_ngx_connection_s {
   void *listening; int64_t sent; void *log; void *pool; int type;
   void *sockaddr; uint32_t socklen; size_t addr_text_len; void *addr_text_data;
   void *proxy_protocol; void *ssl;
+  void *udp; void *local_sockaddr; uint32_t local_socklen; void *buffer; void *queue[2];
+  uintptr_t number; uintptr_t start_time; uintptr_t requests;
+  unsigned buffered:8; unsigned log_error:3; unsigned timedout:1; unsigned error:1;
 } zcsend_ngx_connection_t;]]
   cdef "int ngx_http_lua_ffi_socket_tcp_hack_fd(void *u, int fd, unsigned char *err, size_t *errlen);"
   cdef "void *ngx_http_lua_ffi_get_req_ssl_pointer(void *r);"
@@ -367,6 +370,22 @@ function M.wait_transfer(t, sock, timeout, left)
   return M.wait(t:ownfd(), "w", timeout)
 end
 
+-- nginx sends no TLS close_notify on a connection whose own send timed out
+-- (c->timedout); a cosocket's timed-out send doesn't say so, and the
+-- SSL_shutdown at the request's end then fails on the unfinished record
+-- ("[crit] SSL_shutdown() failed ... bad write retry"). This says so for the
+-- request's own connection, the layout vouched for by the connection's serial
+-- number and request count, which nginx also gives as variables.
+local function timed_out(sock)
+  local u = ffi_ok and kind_of(sock) == "raw" and rawget(sock, 1)
+  local fd = type(u) == "userdata" and raw_fd(sock, u)
+  local c = fd and conn_of(u, fd)
+  if c and tonumber(c.number) == tonumber(ngx.var.connection)
+      and tonumber(c.requests) == tonumber(ngx.var.connection_requests) then
+    c.timedout = 1
+  end
+end
+
 --- TLS: all of data through the cosocket's own send (nginx's SSL_write),
 -- its send timeout set to the transfer's idle timeout meanwhile
 function M.send(sock, data, timeout)
@@ -376,8 +395,13 @@ function M.send(sock, data, timeout)
   end
   local n, serr = send_within(sock, data, max(1, ceil(timeout * 1000)))
   if not n then
+    -- a failed cosocket send doesn't say how much of data went: the count
+    -- stays at what is known to have gone, and the message says the rest
     local msg, sname = send_error(serr, timeout)
-    return nil, msg, sname, 0
+    if sname == "ETIMEDOUT" then
+      timed_out(sock)
+    end
+    return nil, ("%s (of the last %d bytes, some may have gone out)"):format(msg, #data), sname, 0
   end
   local st = marks[sock]
   local total = (st and st.total or 0) + #data
