@@ -17,6 +17,7 @@ typedef struct {
   PyObject *held;              /* _transports._held: ids of transports held now */
   PyObject *reader_type;       /* io.BufferedReader: open(path, "rb") */
   PyObject *raw_type;          /* io.FileIO, its raw: no Python code in closed, fileno() */
+  PyObject *raw_fileno;        /* FileIO.fileno, called unbound: an instance's attribute can't shadow it */
   PyObject *writer_type;       /* asyncio.StreamWriter */
   PyObject *running_loop;      /* asyncio._get_running_loop */
   PyObject *fast_types[FAST_TYPES]; /* transport types whose hold _transports decided */
@@ -953,22 +954,29 @@ static int fast_sock_fd(module_state *st, PyObject *t, int mode) {
   return fd >= 0 && fd <= INT32_MAX ? (int)fd : -1;
 }
 
-/* file (a BufferedReader) over a FileIO and open: 1; closed, or over another
-   raw (whose getters may be Python code): 0; -1 with an error set. Runs no
-   Python code. */
-static int fast_file_open(module_state *st, PyObject *file) {
+/* file (a BufferedReader) over a FileIO and open: 1, and its fd in *fd where
+   fd; closed, or over another raw (whose getters may be Python code): 0; -1
+   with an error set. Runs no Python code: raw and closed are the types' data
+   descriptors (an instance's __dict__ can't shadow those), and fileno() is
+   FileIO's own, called unbound (a fileno attribute set on either object would
+   shadow the method). */
+static int fast_file_open(module_state *st, PyObject *file, long long *fd) {
   PyObject *raw = PyObject_GetAttr(file, s_raw); /* detached: ValueError */
   if (!raw)
     return -1;
-  int plain = (PyObject *)Py_TYPE(raw) == st->raw_type;
+  int open = 0;
+  if ((PyObject *)Py_TYPE(raw) == st->raw_type) {
+    PyObject *closed = PyObject_GetAttr(file, s_closed);
+    open = !closed ? -1 : closed == Py_False;
+    Py_XDECREF(closed);
+    if (open == 1 && fd) {
+      PyObject *r = PyObject_CallOneArg(st->raw_fileno, raw);
+      *fd = r && PyLong_CheckExact(r) ? PyLong_AsLongLong(r) : -1;
+      open = r ? 1 : -1;
+      Py_XDECREF(r);
+    }
+  }
   Py_DECREF(raw);
-  if (!plain)
-    return 0;
-  PyObject *closed = PyObject_GetAttr(file, s_closed);
-  if (!closed)
-    return -1;
-  int open = closed == Py_False;
-  Py_DECREF(closed);
   return open;
 }
 
@@ -1015,8 +1023,8 @@ static PyObject *mod_fast_send(PyObject *m, PyObject *const *args, Py_ssize_t na
      transport's getters; another thread may run meanwhile, close and reuse a
      number): from here to the step nothing does, as the file's raw is checked
      to be a FileIO, whose closed and fileno() are C */
-  if (no_loop || (sock_fd = fast_sock_fd(st, t, mode)) < 0 || fast_file_open(st, file) != 1 ||
-      (file_fd = call0_int(file, s_fileno)) < 0 || file_fd > INT32_MAX)
+  if (no_loop || (sock_fd = fast_sock_fd(st, t, mode)) < 0 || fast_file_open(st, file, &file_fd) != 1 ||
+      file_fd < 0 || file_fd > INT32_MAX)
     goto not_taken;
   int stepped;
   PyObject *r = step_now(m, sock_fd, (int)file_fd, offset, count,
@@ -1037,7 +1045,7 @@ static PyObject *mod_fast_send(PyObject *m, PyObject *const *args, Py_ssize_t na
   /* not where another thread closed (or detached) the file during a step that
      let go of the GIL (the Python path skips a closed one too): every byte went
      all the same */
-  int still_open = PyTuple_GET_ITEM(r, 3) == Py_True ? fast_file_open(st, file) : 0;
+  int still_open = PyTuple_GET_ITEM(r, 3) == Py_True ? fast_file_open(st, file, NULL) : 0;
   if (still_open < 0)
     PyErr_Clear();
   if (still_open == 1) {
@@ -1078,6 +1086,12 @@ static PyObject *mod_fast_setup(PyObject *m, PyObject *args) {
   Py_INCREF(held), Py_INCREF(reader), Py_INCREF(raw), Py_INCREF(writer), Py_INCREF(loop);
   Py_XSETREF(st->held, held);
   Py_XSETREF(st->reader_type, reader);
+  PyObject *raw_fileno = PyObject_GetAttr(raw, s_fileno);
+  if (!raw_fileno) {
+    Py_DECREF(held), Py_DECREF(reader), Py_DECREF(raw), Py_DECREF(writer), Py_DECREF(loop);
+    return NULL;
+  }
+  Py_XSETREF(st->raw_fileno, raw_fileno);
   Py_XSETREF(st->raw_type, raw);
   Py_XSETREF(st->writer_type, writer);
   Py_XSETREF(st->running_loop, loop);
@@ -1204,6 +1218,7 @@ static int module_traverse(PyObject *m, visitproc visit, void *arg) {
   Py_VISIT(st->held);
   Py_VISIT(st->reader_type);
   Py_VISIT(st->raw_type);
+  Py_VISIT(st->raw_fileno);
   Py_VISIT(st->writer_type);
   Py_VISIT(st->running_loop);
   for (int i = 0; i < st->n_fast; i++)
@@ -1219,6 +1234,7 @@ static int module_clear(PyObject *m) {
   Py_CLEAR(st->held);
   Py_CLEAR(st->reader_type);
   Py_CLEAR(st->raw_type);
+  Py_CLEAR(st->raw_fileno);
   Py_CLEAR(st->writer_type);
   Py_CLEAR(st->running_loop);
   for (int i = 0; i < st->n_fast; i++)

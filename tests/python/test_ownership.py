@@ -236,6 +236,43 @@ def test_a_file_whose_fileno_runs_python_code_never_sends_to_a_reused_number(tmp
     run(main())
 
 
+@pytest.mark.asyncio_only("the socket object closed under the transport is asyncio's (uvloop's is a view)")
+@pytest.mark.parametrize("on", ["reader", "raw"])
+def test_an_instances_fileno_attribute_never_runs_between_the_numbers_and_the_step(on, tmp_path):
+    """open(path, "rb")'s objects take attributes: a fileno set on the reader or
+    its FileIO shadows the type's. Before: the one-call path called it after
+    reading the socket's number, and where it closed the socket and a new one
+    took the number, the file went there, reported sent. Now the path calls
+    FileIO's own fileno(): the file goes to the transport's peer."""
+    path = tmp_path / "f"
+    path.write_bytes(b"S" * 1800)
+    grabbed = []
+
+    async def main():
+        async with Pair("tcp") as p:
+            with open(path, "rb") as f:  # the transport's kind is known from now on
+                assert await zcsend.sendfile(p.server, f) == 1800
+            await _read_exact(p.reader, 1800)
+            sock = p.server.transport._sock
+            f = open(path, "rb")
+            target = f if on == "reader" else f.raw
+            real = f.raw.fileno()
+
+            def fileno():  # "another thread", once: the close, and a reuse
+                if not grabbed:
+                    sock.close()
+                    grabbed.extend(_grab_numbers())
+                return real
+            target.fileno = fileno
+            try:
+                assert await zcsend.sendfile(p.server, f) == 1800
+            finally:
+                f.close()
+            assert await _read_exact(p.reader, 1800) == b"S" * 1800
+            assert _drain_socketpairs(grabbed) == 0
+    run(main())
+
+
 def test_a_file_closed_by_another_thread_during_the_send_is_no_error(tmp_path):
     """Another thread closes the file while the inline step sends it (a step of
     more than 64 KiB lets go of the GIL, and works on dups). Before: every byte
