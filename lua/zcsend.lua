@@ -109,8 +109,9 @@ end
 -- the socket's fd, and whether it is TLS (or nil, msg, name: a cqueues
 -- socket's buffered output could not be flushed; noflush: leave it buffered);
 -- with guard (the file's fd), a 5th value where the flush may have yielded: a
--- dup of guard taken before it (another coroutine may close guard and have its
--- number reused meanwhile), the caller's to use instead and close; waiting: for
+-- box (core.hold) of guard taken before it (another coroutine may close guard
+-- and have its number reused meanwhile), the caller's to use instead and close;
+-- waiting: for
 -- zcsend.wait, which sends nothing: no TLS object is refused
 local function sockfd(sock, fname, noflush, guard, waiting)
   if mtype(sock) == "integer" then
@@ -144,7 +145,7 @@ local function sockfd(sock, fname, noflush, guard, waiting)
       if not tls and not noflush and sock.flush then
         if guard then
           local msg, name
-          own, msg, name = core.dup(guard)
+          own, msg, name = core.hold(guard)
           if not own then
             return nil, msg, name
           end
@@ -152,7 +153,7 @@ local function sockfd(sock, fname, noflush, guard, waiting)
         local ok3, flushed, err = pcall(sock.flush, sock)
         if ok3 and not flushed then
           if own then
-            core.close(own)
+            own:close()
           end
           if mtype(err) == "integer" then
             return nil, core.strerror(err)
@@ -168,7 +169,7 @@ local function sockfd(sock, fname, noflush, guard, waiting)
   end
   fd = tointeger(fd) or -1
   if own and (fd < 0 or fd > INT_MAX) then -- checkfd raises: our dup goes first
-    core.close(own)
+    own:close()
   end
   return checkfd(fd, 1, fname, "closed socket"), tls, nil, nil, own
 end
@@ -358,15 +359,15 @@ local ETIMEDOUT_MSG = "ETIMEDOUT: no progress for %g s"
 -- ETIMEDOUT: timeout seconds passed)
 local function wait_fd(host, fd, events, timeout)
   local id, msg, name = core.fdid(fd)
-  local own = id
+  local own = id -- a box holding our dup: closed with it should the host never resume us
   if id then
-    own, msg, name = core.dup(fd)
+    own, msg, name = core.hold(fd)
   end
   if not own then
     return nil, msg, name
   end
   if host.loop then -- the loop's own wait checks that fd stays the caller's
-    core.close(own)
+    own:close()
     local ok, wmsg, wname = host.wait(fd, events, timeout)
     if ok == false then
       return nil, ETIMEDOUT_MSG:format(timeout), "ETIMEDOUT"
@@ -382,9 +383,9 @@ local function wait_fd(host, fd, events, timeout)
       break
     end
     local called
-    called, ok, msg, name = pcall(host.wait, own, events, math.min(left, CHECK))
+    called, ok, msg, name = pcall(host.wait, own:fd(), events, math.min(left, CHECK))
     if not called then -- the host raised: our dup must not outlive the wait
-      core.close(own)
+      own:close()
       error(ok, 0)
     end
     if core.fdid(fd) ~= id then
@@ -394,7 +395,7 @@ local function wait_fd(host, fd, events, timeout)
       break
     end
   end
-  core.close(own)
+  own:close()
   return ok, msg, name
 end
 
@@ -721,9 +722,9 @@ function M.sendfile(sock, file, offset, count, opts)
   if tls then -- (never flushed: no own)
     return send_tls(host, sock, fd, ffd, offset or 0, count, timeout)
   end
-  local t, err, name, sent = core.transfer(fd, own or ffd, offset, count) -- its own dups
+  local t, err, name, sent = core.transfer(fd, own and own:fd() or ffd, offset, count) -- its own dups
   if own then
-    core.close(own)
+    own:close()
   end
   if not t then
     return nil, err, name, sent

@@ -262,12 +262,13 @@ static int check_owner(ltransfer *x) {
   return x->gone;
 }
 
-/* a prefetch's eventfd is its object's: a coroutine its host never resumes
-   (a scheduler dropped with it) may never close it, its object's __gc will */
-static void close_efd(int *efd) {
-  if (*efd >= 0) {
-    close(*efd);
-    *efd = -1;
+/* closes an fd an object owns (-1 after): a prefetch's eventfd, a box's dup. A
+   coroutine its host never resumes (a scheduler dropped with it) may never
+   close it; its object's __gc will */
+static void close_owned(int *fd) {
+  if (*fd >= 0) {
+    close(*fd);
+    *fd = -1;
   }
 }
 
@@ -278,7 +279,7 @@ static void transfer_release(ltransfer *x) {
   }
   release_core(x);
   close_dups(x);
-  close_efd(&x->efd);
+  close_owned(&x->efd);
 }
 
 static int dup_fd(int fd) { return fcntl(fd, F_DUPFD_CLOEXEC, 0); }
@@ -503,7 +504,7 @@ static int t_prefetch(lua_State *L) {
   int fd = zcs_transfer_prefetch(&x->t, n); /* -EINVAL: no file, nothing left */
   if (fd < 0)
     return push_error(L, fd);
-  close_efd(&x->efd);
+  close_owned(&x->efd);
   x->efd = fd;
   lua_pushinteger(L, fd);
   return 1;
@@ -511,7 +512,7 @@ static int t_prefetch(lua_State *L) {
 
 /* t:prefetch_close(): the prefetch's eventfd, waited for, is closed */
 static int t_prefetch_close(lua_State *L) {
-  close_efd(&check_transfer(L, 1)->efd);
+  close_owned(&check_transfer(L, 1)->efd);
   return 0;
 }
 
@@ -989,7 +990,7 @@ static void chunks_release(lchunks *x) {
     close(x->fd);
     x->fd = -1;
   }
-  close_efd(&x->efd);
+  close_owned(&x->efd);
 }
 
 static int l_chunks(lua_State *L) {
@@ -1049,14 +1050,14 @@ static int c_prefetch(lua_State *L) {
   int efd = want ? zcs_prefetch(x->fd, x->c.offset, want) : -EINVAL;
   if (efd < 0)
     return push_error(L, efd);
-  close_efd(&x->efd);
+  close_owned(&x->efd);
   x->efd = efd;
   lua_pushinteger(L, efd);
   return 1;
 }
 
 static int c_prefetch_close(lua_State *L) {
-  close_efd(&check_chunks(L, 1)->efd);
+  close_owned(&check_chunks(L, 1)->efd);
   return 0;
 }
 
@@ -1138,6 +1139,35 @@ static int l_close(lua_State *L) {
   return 0;
 }
 
+/* core.hold(fd) -> box | nil, msg, name: a close-on-exec dup of fd that box
+   owns: box:fd() is its number (-1 once closed), box:close() closes it, and so
+   does box's __gc. For a dup kept across a host's wait: a coroutine its host
+   drops there, never resumed, leaves nothing open once collected. */
+#define FDBOX_MT "zcsend.fdbox"
+typedef struct fdbox {
+  int fd;
+} fdbox;
+
+static int l_hold(lua_State *L) {
+  int fd = check_fd(L, 1, "closed fd");
+  fdbox *b = (fdbox *)lua_newuserdatauv(L, sizeof *b, 0);
+  b->fd = -1;
+  luaL_setmetatable(L, FDBOX_MT);
+  if ((b->fd = dup_fd(fd)) < 0)
+    return push_error(L, -errno);
+  return 1;
+}
+
+static int box_fd(lua_State *L) {
+  lua_pushinteger(L, ((fdbox *)luaL_checkudata(L, 1, FDBOX_MT))->fd);
+  return 1;
+}
+
+static int box_close(lua_State *L) {
+  close_owned(&((fdbox *)luaL_checkudata(L, 1, FDBOX_MT))->fd);
+  return 0;
+}
+
 /* core.strerror(errno) -> "ENAME: message", "ENAME" (a host's errno, e.g. cqueues') */
 static int l_strerror(lua_State *L) {
   int e = (int)luaL_checkinteger(L, 1);
@@ -1187,7 +1217,7 @@ static const luaL_Reg loop_methods[] = {{"drive", lp_drive}, {"wait", lp_wait}, 
 static const luaL_Reg functions[] = {
     {"transfer", l_transfer}, {"loop", l_loop},         {"poll", l_poll},
     {"chunks", l_chunks},     {"fileno", l_fileno},     {"fdid", l_fdid},
-    {"strerror", l_strerror}, {"dup", l_dup},           {"close", l_close},
+    {"strerror", l_strerror}, {"dup", l_dup}, {"hold", l_hold},           {"close", l_close},
     {"now", l_now},           {"nonblocking", l_nonblocking},
     {"stats", l_stats},       {"backend", l_backend},   {"engine_stats", l_engine_stats},
     {NULL, NULL}};
@@ -1234,6 +1264,8 @@ int luaopen_zcsend_core(lua_State *L) {
   lua_pop(L, 1);
   new_metatable(L, LOOP_MT, loop_methods, lp_gc);
   new_metatable(L, CHUNKS_MT, chunks_methods, c_close);
+  static const luaL_Reg box_methods[] = {{"fd", box_fd}, {"close", box_close}, {NULL, NULL}};
+  new_metatable(L, FDBOX_MT, box_methods, box_close);
   lua_newtable(L); /* weak-valued: a loop's entry must not keep it alive */
   lua_createtable(L, 0, 1);
   lua_pushstring(L, "v");

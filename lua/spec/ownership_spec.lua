@@ -598,3 +598,52 @@ describe("runtime failures are nil, 'ENAME: message', 'ENAME', bytes_sent", func
     srv:close()
   end)
 end)
+
+describe("a coroutine its host drops mid-wait (never resumed)", function()
+  after_each(function()
+    zcsend.set_waiter(nil)
+  end)
+
+  -- fn() in a coroutine whose waiter never returns (its scheduler dropped it):
+  -- once collected, every fd the call held is closed
+  local function dropped(fn)
+    local fds = H.fd_baseline()
+    local waits = 0
+    zcsend.set_waiter(function()
+      waits = waits + 1
+      coroutine.yield() -- never resumed
+    end)
+    local co = coroutine.create(fn)
+    assert(coroutine.resume(co))
+    assert.are.equal("suspended", coroutine.status(co))
+    assert.is_true(waits > 0)
+    co = nil -- luacheck: ignore
+    return fds
+  end
+
+  it("at a TLS object's wait to write: its dup of the socket goes with it", function()
+    local srv, port = H.listen()
+    local s, c = pair(srv, port)
+    srv:close()
+    s:settimeout(0)
+    local f = assert(io.open(H.file("dropped-tls.bin", H.bytes(8 * H.MiB, 5)), "rb"))
+    local fds = dropped(function()
+      zcsend.sendfile({ zcsend_tls = true, getfd = function() return s:getfd() end,
+                        send = function(_, data, i) return s:send(data, i) end }, f)
+    end)
+    assert.are.equal(fds, H.fd_baseline())
+    f:close()
+    s:close()
+    c:close()
+  end)
+
+  it("in zcsend.wait: its dup of the socket goes with it", function()
+    local srv, port = H.listen()
+    local s, c = pair(srv, port)
+    srv:close()
+    local fds = dropped(function() zcsend.wait(s, "r") end)
+    assert.are.equal(fds, H.fd_baseline())
+    s:close()
+    c:close()
+  end)
+end)

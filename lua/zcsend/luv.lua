@@ -248,7 +248,7 @@ function M.drain(handle, timeout)
   timeout = timeout or require("zcsend").TIMEOUT
   M.counters.drains = M.counters.drains + 1
   local fd = uv.fileno(handle)
-  local own, msg, name = core.dup(fd or -1)
+  local own, msg, name = core.hold(fd or -1) -- (closed with the box should we never be resumed)
   if not own then
     return nil, msg, name
   end
@@ -274,14 +274,14 @@ function M.drain(handle, timeout)
       -- that libuv has not seen yet): don't spin on it
       sleep(math.min(2 ^ idle, 10))
     end
-    local woke, werr, wname = M.wait(own, "w", math.min(0.1, since + timeout - now))
+    local woke, werr, wname = M.wait(own:fd(), "w", math.min(0.1, since + timeout - now))
     if woke == nil then
       ok, msg, name = nil, werr, wname
       break
     end
     idle = idle + 1
   end
-  core.close(own)
+  own:close()
   return ok, msg, name
 end
 
@@ -400,18 +400,18 @@ function M.sendfile(handle, file, offset, count, opts, callback)
     else
       -- the file as it is now: the drain may take a while, and the caller's fd
       -- be closed and its number reused meanwhile
-      local own, msg, name = core.dup(io.type(file) == "file" and core.fileno(file) or file)
+      local own, msg, name = core.hold(io.type(file) == "file" and core.fileno(file) or file)
       local ok = own ~= nil
       if ok then
         ok, msg, name = M.drain(handle, timeout)
       end
       if ok then
-        r = pack(pcall(zcsend.sendfile, handle, own, offset, count, opts))
+        r = pack(pcall(zcsend.sendfile, handle, own:fd(), offset, count, opts))
       else
         r = pack(true, nil, msg, name, 0)
       end
       if own then
-        core.close(own)
+        own:close()
       end
     end
     if not r[1] then -- raised: at the caller while it still runs, else to the callback
