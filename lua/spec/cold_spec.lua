@@ -39,10 +39,11 @@ end
 local NO_CACHESTAT = "the core can't tell what is in the page cache here (no cachestat)"
 
 -- a waiter that records the events it is asked for (into asked), then polls
-local function recording_waiter(asked)
+-- (or answers answer(fd, ev, timeout), when given)
+local function recording_waiter(asked, answer)
   zcsend.set_waiter(function(fd, ev, timeout)
     asked[#asked + 1] = ev
-    return core.poll(fd, ev, timeout)
+    return (answer or core.poll)(fd, ev, timeout)
   end)
 end
 
@@ -78,6 +79,17 @@ local function send_to_a_peer_that_never_reads(send)
   return table.unpack(r, 1, 4)
 end
 
+-- waits (up to a second) for the prefetch threads to let go of their dups: just
+-- after the wait for their eventfd ends
+local function prefetches_done()
+  for _ = 1, 100 do
+    if core.engine_stats().prefetching == 0 then
+      return
+    end
+    os.execute("sleep 0.01")
+  end
+end
+
 describe("a cold file", function()
   before_each(function()
     zcsend.set_waiter(nil)
@@ -111,11 +123,7 @@ describe("a cold file", function()
   it("over TLS (chunks through the object's own send()): read in by a prefetch thread too, never by the host's",
     function()
       sends_cold("cold-tls-out", function(s)
-        return { -- a TLS object's send() (luasec's: the last index sent), plaintext to the reader here
-          zcsend_tls = true,
-          getfd = function() return s:getfd() end,
-          send = function(_, data, i) return s:send(data, i) end,
-        }
+        return H.tls_like(s)
       end)
     end)
 
@@ -227,22 +235,14 @@ describe("a cold file", function()
     end
     local fds = H.fd_baseline()
     local asked = {}
-    zcsend.set_waiter(function(_, ev)
-      asked[#asked + 1] = ev
-      coroutine.yield() -- never resumed
-    end)
+    recording_waiter(asked, coroutine.yield) -- never resumed
     send_to_a_peer_that_never_reads(function(s, f)
       local co = coroutine.create(zcsend.sendfile)
       assert(coroutine.resume(co, sock_of(s), f))
       assert.are.equal("suspended", coroutine.status(co))
     end)
     assert.are.equal("r", asked[1])
-    for _ = 1, 100 do -- the prefetch thread lets go of its dups just after
-      if core.engine_stats().prefetching == 0 then
-        break
-      end
-      os.execute("sleep 0.01")
-    end
+    prefetches_done()
     assert.are.equal(fds, H.fd_baseline())
   end
 
@@ -251,10 +251,7 @@ describe("a cold file", function()
   end)
 
   it("a TLS send dropped by its host at the disk wait leaves no fd once collected", function()
-    dropped_at_the_disk_wait(function(s)
-      return { zcsend_tls = true, getfd = function() return s:getfd() end,
-               send = function(_, data, i) return s:send(data, i) end }
-    end)
+    dropped_at_the_disk_wait(H.tls_like)
   end)
 
   it("a host that never says ready: ETIMEDOUT after the call's timeout, no fd left behind", function()
@@ -263,8 +260,7 @@ describe("a cold file", function()
     end
     local fds = H.fd_baseline()
     local asked = {}
-    zcsend.set_waiter(function(_, ev)
-      asked[#asked + 1] = ev
+    recording_waiter(asked, function()
       return false -- the disk's eventfd and the full socket alike: never in time
     end)
     local n, msg, name, sent = send_to_a_peer_that_never_reads(function(s, f)
@@ -274,12 +270,7 @@ describe("a cold file", function()
     assert.are.equal("ETIMEDOUT", name, msg)
     assert.is_true(sent < SIZE)
     assert.are.equal("r", asked[1])
-    for _ = 1, 100 do -- the prefetch thread lets go of its dups just after
-      if core.engine_stats().prefetching == 0 then
-        break
-      end
-      os.execute("sleep 0.01")
-    end
+    prefetches_done()
     assert.are.equal(fds, H.fd_count())
   end)
 end)

@@ -69,6 +69,15 @@ async def _read_exact(reader, n):
     return data
 
 
+async def _known_transport_socket(p, path):
+    """p.server's socket object, once a send of path (1800 bytes) has made the
+    transport's kind known to the one-call path."""
+    with open(path, "rb") as f:
+        assert await zcsend.sendfile(p.server, f) == 1800
+    await _read_exact(p.reader, 1800)
+    return p.server.transport._sock
+
+
 # ---- bytes to the wrong peer --------------------------------------------------------
 @pytest.mark.asyncio_only("the hook that frees the fd number at the worst moment is asyncio's Server")
 @pytest.mark.parametrize("kind", ["tcp", "unix"])
@@ -218,10 +227,7 @@ def test_a_file_whose_fileno_runs_python_code_never_sends_to_a_reused_number(tmp
 
     async def main():
         async with Pair("tcp") as p:
-            with open(path, "rb") as f:  # the transport's kind is known from now on
-                assert await zcsend.sendfile(p.server, f) == 1800
-            await _read_exact(p.reader, 1800)
-            sock = p.server.transport._sock
+            sock = await _known_transport_socket(p, path)
             old = sock.fileno()
             fd = os.open(path, os.O_RDONLY)
             f = io.BufferedReader(Raw(fd, sock))
@@ -250,10 +256,7 @@ def test_an_instances_fileno_attribute_never_runs_between_the_numbers_and_the_st
 
     async def main():
         async with Pair("tcp") as p:
-            with open(path, "rb") as f:  # the transport's kind is known from now on
-                assert await zcsend.sendfile(p.server, f) == 1800
-            await _read_exact(p.reader, 1800)
-            sock = p.server.transport._sock
+            sock = await _known_transport_socket(p, path)
             f = open(path, "rb")
             target = f if on == "reader" else f.raw
             real = f.raw.fileno()
