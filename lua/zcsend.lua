@@ -461,6 +461,11 @@ local function drive(t, host, sock, timeout, owner)
         r = "disk"
       else
         fresh = false
+        if disk.fd then -- its range is read in (or stepped regardless): a later
+          -- cold range needs a prefetch of its own, not this signalled eventfd
+          t:prefetch_close()
+          disk.fd = nil
+        end
         r = t:step()
       end
       if r == "done" or r == nil then
@@ -572,18 +577,24 @@ local function send_chunk(host, sock, fd, id, data, timeout)
   return true
 end
 
--- a cqueues socket's own send(data, i, j, "n") (not luasec's): it takes data
+-- a cqueues socket's own send(data, i, j, "bn") (not luasec's): it takes data
 -- into its output buffer and writes what the socket takes, through TLS; the
--- count is what it took, and send(data, #data + 1, #data, "n") writes more of
--- the rest. Waits on the fd for what it wants (events(): TLS may need to
--- read). true once all of data has left the buffer; else nil, msg, name, how
--- many of data's bytes had (as of the last send: only sends write).
+-- count is what it took, and send(data, #data + 1, #data, "bn") writes more of
+-- the rest ("b": as they are, whatever mode the socket is in; "n": now). Waits
+-- on the fd for what it wants (events(): TLS may need to read). true once all
+-- of data has left the buffer; else nil, msg, name, how many of data's bytes
+-- had (as of the last send: only sends write). What is left in the buffer then
+-- would go out at the socket's next write, after the caller resumed from the
+-- count: the socket's writes fail from then on instead (seterror("w")).
 local function send_chunk_cqueues(host, sock, fd, id, data, timeout)
-  local i, out = 1, 0
+  if core.fdid(fd) ~= id then -- (a closed cqueues socket raises)
+    return nil, EBADF_CLOSED, "EBADF", 0
+  end
+  local i, out, left = 1, 0, 0
   local function send()
-    local n, why = sock:send(data, i, #data, "n")
+    local n, why = sock:send(data, i, #data, "bn")
     i = i + n
-    local _, left = sock:pending() -- the buffer's last bytes: the caller's go first
+    left = select(2, sock:pending()) -- the buffer's last bytes: the caller's go first
     out = math.max(0, i - 1 - left)
     return why
   end
@@ -600,11 +611,15 @@ local function send_chunk_cqueues(host, sock, fd, id, data, timeout)
       local cerrno = package.loaded["cqueues.errno"]
       ok, werr, wname = nil, "EPIPE: TLS send failed: " .. (cerrno and cerrno.strerror(why) or tostring(why)), "EPIPE"
     end
-    if not ok then
-      return nil, werr, wname, out
+    if ok and core.fdid(fd) ~= id then
+      ok, werr, wname = nil, EBADF_CLOSED, "EBADF"
     end
-    if core.fdid(fd) ~= id then -- (a closed cqueues socket raises)
-      return nil, EBADF_CLOSED, "EBADF", out
+    if not ok then
+      if wname ~= "EBADF" and left > 0 then
+        sock:seterror("w", -(core[wname] or core.EIO))
+        werr = ("%s (%d bytes left in the socket's buffer: its writes now fail)"):format(werr, left)
+      end
+      return nil, werr, wname, out
     end
     why = send()
   end

@@ -273,4 +273,80 @@ describe("a cold file", function()
     prefetches_done()
     assert.are.equal(fds, H.fd_count())
   end)
+
+  it("never steps a range nobody read in, after a disk wait that timed out and pages dropped again", function()
+    if not evicted() then
+      return pending(NO_CACHESTAT)
+    end
+    -- every step is looked at first: a range not in the page cache would be
+    -- a disk read on the host's thread
+    local methods = debug.getregistry()["zcsend.transfer"].__index
+    local step, cold_steps = methods.step, 0
+    methods.step = function(t, ...)
+      if not t:cached() then
+        cold_steps = cold_steps + 1
+      end
+      return step(t, ...)
+    end
+    local first, dropped = true, false
+    zcsend.set_waiter(function(fd, ev, timeout)
+      if ev == "r" and first then -- the prefetch ends just as the wait's slice runs out
+        first = false
+        core.poll(fd, "r", 10)
+        return false
+      elseif ev == "w" and not first and not dropped then
+        dropped = true
+        H.evict(PATH) -- memory pressure takes the pages meanwhile
+      end
+      return core.poll(fd, ev, timeout)
+    end)
+    local s, received = to_reader("stale-out")
+    local f = assert(io.open(PATH, "rb"))
+    local ok, n, msg = pcall(zcsend.sendfile, s, f)
+    methods.step = step
+    f:close()
+    s:close()
+    assert.is_true(ok, n)
+    assert.are.equal(SIZE, n, msg)
+    assert.is_true(received() == DATA)
+    assert.is_true(dropped)
+    -- before: the next cold range's wait found the old prefetch's signalled
+    -- eventfd, returned at once, and the step read the disk
+    assert.are.equal(0, cold_steps)
+  end)
+
+  it("a cqueues TLS socket closed by another coroutine during the disk wait: EBADF and the count, not a raise",
+    function()
+      if not evicted() then
+        return pending(NO_CACHESTAT)
+      end
+      local cqueues = require "cqueues"
+      local csocket = require "cqueues.socket"
+      local server, client = H.cqueues_tls_contexts()
+      local f = assert(io.open(PATH, "rb"))
+      local cq = cqueues.new()
+      local a, b = csocket.pair()
+      local res
+      cq:wrap(function()
+        assert(a:starttls(server, 5))
+        recording_waiter({}, function(fd, ev, timeout)
+          if a then -- another coroutine closes the socket while the chunk is read in
+            a:close()
+            a = nil
+          end
+          return core.poll(fd, ev, timeout)
+        end)
+        res = table.pack(pcall(zcsend.sendfile, a, f))
+      end)
+      cq:wrap(function()
+        assert(b:starttls(client, 5))
+        b:close()
+      end)
+      assert(cq:loop())
+      f:close()
+      assert.is_true(res[1], res[2])
+      assert.is_nil(res[2])
+      assert.are.equal("EBADF", res[4], res[3])
+      assert.are.equal(0, res[5])
+    end)
 end)

@@ -124,6 +124,17 @@ function H.read_file(p)
 end
 
 -- a self-signed certificate for 127.0.0.1 (openssl CLI)
+-- luaossl contexts for a real handshake on cqueues sockets: the server's with
+-- H.cert()'s pair, the client's verifying nothing
+function H.cqueues_tls_contexts()
+  local context = require "openssl.ssl.context"
+  local crt, key = H.cert()
+  local server = context.new("TLS", true)
+  assert(server:setCertificate(require("openssl.x509").new(H.read_file(crt))))
+  assert(server:setPrivateKey(require("openssl.pkey").new(H.read_file(key))))
+  return server, context.new("TLS", false)
+end
+
 -- an object zcsend treats as TLS (zcsend_tls) over luasocket s: its send() is
 -- luasec's (the last index sent), plaintext to the peer here
 function H.tls_like(s)

@@ -80,36 +80,27 @@ describe("cqueues sockets and TLS", function()
     return table.unpack(res)
   end
 
-  -- luaossl contexts for a real handshake: the server's with H.cert()'s pair
-  local function tls_contexts()
-    local context = require "openssl.ssl.context"
-    local crt, key = H.cert()
-    local server = context.new("TLS", true)
-    assert(server:setCertificate(require("openssl.x509").new(H.read_file(crt))))
-    assert(server:setPrivateKey(require("openssl.pkey").new(H.read_file(key))))
-    return server, context.new("TLS", false)
-  end
-
-  -- sendfile(a, f, ...) from one coroutine over TLS on a cqueues pair, the
-  -- peer reading want bytes (or until an error) in another; with stop, once
-  -- stop.at bytes arrived the peer goes away (stop.close "peer": a reset, as
-  -- the sender sees it) or closes the sender's socket under it ("sender").
-  -- sendfile's results, then what arrived.
+  -- sendfile(a, f, ...) from one coroutine over TLS on a cqueues pair (a in
+  -- its default text mode), the peer reading want bytes as they are (or until
+  -- an error) in another; with stop, once stop.at bytes arrived the peer goes
+  -- away (stop.close "peer": a reset, as the sender sees it) or closes the
+  -- sender's socket under it ("sender"). sendfile's results, then what arrived.
   local function over_tls(f, want, stop, ...)
     local args = table.pack(...)
-    local server, client = tls_contexts()
+    local server, client = H.cqueues_tls_contexts()
     local cq = cqueues.new()
     local a, b = csocket.pair()
     local res, got = nil, {}
     cq:wrap(function()
       assert(a:starttls(server, 5))
-      a:write("HEAD\n") -- buffered by cqueues: goes first, through TLS too
+      a:write("HEAD:") -- buffered by cqueues (no newline: line mode keeps it): goes first, through TLS too
       res = table.pack(zcsend.sendfile(a, f, table.unpack(args, 1, args.n)))
       pcall(a.flush, a, 5) -- (raises where it was closed under us)
       a:close()
     end)
     cq:wrap(function()
       assert(b:starttls(client, 5))
+      b:setmode("b", "b") -- as any other client reads: a text-mode sender's \r\n stays
       local n = 0
       while n < want do
         local data = b:xread(-65536, nil, 5)
@@ -133,7 +124,7 @@ describe("cqueues sockets and TLS", function()
 
   it("a socket with TLS started gets the file through its own send(), byte-exact, waiting the host's way", function()
     local size = 3 * H.MiB + 5
-    local data = H.bytes(size, 17)
+    local data = ("line\n"):rep(1000) .. H.bytes(size - 5000, 17) -- (in text mode each \n went as \r\n)
     local f = assert(io.open(H.file("cq-tls.bin", data), "rb"))
     local polls, poll = 0, cqueues.poll
     cqueues.poll = function(...)
@@ -144,11 +135,11 @@ describe("cqueues sockets and TLS", function()
     cqueues.poll = poll
     assert.are.equal(size, res[1], res[2])
     assert.are.equal(#data + 5, #got)
-    assert.is_true(got == "HEAD\n" .. data, "not the file's bytes")
+    assert.is_true(got == "HEAD:" .. data, "not the file's bytes")
     assert.is_true(polls > 0) -- its buffer filled: zcsend waited through cqueues
     local res2, got2 = over_tls(f, 1000 + 5, nil, 5000, 1000) -- a range
     assert.are.equal(1000, res2[1], res2[2])
-    assert.is_true(got2 == "HEAD\n" .. data:sub(5001, 6000))
+    assert.is_true(got2 == "HEAD:" .. data:sub(5001, 6000))
     f:close()
   end)
 
@@ -165,6 +156,49 @@ describe("cqueues sockets and TLS", function()
     assert.is_nil(res[1])
     assert.are.equal("EBADF", res[3], res[2])
     assert.is_true(res[4] < size and res[4] >= #got - 5, ("%d sent, %d arrived"):format(res[4], #got))
+  end)
+
+  it("a TLS send that times out: the peer gets exactly the bytes counted, and the socket's writes fail after", function()
+    local size = 8 * H.MiB
+    local data = H.bytes(size, 23)
+    local f = assert(io.open(H.file("cq-tls-timeout.bin", data), "rb"))
+    local server, client = H.cqueues_tls_contexts()
+    local cq = cqueues.new()
+    local a, b = csocket.pair()
+    local r1, later, go, got = nil, nil, false, {}
+    cq:wrap(function()
+      assert(a:starttls(server, 5))
+      r1 = table.pack(zcsend.sendfile(a, f, 0, nil, { timeout = 0.3 })) -- the peer isn't reading yet
+      -- what the socket's buffer still holds of the file would go out first
+      -- here, after the caller resumed from r1[4]: instead the write fails
+      go = true -- (the peer reads from now on)
+      later = table.pack(a:xwrite(data:sub(r1[4] + 1, r1[4] + 100), "bn", 5))
+      a:close()
+    end)
+    cq:wrap(function()
+      assert(b:starttls(client, 5))
+      b:setmode("b", "b")
+      while not go do
+        cqueues.sleep(0.05)
+      end
+      while true do
+        local d = b:xread(-65536, "b", 5)
+        if not d then
+          break
+        end
+        got[#got + 1] = d
+      end
+      b:close()
+    end)
+    assert(cq:loop())
+    f:close()
+    got = table.concat(got)
+    assert.is_nil(r1[1])
+    assert.are.equal("ETIMEDOUT", r1[3], r1[2])
+    assert.truthy(r1[2]:find("its writes now fail", 1, true), r1[2])
+    assert.is_nil(later[1]) -- refused, not queued behind the rest of the chunk
+    assert.are.equal(r1[4], #got) -- exactly what was counted: no more, no less
+    assert.is_true(got == data:sub(1, #got))
   end)
 
   it("an object whose checktls() can't tell (cqueues without luaossl) is refused, never sent plaintext", function()

@@ -379,34 +379,60 @@ async def _read_other(hold, c, file, fd, want):
             else:
                 data = _clamp(await hold.loop.run_in_executor(None, file.read, want), want)
         else:
-            # on a dup of the read's own: a cancel can't stop a read its thread
-            # has begun, and the call's close of fd would let the number name
-            # another pipe or socket by the time it runs (its bytes lost to it)
-            own = os.dup(fd)
-            try:
-                fut = hold.loop.run_in_executor(None, _read_own, own, want, c.offset)
-            except BaseException:
-                os.close(own)
-                raise
-            fut.add_done_callback(_retrieved)  # a cancelled call's read may still fail
-            data = await asyncio.shield(fut)  # (run, it closes own; never cancelled unrun)
+            data = await _OwnRead(fd).run(hold.loop, want, c.offset)
     except Exception as exc:
         raise _source_error(exc, file, hold.sent) from exc
     return data, c.take(len(data), want)
 
 
-def _read_own(fd, want, offset):
-    """Reads from fd, a dup that is this read's alone, at offset (where it stands
-    when negative), then closes it."""
-    try:
-        return os.pread(fd, want, offset) if offset >= 0 else os.read(fd, want)
-    finally:
-        os.close(fd)
+class _OwnRead:
+    """A read of a pipe (or another fd without a size) in the default executor,
+    on a dup of its own: a cancel can't stop a read its thread has begun, and
+    the call's close of its fd would let the number name another pipe or socket
+    by the time it ran (whose bytes it would take). A read its call gave up on
+    before it began reads nothing (the pipe's next bytes are the caller's); one
+    the executor dropped unrun closes the dup all the same."""
 
+    __slots__ = ("fd", "given_up")
 
-def _retrieved(fut):
-    if not fut.cancelled():
-        fut.exception()
+    def __init__(self, fd):
+        self.fd = os.dup(fd)
+        self.given_up = False
+
+    async def run(self, loop, want, offset):
+        try:
+            fut = loop.run_in_executor(None, self._read, want, offset)
+        except BaseException:
+            self._close()
+            raise
+        fut.add_done_callback(self._done)
+        try:
+            # shielded: the read, once begun, ends in its own time and closes the dup
+            return await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            self.given_up = True  # (not begun: it won't)
+            if fut.cancelled():  # the executor dropped it (shutdown(cancel_futures=True))
+                raise OSError(_errno.ECANCELED, "the executor dropped the read") from None
+            raise
+
+    def _read(self, want, offset):
+        try:
+            if self.given_up:
+                return b""
+            return os.pread(self.fd, want, offset) if offset >= 0 else os.read(self.fd, want)
+        finally:
+            self._close()
+
+    def _done(self, fut):
+        if fut.cancelled():  # never run: the executor let go of it
+            self._close()
+        else:
+            fut.exception()  # retrieved: a given-up read's error is nobody's
+
+    def _close(self):
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)
 
 
 def _seekable_fd(fd):

@@ -441,6 +441,65 @@ def test_a_cancelled_read_of_a_pipe_never_takes_a_reused_numbers_bytes():
     run(main())
 
 
+def _pipe_read_queued(body):
+    """body(loop, pool, task, r, w) once a TLS send of a pipe (holding a byte)
+    has its read queued behind a busy job in a one-worker default executor."""
+    from concurrent.futures import ThreadPoolExecutor
+    busy = threading.Event()
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        pool = ThreadPoolExecutor(1)
+        loop.set_default_executor(pool)
+        pool.submit(busy.wait, 10)  # the only worker is busy
+        r, w = os.pipe()
+        os.write(w, b"x")  # readable: the send goes to its read
+        try:
+            async with Pair("tls") as p:
+                src = io.FileIO(r, "rb", closefd=False)
+                task = asyncio.ensure_future(zcsend.sendfile(p.server, src))
+                await until(lambda: pool._work_queue.qsize() == 1, what="the read queued")
+                await body(busy, pool, task, r, w)
+                src.close()
+        finally:
+            busy.set()
+            os.close(r)
+            os.close(w)
+            pool.shutdown(wait=True)
+    run(main())
+
+
+def test_a_send_cancelled_before_its_pipe_read_began_reads_nothing_of_the_pipe():
+    """The pipe's next bytes are the caller's once its call is over. Cancelled
+    while its read waited in the executor's queue, the send must not read after
+    all (a read kept alive past the cancel ate them)."""
+    async def body(busy, pool, task, r, w):
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        os.write(w, b"the caller's next bytes")
+        busy.set()
+        await asyncio.get_running_loop().run_in_executor(None, lambda: None)  # the queued read's turn came
+        os.set_blocking(r, False)
+        assert os.read(r, 1000) == b"xthe caller's next bytes"
+    _pipe_read_queued(body)
+
+
+def test_a_pipe_read_the_executor_drops_unrun_closes_its_dup_and_fails_the_send():
+    """shutdown(cancel_futures=True) drops the queued read: its dup is closed
+    all the same, and the send fails with a SendfileError (not a CancelledError
+    in a task nobody cancelled)."""
+    async def body(busy, pool, task, r, w):
+        pipe = _link(r)
+        pool.shutdown(wait=False, cancel_futures=True)  # the application's own teardown, say
+        busy.set()
+        with pytest.raises(zcsend.SendfileError, match="the executor dropped the read"):
+            await asyncio.wait_for(task, 5)
+        assert [n for n in os.listdir("/proc/self/fd")
+                if int(n) not in (r, w) and _link(n) == pipe] == []
+    _pipe_read_queued(body)
+
+
 @pytest.mark.parametrize("rep", range(3))
 def test_tls_peer_reset_is_never_success(rep, tmp_path):
     """The peer resets after 200 kB of a 3 MB file: a ConnectionError, never the
