@@ -584,8 +584,9 @@ end
 -- on the fd for what it wants (events(): TLS may need to read). true once all
 -- of data has left the buffer; else nil, msg, name, how many of data's bytes
 -- had (as of the last send: only sends write). What is left in the buffer then
--- would go out at the socket's next write, after the caller resumed from the
--- count: the socket's writes fail from then on instead (seterror("w")).
+-- would go out at the socket's next write (or read: autoflush), after the
+-- caller resumed from the count: its writes fail from then on instead
+-- (seterror("w")), and its reads flush nothing (autoflush off).
 local function send_chunk_cqueues(host, sock, fd, id, data, timeout)
   if core.fdid(fd) ~= id then -- (a closed cqueues socket raises)
     return nil, EBADF_CLOSED, "EBADF", 0
@@ -617,6 +618,8 @@ local function send_chunk_cqueues(host, sock, fd, id, data, timeout)
     if not ok then
       if wname ~= "EBADF" and left > 0 then
         sock:seterror("w", -(core[wname] or core.EIO))
+        local _, wmode = sock:setmode(nil, nil) -- and its reads must not flush it (autoflush)
+        sock:setmode(nil, wmode .. "A")
         werr = ("%s (%d bytes left in the socket's buffer: its writes now fail)"):format(werr, left)
       end
       return nil, werr, wname, out
