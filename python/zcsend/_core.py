@@ -409,9 +409,10 @@ class _OwnRead:
         try:
             # shielded: the read, once begun, ends in its own time and closes the dup
             return await asyncio.shield(fut)
-        except asyncio.CancelledError:
+        except BaseException as exc:  # cancelled, closed, interrupted: given up
             self.given_up = True  # (not begun: it won't)
-            if fut.cancelled():  # the executor dropped it (shutdown(cancel_futures=True))
+            if isinstance(exc, asyncio.CancelledError) and fut.cancelled():
+                # the executor dropped it (shutdown(cancel_futures=True))
                 raise OSError(_errno.ECANCELED, "the executor dropped the read") from None
             raise
 

@@ -485,6 +485,21 @@ def test_a_send_cancelled_before_its_pipe_read_began_reads_nothing_of_the_pipe()
     _pipe_read_queued(body)
 
 
+def test_a_send_closed_before_its_pipe_read_began_reads_nothing_of_the_pipe():
+    """The same where the call ends by other than a cancel: its coroutine
+    closed (GeneratorExit, as a KeyboardInterrupt would end it too)."""
+    async def body(busy, pool, task, r, w):
+        task.get_coro().close()  # GeneratorExit at the await; the task never hears
+        os.write(w, b"the caller's next bytes")
+        busy.set()
+        await asyncio.get_running_loop().run_in_executor(None, lambda: None)  # the queued read's turn came
+        os.set_blocking(r, False)
+        assert os.read(r, 1000) == b"xthe caller's next bytes"
+        await asyncio.wait([task], timeout=5)  # (it fails: its coroutine is gone)
+        task.exception() if task.done() else task.cancel()
+    _pipe_read_queued(body)
+
+
 def test_a_pipe_read_the_executor_drops_unrun_closes_its_dup_and_fails_the_send():
     """shutdown(cancel_futures=True) drops the queued read: its dup is closed
     all the same, and the send fails with a SendfileError (not a CancelledError
