@@ -588,11 +588,14 @@ end
 -- caller resumed from the count: its writes fail from then on instead
 -- (seterror("w")), and its reads flush nothing (autoflush off).
 local function send_chunk_cqueues(host, sock, fd, id, data, timeout)
-  if core.fdid(fd) ~= id then -- (a closed cqueues socket raises)
-    return nil, EBADF_CLOSED, "EBADF", 0
-  end
   local i, out, left = 1, 0, 0
+  -- cqueues' errno (positive) where the send stopped short, "closed" where
+  -- another coroutine closed the socket (checked first: a closed one raises;
+  -- nothing yields between that look and the send)
   local function send()
+    if core.fdid(fd) ~= id then
+      return "closed"
+    end
     local n, why = sock:send(data, i, #data, "bn")
     i = i + n
     left = select(2, sock:pending()) -- the buffer's last bytes: the caller's go first
@@ -602,18 +605,15 @@ local function send_chunk_cqueues(host, sock, fd, id, data, timeout)
   local why = send()
   while why or i <= #data do
     local ok, werr, wname
-    if why == -core.EAGAIN then -- (cqueues' errnos are positive, the core's negative)
-      ok, werr, wname = wait_fd(host, fd, sock:events():find("r", 1, true) and "r" or "w", timeout)
-    elseif core.fdid(fd) ~= id then -- closed by another coroutine, not by the peer
+    if why == "closed" then
       ok, werr, wname = nil, EBADF_CLOSED, "EBADF"
+    elseif why == -core.EAGAIN then -- (the core's errnos are negative)
+      ok, werr, wname = wait_fd(host, fd, sock:events():find("r", 1, true) and "r" or "w", timeout)
     elseif why == -core.EPIPE or why == -core.ECONNRESET then
       werr, wname = core.strerror(why)
     else
       local cerrno = package.loaded["cqueues.errno"]
       ok, werr, wname = nil, "EPIPE: TLS send failed: " .. (cerrno and cerrno.strerror(why) or tostring(why)), "EPIPE"
-    end
-    if ok and core.fdid(fd) ~= id then
-      ok, werr, wname = nil, EBADF_CLOSED, "EBADF"
     end
     if not ok then
       if wname ~= "EBADF" and left > 0 then
