@@ -391,7 +391,8 @@ class _OwnRead:
     the call's close of its fd would let the number name another pipe or socket
     by the time it ran (whose bytes it would take). A read its call gave up on
     before it began reads nothing (the pipe's next bytes are the caller's); one
-    the executor dropped unrun closes the dup all the same."""
+    the executor dropped unrun closes the dup all the same: its done-callback
+    where the loop still runs, else when the read is let go of (__del__)."""
 
     __slots__ = ("fd", "given_up")
 
@@ -434,6 +435,8 @@ class _OwnRead:
         fd, self.fd = self.fd, -1
         if fd >= 0:
             os.close(fd)
+
+    __del__ = _close  # the dup is this object's alone: unreachable, nobody reads it
 
 
 def _seekable_fd(fd):

@@ -515,6 +515,42 @@ def test_a_pipe_read_the_executor_drops_unrun_closes_its_dup_and_fails_the_send(
     _pipe_read_queued(body)
 
 
+def test_a_pipe_read_dropped_unrun_after_its_loop_closed_closes_its_dup():
+    """The loop closed with the send pending, then the executor dropped its
+    queued read: no done-callback runs for a closed loop, and the read's dup
+    was left open for the process's life. Let go of, the read closes it."""
+    from concurrent.futures import ThreadPoolExecutor
+    busy = threading.Event()
+    pool = ThreadPoolExecutor(1)
+    pool.submit(busy.wait, 10)  # the only worker is busy
+    r, w = os.pipe()
+    os.write(w, b"x")  # readable: the send goes to its read
+    pipe = _link(r)
+    loop = (__import__("uvloop").new_event_loop() if LOOP["kind"] == "uvloop"
+            else asyncio.new_event_loop())
+    loop.set_default_executor(pool)
+
+    async def start():
+        p = await Pair("tls").__aenter__()
+        task = asyncio.ensure_future(zcsend.sendfile(p.server, io.FileIO(r, "rb", closefd=False)))
+        await until(lambda: pool._work_queue.qsize() == 1, what="the read queued")
+        return p, task
+
+    try:
+        p, task = loop.run_until_complete(start())
+        loop.close()  # the send still pending (its sockets go with the transports)
+        pool.shutdown(wait=False, cancel_futures=True)  # the application's teardown
+        del p, task
+        gc.collect()
+        assert [n for n in os.listdir("/proc/self/fd")
+                if int(n) not in (r, w) and _link(n) == pipe] == []
+    finally:
+        busy.set()
+        pool.shutdown(wait=True)
+        os.close(r)
+        os.close(w)
+
+
 @pytest.mark.parametrize("rep", range(3))
 def test_tls_peer_reset_is_never_success(rep, tmp_path):
     """The peer resets after 200 kB of a 3 MB file: a ConnectionError, never the
