@@ -697,10 +697,10 @@ static int load_small(zcs_transfer_t *t) {
       !t->sized || t->offset < 0 || t->remaining <= 0 || t->remaining > (int64_t)ZCS_SMALL_COPY ||
       t->buf_pos != t->buf_len || t->pipe_len)
     return 0;
-  if (!t->buf) {
-    if (!(t->buf = malloc(ZCS_SMALL_COPY + 1)))
+  if (!t->buf) { /* the rest's size, not the limit's: a slow reader's connection holds it */
+    if (!(t->buf = malloc((size_t)t->remaining + 1)))
       return 0; /* the step copes, or meets it */
-    t->buf_cap = ZCS_SMALL_COPY + 1;
+    t->buf_cap = (size_t)t->remaining + 1;
   }
   if ((uint64_t)t->remaining >= t->buf_cap)
     return 0;

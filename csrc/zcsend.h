@@ -136,7 +136,7 @@ enum zcs_backend {
 #define ZCS_MIN_BUFFER (16u << 10)
 #define ZCS_MAX_BUFFER (256u << 10)
 #ifndef ZCS_SMALL_COPY /* a build may set it (benchmarks/core_small.c measures it) */
-#define ZCS_SMALL_COPY (4u << 10)         /* a rest this small is copied: zcs_transfer_ready */
+#define ZCS_SMALL_COPY (16u << 10)        /* a rest this small is copied: zcs_transfer_ready */
 #endif
 
 /* One transfer: a file (or part of one) to a non-blocking socket.
@@ -269,15 +269,18 @@ ZCS_API int zcs_transfer_step(zcs_transfer_t *t);
 ZCS_API int zcs_transfer_cached(const zcs_transfer_t *t, size_t len);
 
 /* zcs_transfer_cached() for a host about to step the transfer, which may read
- * its rest now: a rest of at most ZCS_SMALL_COPY bytes (one page) of a regular
+ * its rest now: a rest of at most ZCS_SMALL_COPY bytes (16 KiB) of a regular
  * file, on a sendfile transfer holding no bytes (and not ZCS_F_NO_FALLBACK), is read with one
  * preadv2(RWF_NOWAIT) into the transfer's buffer, and the step sends it, after
  * the head, with one sendmsg(MSG_NOSIGNAL) (those bytes count as copied, not
- * zero-copy): one syscall fewer than the zero-copy step (its probe, the look
- * at SIGPIPE, sendfile), two with a head. benchmarks/core_small.c: 0.75-0.96x
- * the zero-copy step's CPU with a head, 0.88-0.98x for 1 KiB without; past one
- * page the copy's cost grows and the two swap places from run to run (0.8x to
- * 1.5x on loopback TCP), hence the limit. 1: the rest is held. Where the
+ * zero-copy): two syscalls where the zero-copy step makes four or five
+ * (cachestat, the probes, the look at SIGPIPE, sendfile; a send for a head).
+ * benchmarks/core_small.c, 4 runs on loopback TCP: 0.76-0.81x the zero-copy
+ * step's CPU with a head and 0.87-0.93x without, for 8 to 16 KiB; at 32 KiB
+ * 0.86-0.93x, but the copies' share grows with the size (one to the buffer,
+ * one to the socket; sendfile makes neither on a NIC that gathers), and the
+ * buffer (the rest's size, malloc) stays with a slow reader's connection,
+ * hence the limit. 1: the rest is held. Where the
  * read fails or comes back short (a page not read in or still being read, the
  * file shrank, a cached page carrying the readahead mark, where RWF_NOWAIT
  * reads stop), the file refuses RWF_NOWAIT (tmpfs), or the read fails

@@ -83,15 +83,15 @@ UNDER_SANITIZER = any(lib in os.environ.get("LD_PRELOAD", "") for lib in ("libas
 
 @pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")
 @pytest.mark.skipif(UNDER_SANITIZER, reason="a sanitizer's allocator makes syscalls of its own")
-@pytest.mark.parametrize("size", [1000, 4096, 16 << 10])
+@pytest.mark.parametrize("size", [1000, 4096, 16 << 10, 64 << 10])
 def test_syscalls_of_a_small_send(tmp_path, size):
     """Per send of a cached small file: fstat, one fcntl (the fd, not the file
     object, says whether it is readable), and the lseek that puts the file's
-    position where asyncio's contract says. Then, for at most 4 KiB
+    position where asyncio's contract says. Then, for at most 16 KiB
     (ZCS_SMALL_COPY) on the sendfile backend, the copy: one
     preadv2(RWF_NOWAIT) of the whole range (it fails or reads short where a
     page is not read in) and one send with MSG_NOSIGNAL, no look at SIGPIPE.
-    Past 4 KiB (and on the emulated backend), the zero-copy step's checks:
+    Past 16 KiB (and on the emulated backend), the zero-copy step's checks:
     cachestat, preadv2(RWF_NOWAIT) probes of the first and last byte (pages
     still being read in are not ready), one look at SIGPIPE's disposition
     (CPython ignores it: no mask), and sendfile (emulated: pread + send). No

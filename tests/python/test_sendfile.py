@@ -453,10 +453,10 @@ def _nowait_reads(path):
         os.close(fd)
 
 
-@pytest.mark.parametrize("size", [1, 1000, 4096, 4097, 16 << 10])
+@pytest.mark.parametrize("size", [1, 1000, 4096, zcsend._zcsend.SMALL_COPY, zcsend._zcsend.SMALL_COPY + 1])
 @pytest.mark.parametrize("head", [None, b"HTTP/1.1 200 OK\r\n\r\n"], ids=["no-head", "head"])
 def test_a_small_file_is_one_copy(kind, tmp_path, size, head):
-    """At most SMALL_COPY (4 KiB, a page) bytes of a cached file go as one copy
+    """At most SMALL_COPY (16 KiB) bytes of a cached file go as one copy
     (read with RWF_NOWAIT, sent with the head in one sendmsg): fewer syscalls
     than the zero-copy step for so few bytes. Every byte in order, the position
     after them, counted as copied; one byte more goes zero-copy."""
