@@ -557,6 +557,17 @@ def _refuse_write(*args, **kwargs):
     raise RuntimeError("unable to write; sendfile is in progress")
 
 
+# asyncio's TLS transport (3.11 on) drops every write, with a log line at most,
+# once its protocol is past WRAPPED: after a close() began, or after the peer's
+# TCP FIN arrived while reading was paused, which it then tells nobody of
+_DROPPING = frozenset(("FLUSHING", "SHUTDOWN", "UNWRAPPED"))
+
+
+def _drops_writes(transport):
+    state = getattr(getattr(transport, "_ssl_protocol", None), "_state", None)
+    return getattr(state, "name", None) in _DROPPING
+
+
 class WriteHold(_Hold):
     """Holds any other stream transport (TLS): the file goes through write().
     Where the transport is a Python object (asyncio's TLS transport), write()
@@ -578,6 +589,14 @@ class WriteHold(_Hold):
 
     def write(self, data):
         self._write(self.transport, data)
+
+    def ending(self):
+        """Also where the transport would drop what is written: its peer's EOF
+        came while the transfer kept reading paused (the hold's own close()
+        watch tells a local close apart)."""
+        if not _Hold.ending(self) and _drops_writes(self.transport):
+            self.closed = self.peer_eof = True
+        return self.closed
 
     async def flushed(self):
         """Waits until the transport's buffer is empty (the bytes it took went on

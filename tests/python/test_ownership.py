@@ -577,6 +577,56 @@ def test_tls_peer_reset_is_never_success(rep, tmp_path):
     run(main())
 
 
+def test_tls_peer_half_close_is_never_success(tmp_path):
+    """The peer sends its TCP FIN (no close_notify) and keeps reading. asyncio's
+    TLS transport (3.11 on), its reading paused for the transfer, goes to
+    FLUSHING, tells nobody, and drops every later write: the call returned
+    success for 25 of 32 MiB the peer never got. Now it is an error, and the
+    count is what the transport took before."""
+    path = tmp_path / "f"
+    size = 32 << 20
+    make_file(path, size)
+
+    async def main():
+        async with Pair("tls") as p:
+            got = [0]
+
+            async def drain():
+                while True:
+                    data = await p.reader.read(1 << 20)
+                    if not data:
+                        return
+                    got[0] += len(data)
+
+            reading = asyncio.ensure_future(drain())
+            with open(path, "rb") as f:
+                task = asyncio.ensure_future(zcsend.sendfile(p.server, f))
+                await until(lambda: got[0] > 1 << 20, what="the peer reading")
+                sock = p.writer.get_extra_info("socket")
+                with socket.socket(fileno=os.dup(sock.fileno())) as d:
+                    d.shutdown(socket.SHUT_WR)  # the peer: no more requests
+                try:
+                    sent = await asyncio.wait_for(task, 20)
+                except ConnectionError as exc:
+                    assert isinstance(exc, zcsend.SendfileConnectionError), exc
+                    assert exc.bytes_sent < size and f.tell() == exc.bytes_sent
+                    # asyncio: what the transport took before reaches the peer.
+                    # uvloop's TLS goes down at the FIN, dropping what it still
+                    # held (.bytes_sent counts what the transport took: README)
+                    if LOOP["kind"] == "asyncio":
+                        await until(lambda: got[0] >= exc.bytes_sent, what="the counted bytes")
+                    last = -1
+                    while last != got[0]:
+                        last = got[0]
+                        await asyncio.sleep(0.3)
+                    assert got[0] <= exc.bytes_sent
+                    reading.cancel()
+                else:
+                    await asyncio.wait_for(reading, 10)
+                    assert sent == size and got[0] == size, (sent, got[0])
+    run(main())
+
+
 # ---- lifetimes ----------------------------------------------------------------------------
 def _sink_thread(sock, out):
     def sink():
