@@ -56,7 +56,9 @@ int zcs_chunks_init(zcs_chunks_t *c, int fd, int64_t offset, int64_t count, int 
     if (rc < 0)
       return c->result = rc;
     if (S_ISREG(st.st_mode) || lseek(fd, 0, SEEK_CUR) >= 0)
-      c->offset = offset; /* else a pipe, socket or tty: read where it stands */
+      c->offset = offset;
+    else if (offset)
+      return c->result = -ESPIPE; /* a pipe, socket or tty: read where it stands, from 0 only */
   } else if (offset < 0 || (count < 0 && count != ZCS_COUNT_TO_EOF)) {
     return c->result = -EINVAL;
   }

@@ -192,8 +192,13 @@ int zcs_transfer_init(zcs_transfer_t *t, int sock_fd, int file_fd, int64_t offse
   if (S_ISREG(st.st_mode)) {
     t->backend = backend_forced_emulated ? ZCS_BACKEND_EMULATED : ZCS_BACKEND_SENDFILE;
   } else {
-    if (lseek(file_fd, 0, SEEK_CUR) < 0)
-      t->offset = -1; /* pipes, sockets, ttys: read where the source stands */
+    if (lseek(file_fd, 0, SEEK_CUR) < 0) {
+      /* pipes, sockets, ttys: read where the source stands. An offset there
+         would be ignored, and bytes not the ones asked for sent: refused */
+      if (offset || (flags & ZCS_F_SEEKABLE_ONLY))
+        return -ESPIPE;
+      t->offset = -1;
+    }
     if (S_ISFIFO(st.st_mode))
       t->backend = backend_forced_emulated ? ZCS_BACKEND_EMULATED : ZCS_BACKEND_SPLICE;
     else if (flags & ZCS_F_NO_FALLBACK)

@@ -129,6 +129,10 @@ enum zcs_backend {
                                       ignore SIGPIPE (CPython does at startup); a host that
                                       may reset it to the default from another thread while
                                       a step runs must not use it */
+#define ZCS_F_SEEKABLE_ONLY 0x40   /* init refuses a source that can't seek (a pipe, a socket,
+                                      a tty) with -ESPIPE, before counting it: for a host whose
+                                      buffered reader may hold such a stream's next bytes,
+                                      which the fd alone would skip */
 
 #define ZCS_COUNT_TO_EOF (-1)
 #define ZCS_DEFAULT_BUDGET (2u << 20)     /* bytes one step may move: nginx's 2 MiB per event */

@@ -185,7 +185,12 @@ local function filefd(file, fname)
   if io.type(file) ~= "file" then
     argerror(2, fname, "file handle or fd expected, got " .. type(file))
   end
-  return core.fileno(file)
+  local fd, ahead = core.fileno(file)
+  if ahead > 0 then -- sent from the fd, they would be skipped: a hole in the stream
+    argerror(2, fname, ("the handle holds %d bytes of its pipe read ahead (it was read from):"
+      .. " pass a handle not read from, or an fd"):format(ahead))
+  end
+  return fd
 end
 
 local function check_range(offset, count, fname)

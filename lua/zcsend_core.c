@@ -936,12 +936,23 @@ static int l_fdid(lua_State *L) {
   return 1;
 }
 
-/* core.fileno(io_handle) -> fd; raises on a closed handle (as the io library does) */
+/* core.fileno(io_handle) -> fd, ahead; raises on a closed handle (as the io
+   library does). ahead: the bytes the handle's stdio buffer read ahead of a
+   source that can't seek (a pipe the caller read from), which the fd alone
+   would skip; 0 for a file that seeks (sent by offset), or where the C library
+   doesn't say (glibc does) */
 static int l_fileno(lua_State *L) {
   luaL_Stream *s = (luaL_Stream *)luaL_checkudata(L, 1, LUA_FILEHANDLE);
   luaL_argcheck(L, STREAM_OPEN(s), 1, "attempt to use a closed file");
-  lua_pushinteger(L, fileno(s->f));
-  return 1;
+  int fd = fileno(s->f);
+  lua_Integer ahead = 0;
+#ifdef __GLIBC__
+  if (s->f->_IO_read_ptr < s->f->_IO_read_end && fd >= 0 && lseek(fd, 0, SEEK_CUR) < 0)
+    ahead = (lua_Integer)(s->f->_IO_read_end - s->f->_IO_read_ptr);
+#endif
+  lua_pushinteger(L, fd);
+  lua_pushinteger(L, ahead);
+  return 2;
 }
 
 /* core.engine_stats() -> {prefetches, prefetch_bytes, prefetching, workers} */

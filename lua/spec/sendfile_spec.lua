@@ -101,6 +101,30 @@ describe("bad input", function()
     H.reader_wait(rd)
   end)
 
+  it("raises for a pipe's handle holding bytes it read ahead", function()
+    -- its stdio buffer holds the pipe's next bytes: sent from the fd they
+    -- were skipped, and the peer got a stream with a hole
+    local p = assert(io.popen("printf 'line\\nrest of the stream'", "r"))
+    assert.are.equal("line", p:read("l"))
+    assert.has_error(function() zcsend.sendfile(s, p) end,
+      "bad argument #2 to 'sendfile' (the handle holds 18 bytes of its pipe read ahead"
+      .. " (it was read from): pass a handle not read from, or an fd)")
+    assert.are.equal("rest of the stream", p:read("a"))
+    p:close()
+  end)
+
+  it("refuses an offset on a pipe (ESPIPE), reading nothing", function()
+    -- it was ignored: the stream's first bytes went as the ones asked for
+    local p = assert(io.popen("printf 0123456789", "r"))
+    local sent, msg, name, n = zcsend.sendfile(s, p, 5, 3)
+    assert.is_nil(sent)
+    assert.are.equal("ESPIPE", name)
+    assert.are.equal(0, n)
+    assert.is_truthy(msg:find("ESPIPE", 1, true), msg)
+    assert.are.equal("0123456789", p:read("a"))
+    p:close()
+  end)
+
   it("raises for a closed file handle", function()
     local f = assert(io.open(PATH, "rb"))
     f:close()

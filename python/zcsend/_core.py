@@ -4,6 +4,7 @@ import asyncio
 import collections
 import io
 import os
+import select
 import stat
 import weakref
 
@@ -272,15 +273,30 @@ def _source_error(exc, file, sent):
 
 
 def _clamp(data, want):
-    """A read() that returned more than it was asked for gives only that much."""
+    """A read() that returned more than it was asked for gives only that much;
+    one that returned no bytes (None from a non-blocking source, a str) is an
+    error, which the caller gives the count of what went out."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"read() returned {type(data).__name__}, not bytes")
     return data[:want] if len(data) > want else data
+
+
+def _start_at(file, offset):
+    """An object that only read()s, read from offset: seeked there (at 0 it is
+    read where it stands, as asyncio does). One that can't seek is refused, as
+    the core refuses such an fd: an ignored offset would send other bytes."""
+    if not offset:
+        return
+    seekable = getattr(file, "seekable", None)
+    if not hasattr(file, "seek") or (seekable is not None and not seekable()):
+        raise OSError(_errno.ESPIPE, f"Illegal seek: the source can't start at offset {offset}")
+    file.seek(offset)
 
 
 async def _send_chunked(hold, file, offset, count, head):
     """Sources with no fd: read bounded chunks, each sent by the core (the head
     with the first, or alone when there is nothing to read)."""
-    if offset:
-        file.seek(offset)
+    _start_at(file, offset)
     while count is None or hold.sent < count:
         want = CHUNK if count is None else min(CHUNK, count - hold.sent)
         try:
@@ -288,9 +304,9 @@ async def _send_chunked(hold, file, offset, count, head):
                 data = file.read(want)
             else:  # may block on disk: off the loop thread
                 data = await hold.loop.run_in_executor(None, file.read, want)
+            data = _clamp(data, want)
         except Exception as exc:
             raise _source_error(exc, file, hold.sent) from exc
-        data = _clamp(data, want)
         if not data and head is None:
             break
         transfer = _zcsend.Transfer.from_bytes(hold.sock_fd, data)
@@ -419,9 +435,16 @@ class _OwnRead:
 
     def _read(self, want, offset):
         try:
-            if self.given_up:
-                return b""
-            return os.pread(self.fd, want, offset) if offset >= 0 else os.read(self.fd, want)
+            while not self.given_up:
+                try:
+                    return os.pread(self.fd, want, offset) if offset >= 0 else os.read(self.fd, want)
+                except BlockingIOError:
+                    # a non-blocking pipe: waited for, as the socket path's splice
+                    # waits (given_up looked at again every 50 ms)
+                    poll = select.poll()
+                    poll.register(self.fd, select.POLLIN)
+                    poll.poll(50)
+            return b""
         finally:
             self._close()
 
@@ -491,8 +514,8 @@ async def _send_by_write(hold, file, fd, offset, count, head):
     core's chunk source sizes the source by the transfer's rule (so a source
     gives the same result here as on a socket), checks every chunk against the
     range and counts the transfer in the stats; the reads stay off the loop."""
-    if fd is None and offset:
-        file.seek(offset)
+    if fd is None:
+        _start_at(file, offset)
     try:
         c = _zcsend.Chunks(-1 if fd is None else fd, offset, -1 if count is None else count)
     except OSError as exc:
@@ -559,6 +582,13 @@ async def sendfile(transport, file, offset=0, count=None, *, fallback=True, head
     hold = hold_for(loop, transport)
     hold.timeout = timeout
     fd = _source_fd(file) if r is None else -1  # -1: fast_send's, its transfer holds a dup
+    if fd is not None and fd != -1 and isinstance(file, io.BufferedIOBase) and not file.seekable():
+        # a pipe's (a socket's) reader: its buffer may hold the stream's next
+        # bytes, which the fd would skip. Read through the object, buffer first
+        if not fallback:
+            raise asyncio.SendfileNotAvailableError(
+                "a buffered reader of a pipe may hold its next bytes: pass its .raw to send zero-copy")
+        fd = None
     regular = False
     if fd is not None:
         if not fallback:

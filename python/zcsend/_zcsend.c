@@ -734,6 +734,7 @@ static PyObject *step_now(PyObject *m, int sock_fd, int file_fd, long long offse
     zcs_transfer_release(&t);
     return raise_code(rc);
   }
+
   if (head_obj != Py_None) {
     Py_buffer head;
     if (PyObject_GetBuffer(head_obj, &head, PyBUF_SIMPLE) < 0) {
@@ -1028,11 +1029,13 @@ static PyObject *mod_fast_send(PyObject *m, PyObject *const *args, Py_ssize_t na
     goto not_taken;
   int stepped;
   PyObject *r = step_now(m, sock_fd, (int)file_fd, offset, count,
-                         ZCS_F_SOCK_NONBLOCKING | ZCS_F_SIGPIPE_IF_DEFAULT, head, budget, &stepped);
+                         ZCS_F_SOCK_NONBLOCKING | ZCS_F_SIGPIPE_IF_DEFAULT | ZCS_F_SEEKABLE_ONLY,
+                         head, budget, &stepped);
   if (!r) {
     if (stepped)
       goto out; /* bytes may have gone out: the error, never a second send */
-    goto not_taken; /* init refused it before a byte: the Python path says why */
+    goto not_taken; /* init refused it before a byte: the Python path says why (a
+                       pipe, ZCS_F_SEEKABLE_ONLY: it reads it through the object) */
   }
   if (!PyTuple_CheckExact(r) || PyLong_AsLong(PyTuple_GET_ITEM(r, 0)) != 0) {
     result = r; /* it ended with an error, or goes on */

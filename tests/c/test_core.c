@@ -874,6 +874,29 @@ START_TEST(chunks_short_file_truncates) {
 END_TEST
 
 /* A pipe: read where it stands, until count or its end; never past the count */
+/* a source that can't seek reads where it stands: an offset other than 0 is
+   refused before a byte (it was ignored, and the stream's first bytes sent
+   as if they were the ones at the offset) */
+START_TEST(offset_on_a_pipe_is_espipe) {
+  int p[2], sv[2];
+  ck_assert_int_eq(pipe(p), 0);
+  ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv), 0);
+  ck_assert_int_eq(write(p[1], "abcdef", 6), 6);
+  zcs_transfer_t t;
+  ck_assert_int_eq(zcs_transfer_init(&t, sv[0], p[0], 5, ZCS_COUNT_TO_EOF, 0), -ESPIPE);
+  zcs_transfer_release(&t);
+  zcs_chunks_t c;
+  ck_assert_int_eq(zcs_chunks_init(&c, p[0], 5, 3, 0), -ESPIPE);
+  zcs_chunks_release(&c);
+  ck_assert_int_eq(zcs_transfer_init(&t, sv[0], p[0], 0, 6, 0), 0); /* 0: where it stands */
+  ck_assert_int_eq(t.offset, -1);
+  zcs_transfer_release(&t);
+  char b[8];
+  ck_assert_int_eq(read(p[0], b, sizeof b), 6); /* nothing was read */
+  close(p[0]); close(p[1]); close(sv[0]); close(sv[1]);
+}
+END_TEST
+
 START_TEST(chunks_pipe_source) {
   unsigned char *data = pattern(3000, 44), out[4096];
   size_t got;
@@ -3313,6 +3336,7 @@ int main(void) {
   tcase_add_test(tc, chunks_bad_inputs);
   tcase_add_test(tc, chunks_short_file_truncates);
   tcase_add_test(tc, chunks_pipe_source);
+  tcase_add_test(tc, offset_on_a_pipe_is_espipe);
   tcase_add_test(tc, chunks_nowait_reads);
   tcase_add_test(tc, chunks_host_reads);
   tcase_add_test(tc, chunks_stats_counted_once);

@@ -6,6 +6,7 @@ import io
 import os
 import socket
 import threading
+import time
 
 import pytest
 
@@ -121,7 +122,7 @@ def test_reading_paused_and_protocol_restored(kind, datafile):
 
 
 # ---- sources ------------------------------------------------------------------------
-def _pipe_with(data):
+def _pipe_with(data, buffered=True):
     r, w = os.pipe()
 
     def feed():
@@ -130,15 +131,18 @@ def _pipe_with(data):
                 out.write(data[i:i + 100_000])
     th = threading.Thread(target=feed)
     th.start()
-    return os.fdopen(r, "rb"), th
+    return os.fdopen(r, "rb", buffering=-1 if buffered else 0), th
 
 
-def test_pipe_to_eof_with_count_none(kind):
+@pytest.mark.parametrize("buffered", [False, True], ids=["raw", "buffered"])
+def test_pipe_to_eof_with_count_none(kind, buffered):
+    """A pipe to its end: spliced from a raw file; read through the object
+    where it is a buffered reader (its buffer may hold the next bytes)."""
     data = os.urandom(5 << 20)
 
     async def main():
         async with Pair(kind) as p:
-            src, th = _pipe_with(data)
+            src, th = _pipe_with(data, buffered)
             with src:
                 reading = asyncio.ensure_future(p.read_all(len(data)))
                 before = zcsend.stats()
@@ -146,8 +150,110 @@ def test_pipe_to_eof_with_count_none(kind):
                 after = zcsend.stats()
                 assert await reading == (hashlib.sha1(data).hexdigest(), len(data))
                 zc = after["bytes_zero_copy"] - before["bytes_zero_copy"]
-                assert zc == (len(data) if zero_copy_expected(kind) else 0)
+                assert zc == (len(data) if zero_copy_expected(kind) and not buffered else 0)
             th.join()
+    run(main())
+
+
+@pytest.mark.parametrize("fifo", [False, True], ids=["pipe", "fifo-path"])
+def test_a_buffered_readers_buffer_goes_first(kind, tmp_path, fifo):
+    """A reader of a pipe that was read from holds the stream's next bytes in
+    its buffer: they go first, then the rest (the fd alone skipped them: the
+    peer got a stream with a 4 KiB hole, and the call said success). open()
+    of a FIFO's path is the one-C-call path's kind of file."""
+    data = os.urandom(300_000)
+    if fifo:
+        path = str(tmp_path / "fifo")
+        os.mkfifo(path)
+        def feed():
+            with open(path, "wb") as out:
+                out.write(data)
+        th = threading.Thread(target=feed)
+        th.start()
+        src = open(path, "rb")
+    else:
+        src, th = _pipe_with(data)
+
+    async def main():
+        async with Pair(kind) as p:
+            with src:
+                first = src.readline()  # the reader now holds bytes past the line
+                rest = data[len(first):]
+                reading = asyncio.ensure_future(p.read_all(len(rest)))
+                assert await zcsend.sendfile(p.server, src) == len(rest)
+                assert await reading == (hashlib.sha1(rest).hexdigest(), len(rest))
+            th.join()
+    run(main())
+
+
+@pytest.mark.parametrize("buffered", [False, True], ids=["raw", "buffered"])
+def test_an_offset_on_a_pipe_is_espipe(kind, buffered):
+    """A source that can't seek reads where it stands: an offset was ignored,
+    and the stream's first bytes went as the ones asked for. Now OSError
+    (ESPIPE) before a byte, on every path; the pipe is left unread."""
+    r, w = os.pipe()
+    os.write(w, b"0123456789")
+
+    async def main():
+        async with Pair(kind) as p:
+            with os.fdopen(r, "rb", buffering=-1 if buffered else 0) as src:
+                with pytest.raises(OSError) as ei:
+                    await zcsend.sendfile(p.server, src, 5, 3, head=b"HEAD")
+                assert ei.value.errno == errno.ESPIPE
+                assert getattr(ei.value, "bytes_sent", 0) == 0
+                os.close(w)
+                assert src.read() == b"0123456789"
+            p.server.close()
+            assert await p.reader.read() == b""
+    run(main())
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["socket", "tls"])
+def test_a_non_blocking_pipe_is_waited_for(tls):
+    """A pipe left O_NONBLOCK (by its producer, say) is waited for on every
+    transport, as on a socket: over TLS its read failed with EAGAIN."""
+    data = os.urandom(200_000)
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+
+    def feed():
+        for i in range(0, len(data), 10_000):
+            os.write(w, data[i:i + 10_000])
+            time.sleep(0.002)
+        os.close(w)
+
+    async def main():
+        async with Pair("tls" if tls else "tcp") as p:
+            th = threading.Thread(target=feed)
+            th.start()
+            with open(r, "rb", buffering=0) as src:
+                reading = asyncio.ensure_future(p.read_all(len(data)))
+                assert await zcsend.sendfile(p.server, src) == len(data)
+                assert await reading == (hashlib.sha1(data).hexdigest(), len(data))
+            th.join()
+    run(main())
+
+
+@pytest.mark.parametrize("bad", [None, "text"], ids=["none", "str"])
+def test_a_read_that_returns_no_bytes_is_a_sendfile_error(kind, bad):
+    """read() returning None (a non-blocking source) or a str after some bytes
+    went: a SendfileError that says how many (a bare TypeError said nothing)."""
+    class Source:
+        def __init__(self):
+            self.calls = 0
+
+        def read(self, n):
+            self.calls += 1
+            return b"x" * 1000 if self.calls == 1 else bad
+
+    async def main():
+        async with Pair(kind) as p:
+            reading = asyncio.ensure_future(p.read_all(1000))
+            with pytest.raises(zcsend.SendfileError) as ei:
+                await zcsend.sendfile(p.server, Source())
+            assert ei.value.errno == errno.EIO and ei.value.bytes_sent == 1000
+            assert f"read() returned {type(bad).__name__}, not bytes" in str(ei.value)
+            assert (await reading)[1] == 1000
     run(main())
 
 
