@@ -225,6 +225,8 @@ class _Hold:
     lost_exc = None  # what connection_lost() said
     peer_eof = False
     closed_locally = False  # close() or abort() was called during the hold
+    replaced = False  # someone else's set_protocol() took the guard's place
+    _guard = None  # the protocol standing in for the user's while the hold is taken
     _watching_close = False
     paused = False  # the transport asked us to stop writing
     _wake = None
@@ -263,7 +265,7 @@ class _Hold:
         exc = self.lost_exc
         if isinstance(exc, OSError) and exc.errno:
             return -exc.errno
-        return -_errno.ECANCELED if self.local_close() else -_errno.EPIPE
+        return -_errno.ECANCELED if self.replaced or self.local_close() else -_errno.EPIPE
 
     def writing_paused(self, paused):
         self.paused = paused
@@ -324,14 +326,22 @@ class _Hold:
 
     async def wait(self, fut, progress):
         """Awaits fut; False if timeout seconds go by in which progress() (a
-        number that grows while bytes go out) stays the same."""
-        if self.timeout is None:
+        number that grows while bytes go out) stays the same. Where the
+        transport can't refuse set_protocol (uvloop's), it also looks every
+        0.25 s for a protocol put in the guard's place, which would hear the
+        transport's close instead of the guard: the transfer is stopped then."""
+        if self.timeout is None and self._watching_close:
             await fut
             return True
-        period = max(0.01, self.timeout / 4)
+        period = 0.25 if self.timeout is None else max(0.01, self.timeout / 4)
         last, since = progress(), self.loop.time()
         while not fut.done():
             await asyncio.wait((fut,), timeout=period)
+            if not fut.done() and self.ending() and self.transfer is not None:
+                self.transfer.cancel(self.loss_code())  # fut ends soon: waited for
+                continue
+            if self.timeout is None:
+                continue
             now = progress()
             if now != last:
                 last, since = now, self.loop.time()
@@ -350,8 +360,13 @@ class _Hold:
         return self.pid is not None and self.pid != os.getpid()
 
     def ending(self):
-        if not self.closed and self.transport.is_closing():
-            self.closed = True  # closed locally: no more writes
+        if not self.closed:
+            if self.transport.is_closing():
+                self.closed = True  # closed locally: no more writes
+            elif self._guard is not None and self.transport.get_protocol() is not self._guard:
+                # a transport that can't refuse set_protocol (uvloop's): its close,
+                # loss and flow control now go to another protocol, unheard
+                self.closed = self.replaced = True
         return self.closed
 
     # -- taking and giving back
@@ -393,9 +408,11 @@ class _Hold:
                     return getattr(type(t), method)(t, *args, **kwargs)
                 return call
             t.close, t.abort = closing("close"), closing("abort")
+            t.set_protocol = _refuse_set_protocol  # the guard must hear of the end
             self._watching_close = True
         try:
-            t.set_protocol(_GuardProtocol(self, self._inner))
+            self._guard = _GuardProtocol(self, self._inner)
+            type(t).set_protocol(t, self._guard)
         except NotImplementedError:  # a transport that can't swap protocols: no way to guard it
             if self._reading:
                 t.resume_reading()
@@ -414,6 +431,7 @@ class _Hold:
         if self._watching_close:
             vars(self.transport).pop("close", None)
             vars(self.transport).pop("abort", None)
+            vars(self.transport).pop("set_protocol", None)
             self._watching_close = False
 
     def _restore(self):
@@ -426,14 +444,17 @@ class _Hold:
         self._unwatch()
         if self.forked() or self.loop.is_closed():
             return  # the transport and its selector are the parent's, or gone
-        if not self.closed:
-            t.set_protocol(self._inner)
+        if not self.closed and t.get_protocol() is self._guard:  # (not where replaced)
+            type(t).set_protocol(t, self._inner)
             if self._reading and not t.is_closing():
                 t.resume_reading()
 
     def closed_error(self):
         """The error for a transfer the connection's end cut short."""
         exc, sent = self.lost_exc, self.sent
+        if self.replaced:
+            return SendfileError(_errno.ECANCELED, "the transport's protocol was replaced during "
+                                 f"sendfile (after {sent} bytes)", sent)
         # who closed: seen directly where close() could be wrapped (asyncio's
         # transports); else a clean connection_lost(None) means a local close
         local = self.local_close()
@@ -555,6 +576,10 @@ class FlushHold(_Hold):
 
 def _refuse_write(*args, **kwargs):
     raise RuntimeError("unable to write; sendfile is in progress")
+
+
+def _refuse_set_protocol(*args, **kwargs):
+    raise RuntimeError("unable to set the protocol; sendfile is in progress")
 
 
 # asyncio's TLS transport (3.11 on) drops every write, with a log line at most,

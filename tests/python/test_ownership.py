@@ -627,6 +627,57 @@ def test_tls_peer_half_close_is_never_success(tmp_path):
     run(main())
 
 
+@pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
+def test_a_protocol_set_during_a_transfer_never_outlives_its_end(tmp_path, tls):
+    """Another task sets the transport's protocol mid-transfer (an upgrade, a
+    proxy taking over). Before, the guard was gone unseen: on TCP a close()
+    no longer stopped the engine (the file kept going out), on TLS the call
+    waited for ever for a resume_writing the new protocol got, and at the end
+    the old protocol was put back over the new one. asyncio's transports now
+    refuse it, as they refuse write(); where the transport can't (uvloop's),
+    the call ends with SendfileError(ECANCELED) and the new protocol stands."""
+    path = tmp_path / "f"
+    size = 16 << 20
+    make_file(path, size)
+
+    class Other(asyncio.Protocol):
+        def connection_lost(self, exc):
+            pass
+
+    async def main():
+        async with Pair("tls" if tls else "tcp", sndbuf=65536) as p:
+            t = p.server.transport
+            before = t.get_protocol()
+            p.writer.transport.pause_reading()  # the peer stalls: the transfer waits
+            other = Other()
+            with open(path, "rb") as f:
+                task = asyncio.ensure_future(zcsend.sendfile(p.server, f))
+                await until(lambda: held(t), what="the transfer holds the transport")
+                await asyncio.sleep(0.1)
+                if LOOP["kind"] == "asyncio":
+                    with pytest.raises(RuntimeError, match="unable to set the protocol; sendfile is in progress"):
+                        t.set_protocol(other)
+                    p.writer.transport.resume_reading()
+                    reading = asyncio.ensure_future(p.read_all(size))
+                    assert await asyncio.wait_for(task, 30) == size
+                    assert (await reading)[1] == size
+                    assert t.get_protocol() is before and "set_protocol" not in vars(t)
+                    return
+                t.set_protocol(other)
+                with pytest.raises(zcsend.SendfileError) as ei:
+                    await asyncio.wait_for(task, 5)  # the peer still stalls
+                assert ei.value.errno == errno.ECANCELED
+                assert "the transport's protocol was replaced" in str(ei.value)
+                assert f.tell() == ei.value.bytes_sent < size
+                assert t.get_protocol() is other  # the swap stands
+                sent = ei.value.bytes_sent
+            t.close()
+            p.writer.transport.resume_reading()
+            got = (await asyncio.wait_for(p.read_all(), 10))[1]
+            assert got <= sent  # nothing after the end
+    run(main())
+
+
 # ---- lifetimes ----------------------------------------------------------------------------
 def _sink_thread(sock, out):
     def sink():
