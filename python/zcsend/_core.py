@@ -303,7 +303,9 @@ async def _send_chunked(hold, file, offset, count, head):
             if isinstance(file, io.BytesIO):
                 data = file.read(want)
             else:  # may block on disk: off the loop thread
-                data = await hold.loop.run_in_executor(None, file.read, want)
+                data = await _timed_read(hold, hold.loop.run_in_executor(None, file.read, want))
+                if data is None:
+                    return -_errno.ETIMEDOUT, hold.sent, count
             data = _clamp(data, want)
         except Exception as exc:
             raise _source_error(exc, file, hold.sent) from exc
@@ -393,12 +395,30 @@ async def _read_other(hold, c, file, fd, want):
             if isinstance(file, io.BytesIO):
                 data = file.read(want)
             else:
-                data = _clamp(await hold.loop.run_in_executor(None, file.read, want), want)
+                data = await _timed_read(hold, hold.loop.run_in_executor(None, file.read, want))
+                if data is not None:
+                    data = _clamp(data, want)
         else:
-            data = await _OwnRead(fd).run(hold.loop, want, c.offset)
+            data = await _OwnRead(fd).run(hold, want, c.offset)
     except Exception as exc:
         raise _source_error(exc, file, hold.sent) from exc
+    if data is None:
+        return None, -_errno.ETIMEDOUT
     return data, c.take(len(data), want)
+
+
+async def _timed_read(hold, fut):
+    """A read's result, or None where the call's timeout= passed first (the
+    hold says timed out; the read, begun in its thread, ends there unwaited)."""
+    if await hold.wait(fut, lambda: hold.sent):
+        return fut.result()
+    fut.add_done_callback(_retrieved)
+    return None
+
+
+def _retrieved(fut):
+    if not fut.cancelled():
+        fut.exception()  # a read nobody waits for any more: its error is nobody's
 
 
 class _OwnRead:
@@ -416,16 +436,20 @@ class _OwnRead:
         self.fd = os.dup(fd)
         self.given_up = False
 
-    async def run(self, loop, want, offset):
+    async def run(self, hold, want, offset):
+        """The bytes read, or None where the call's timeout= passed first."""
         try:
-            fut = loop.run_in_executor(None, self._read, want, offset)
+            fut = hold.loop.run_in_executor(None, self._read, want, offset)
         except BaseException:
             self._close()
             raise
         fut.add_done_callback(self._done)
         try:
             # shielded: the read, once begun, ends in its own time and closes the dup
-            return await asyncio.shield(fut)
+            data = await _timed_read(hold, asyncio.shield(fut))
+            if data is None:
+                self.given_up = True  # (not begun: it won't)
+            return data
         except BaseException as exc:  # cancelled, closed, interrupted: given up
             self.given_up = True  # (not begun: it won't)
             if isinstance(exc, asyncio.CancelledError) and fut.cancelled():
@@ -435,15 +459,19 @@ class _OwnRead:
 
     def _read(self, want, offset):
         try:
+            poll = select.poll()
+            poll.register(self.fd, select.POLLIN)
             while not self.given_up:
+                # readable first, looked at every 50 ms: a read its call gave up
+                # on (a timeout, a cancel) lets go of its thread then, instead of
+                # holding it until the pipe's next bytes; a non-blocking pipe is
+                # waited for so too, as the socket path's splice waits
+                if not poll.poll(50):
+                    continue
                 try:
                     return os.pread(self.fd, want, offset) if offset >= 0 else os.read(self.fd, want)
                 except BlockingIOError:
-                    # a non-blocking pipe: waited for, as the socket path's splice
-                    # waits (given_up looked at again every 50 ms)
-                    poll = select.poll()
-                    poll.register(self.fd, select.POLLIN)
-                    poll.poll(50)
+                    continue  # another reader of the pipe took its bytes first
             return b""
         finally:
             self._close()

@@ -1013,6 +1013,42 @@ def test_timeout_ends_a_stalled_send(kind, tmp_path):
     run(main())
 
 
+@pytest.mark.parametrize("source", ["pipe", "object"])
+@pytest.mark.parametrize("kind", ["tcp", "tls"])
+def test_timeout_ends_a_stalled_source(kind, source):
+    """A source that gives nothing (a pipe nobody writes, a read() that
+    blocks): no byte goes out, so timeout= ends the call as for a stalled
+    peer. Over TLS, and from a read()-only object on a socket, the read was
+    awaited with no timeout, for ever."""
+    release = threading.Event()
+
+    class Stalled:
+        def read(self, n):
+            release.wait(10)
+            return b""
+
+    r, w = os.pipe()
+    os.write(w, b"x" * 1000)
+
+    async def main():
+        async with Pair(kind) as p:
+            src = open(r, "rb", buffering=0, closefd=False) if source == "pipe" else Stalled()
+            t0 = time.monotonic()
+            with pytest.raises(zcsend.SendfileConnectionError) as ei:
+                await zcsend.sendfile(p.server, src, timeout=0.3)
+            assert ei.value.errno == errno.ETIMEDOUT
+            assert ei.value.bytes_sent == (1000 if source == "pipe" else 0)
+            assert time.monotonic() - t0 < 3
+            release.set()
+            p.server.transport.abort()
+    try:
+        run(main())
+    finally:
+        release.set()
+        os.close(w)
+        os.close(r)
+
+
 @pytest.mark.parametrize("kind", ["tcp", "unix"])
 def test_timeout_in_the_drain_wait(kind, tmp_path):
     path = tmp_path / "f"
