@@ -90,7 +90,7 @@ def parse_head(raw):
 
 
 def inside(root, path):
-    return path == root or path.startswith(root + os.sep)
+    return path == root or path.startswith(root if root.endswith(os.sep) else root + os.sep)
 
 
 def resolve_path(root, target):
@@ -115,7 +115,9 @@ def resolve_path(root, target):
 # it changes nothing for a regular file. O_NOFOLLOW: the path is a realpath, so a
 # symlink at its end was swapped in since; refuse it (ELOOP).
 _OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+# EINVAL: realpath's readlink of a symlink swapped for a directory since it looked
 _OPEN_STATUS = {errno.ENOENT: 404, errno.ENOTDIR: 404, errno.ENAMETOOLONG: 404, errno.EISDIR: 404,
+                errno.EINVAL: 404,
                 errno.EACCES: 403, errno.EPERM: 403, errno.ELOOP: 403,
                 errno.EMFILE: 503, errno.ENFILE: 503}
 
@@ -124,10 +126,31 @@ def _opener(path, flags):
     return os.open(path, _OPEN_FLAGS)
 
 
+_FD_PATHS = "/proc/self/fd"
+
+
+def _opened_inside(root, f, path):
+    """Whether the file opened is inside root. realpath and open() each walk the
+    path: a directory on it swapped for a symlink between the two (anyone who
+    may rename entries under root can) sent the open outside, past O_NOFOLLOW,
+    which guards the last name only. So the opened file's own path is asked of
+    the kernel; without /proc, its identity is compared with what the path
+    resolves to now (narrower, not closed)."""
+    try:
+        return inside(root, os.readlink(f"{_FD_PATHS}/{f.fileno()}"))
+    except FileNotFoundError:
+        if os.path.isdir(_FD_PATHS):
+            raise
+    now = os.path.realpath(path)
+    st, there = os.fstat(f.fileno()), os.stat(now)
+    return inside(root, now) and (st.st_dev, st.st_ino) == (there.st_dev, there.st_ino)
+
+
 def open_inside(root, path):
     """(status, file, stat) for path, a realpath inside root. A directory stands
     for its index.html, which must resolve inside root too. Anything but a regular
-    file is 404, as in nginx. Raises OSError (see _OPEN_STATUS)."""
+    file is 404, as in nginx; a file the open found outside root (a race) 403.
+    Raises OSError (see _OPEN_STATUS)."""
     try:
         f = open(path, "rb", opener=_opener)
     except IsADirectoryError:  # open() refuses directories (after opening them)
@@ -135,6 +158,13 @@ def open_inside(root, path):
         if not inside(root, path):
             return 403, None, None
         f = open(path, "rb", opener=_opener)
+    try:
+        if not _opened_inside(root, f, path):
+            f.close()
+            return 403, None, None
+    except BaseException:
+        f.close()
+        raise
     st = os.fstat(f.fileno())
     if not stat.S_ISREG(st.st_mode):
         f.close()

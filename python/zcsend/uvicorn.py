@@ -281,6 +281,7 @@ class _Sender:
             return await self.send({"type": "http.response.body", "body": b"", "more_body": more_body})
         what = path if path is not None else f"file {getattr(file, 'name', file.fileno())!r}"
         own = None
+        begun = False  # the head is taken and the framing counted the file: ours to end
         try:
             if path is not None:
                 own = file = self._open(path)
@@ -298,6 +299,7 @@ class _Sender:
             # framing; raises into the app as uvicorn's own checks do (the head stays held)
             prefix, suffix = self._frame(count)
             head = self._take_head()
+            begun = True
             if head is not None or prefix:
                 head = prefix if head is None else head + prefix
             if transport.is_closing():  # the client went: as uvicorn would, send nothing
@@ -305,7 +307,12 @@ class _Sender:
                 cycle.message_event.set()
                 return
             if count:
-                await sendfile(transport, file, offset, count, head=head, timeout=self.timeout)
+                sent = await sendfile(transport, file, offset, count, head=head, timeout=self.timeout)
+                if sent != count:
+                    # the file ended first (shorter at the open than its size said: a
+                    # pseudo file, a truncation): the framing promised count bytes, and
+                    # the next response would be read as the rest of this body
+                    raise _FileProblem(f"the file ended after {sent} of {count} bytes")
             elif head:
                 transport.write(head)
             if suffix:
@@ -319,6 +326,12 @@ class _Sender:
             return self._end(logging.ERROR, what, f"the file shrank: {exc.strerror}")
         except SendfileError as exc:
             return self._end(logging.ERROR, what, exc.strerror or str(exc))
+        except BaseException as exc:
+            if begun:  # cancelled (a wait_for around send), interrupted: part of the
+                # body may be out, and the framing counted all of it: the connection
+                # can't carry another response
+                self._end(logging.INFO, what, f"the send ended with {type(exc).__name__}")
+            raise
         finally:
             if own is not None:
                 own.close()

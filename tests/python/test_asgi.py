@@ -505,6 +505,55 @@ def test_file_shrinks_mid_send(server, tmp_path):
     os.unlink(path)
 
 
+def _declared_then_eof(f):
+    """(Content-Length, the body bytes read until the server closed)."""
+    line = f.readline()
+    assert b" 200 " in line, line
+    headers = {}
+    while True:
+        h = f.readline()
+        if h in (b"\r\n", b""):
+            break
+        k, _, v = h.decode("latin-1").partition(":")
+        headers[k.strip().lower()] = v.strip()
+    return int(headers["content-length"]), f.read()
+
+
+@pytest.mark.skipif(not os.path.exists("/sys/devices/system/cpu/online"), reason="no sysfs")
+def test_a_file_shorter_than_its_size_closes_the_connection(server):
+    """A pseudo file whose st_size (4096 on sysfs) is more than it holds, or
+    one truncated after the open: sendfile returns fewer bytes than the framing
+    counted. The connection must end there, as stock uvicorn ends it ("Response
+    content shorter than Content-Length"). Before, it was taken as complete and
+    the next pipelined response went out as the rest of the body."""
+    path = "/sys/devices/system/cpu/online"
+    content = open(path, "rb").read()
+    s, f = server.connect()
+    with s:
+        s.sendall(request(f"/raw/pathsend?path={path}&cl=4096") + request("/file/ten.bin"))
+        declared, body = _declared_then_eof(f)
+    assert declared == 4096 and body == content  # and then the close: no second response
+    assert wait_for(lambda: log_lines(server, path)), server.logs()[-3000:]
+    assert f"the file ended after {len(content)} of 4096 bytes" in log_lines(server, path)[-1]
+
+
+def test_a_send_the_app_cancels_closes_the_connection(server):
+    """The app gives up on a pathsend (wait_for around send) and ends the
+    response: part of the body is out and the framing counted all of it, so
+    the connection must close. Before, it stayed open and the next pipelined
+    response went out inside the first one's declared body."""
+    s, f = server.connect(rcvbuf=64 << 10)
+    with s:
+        s.sendall(request("/raw/cancel?name=huge.bin&t=0.3") + request("/file/ten.bin"))
+        time.sleep(1)  # not reading: the send stalls and the app's wait_for fires
+        declared, body = _declared_then_eof(f)
+    assert declared == HUGE and len(body) < HUGE
+    assert body == file_bytes(server.root, "huge.bin", 0, len(body))  # the file's bytes only
+    path = os.path.join(str(server.root), "huge.bin")
+    assert wait_for(lambda: log_lines(server, path)), server.logs()[-3000:]
+    assert "the send ended with CancelledError" in log_lines(server, path)[-1]
+
+
 def test_client_reset_mid_send(server):
     """The app sees http.disconnect; one log line; no fd left behind."""
     fds = server.fds()

@@ -202,6 +202,62 @@ def test_symlinked_index_inside_root_is_served(shared):
     assert get(shared.port, "/inner/")[::2] == (200, b"hello world\n")
 
 
+def test_inside_a_root_of_slash():
+    """`serve /` refused every file: the root's prefix was "//"."""
+    from zcsend.server import inside
+    assert inside("/", "/etc/hostname") and inside("/", "/")
+    assert inside("/srv", "/srv/a") and not inside("/srv", "/srvx/a") and not inside("/srv", "/")
+
+
+def test_a_directory_swapped_for_a_symlink_never_opens_outside(tmp_path):
+    """realpath's walk and open()'s walk are two lookups: someone who may
+    rename entries under root (an upload area) swaps a directory on the path
+    for a symlink out between them, and the open lands outside, past
+    O_NOFOLLOW, which guards the last name only (the file outside was opened
+    in about 1 of 3 tries). The opened file's own path decides now."""
+    import ctypes
+    from zcsend import server
+    root = tmp_path / "root"
+    (root / "uploads" / "d").mkdir(parents=True)
+    (root / "uploads" / "d" / "secret.txt").write_text("inside\n")
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "secret.txt").write_text("outside\n")
+    os.symlink(tmp_path / "outside", root / "uploads" / "l")
+    libc = ctypes.CDLL(None, use_errno=True)
+    a, b = str(root / "uploads" / "d").encode(), str(root / "uploads" / "l").encode()
+    if libc.syscall(316, -100, a, -100, b, 2) != 0:  # renameat2(RENAME_EXCHANGE)
+        pytest.skip("no renameat2(RENAME_EXCHANGE) here")
+    pid = os.fork()
+    if pid == 0:  # the swapper: uploads/d <-> uploads/l, as fast as it can
+        try:
+            while True:
+                libc.syscall(316, -100, a, -100, b, 2)
+        finally:
+            os._exit(0)
+    seen = {}
+    try:
+        real = os.path.realpath(root)
+        deadline = time.monotonic() + 5
+        for _ in range(3000):
+            try:
+                status, path = server.resolve_path(real, "/uploads/d/secret.txt")
+                if status == 200:
+                    status, f, _ = server.open_inside(real, path)
+                    if f is not None:
+                        with f:
+                            assert f.read() == b"inside\n"
+            except OSError as exc:
+                assert exc.errno in server._OPEN_STATUS, exc  # never a 500
+                status = server._OPEN_STATUS[exc.errno]
+            seen[status] = seen.get(status, 0) + 1
+            if time.monotonic() > deadline:
+                break
+    finally:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+    assert len(seen) > 1, seen  # the swaps raced the lookups
+
+
 @pytest.mark.parametrize("path", ["/fifo", "/pipedir/", "/pipedir/index.html"])
 def test_fifo_is_not_served_and_does_not_block(shared, path):
     # open() of a FIFO with no writer blocks: the whole loop would stop with it

@@ -193,7 +193,22 @@ async def _watch(scope, receive, send):
     task.cancel()
 
 
-RAW = {"/zerocopysend": _zerocopysend, "/pathsend": _pathsend, "/bad": _bad, "/watch": _watch, "/ext": _ext}
+async def _cancel(scope, receive, send):
+    """?name=&t=: a pathsend the app gives up on after t seconds (wait_for
+    around send), then the response's end, as an app with a send timeout does."""
+    q = _query(scope)
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-length", b"%d" % os.path.getsize(_path(q["name"])))]})
+    try:
+        await asyncio.wait_for(send({"type": "http.response.pathsend", "path": _path(q["name"])}),
+                               float(q["t"]))
+    except asyncio.TimeoutError:
+        EVENTS.append("cancelled")
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+RAW = {"/zerocopysend": _zerocopysend, "/pathsend": _pathsend, "/bad": _bad, "/watch": _watch, "/ext": _ext,
+       "/cancel": _cancel}
 
 
 async def raw(scope, receive, send):
