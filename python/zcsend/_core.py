@@ -114,6 +114,12 @@ def _watch_close(loop, channel):
 
     def close():
         lp = ref()
+        if lp is None:
+            # BaseEventLoop.__del__'s close() of a loop collected unclosed: its
+            # weak reference is cleared by then (the loop's own objects free
+            # their fds as they go); the engine lets go of its transfers
+            channel.shutdown()
+            return
         if prev is not None:
             prev()
         else:
@@ -723,10 +729,11 @@ async def sendfile(transport, file, offset=0, count=None, *, fallback=True, head
 def _seek_unless_closed(file, pos):
     """file.seek(pos), unless another thread closed the file (before the seek,
     or during it: the send's result stands, there is no position to set)."""
-    if getattr(file, "closed", False):
-        return
+    seek = getattr(file, "seek", None)
+    if seek is None or getattr(file, "closed", False):
+        return  # (an object with fileno() and no seek() has no position to set)
     try:
-        file.seek(pos)
+        seek(pos)
     except ValueError:
         if not getattr(file, "closed", False):
             raise

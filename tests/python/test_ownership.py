@@ -861,6 +861,44 @@ def test_closed_loop_stops_the_engine():
     b.close()
 
 
+def test_a_loop_collected_unclosed_logs_no_error():
+    """A loop that had a transfer through the engine, dropped without close():
+    BaseEventLoop.__del__ calls close(), zcsend's wrapper, whose weak reference
+    is cleared by then; it raised AttributeError, logged for every such loop."""
+    if LOOP["kind"] != "asyncio":
+        pytest.skip("uvloop's loop takes no wrapper (its close is its own)")
+    errors = []
+    hook, sys.unraisablehook = sys.unraisablehook, errors.append
+    try:
+        a, b = socket.socketpair()
+        a.setblocking(False)
+        out = [0]
+        th = _sink_thread(b, out)
+        loop = asyncio.new_event_loop()
+        src = open("/dev/zero", "rb")
+
+        async def start():
+            t, _ = await loop.connect_accepted_socket(asyncio.Protocol, a)
+            a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)  # the engine's, then
+            assert await zcsend.sendfile(t, src, 0, 8 << 20) == 8 << 20
+            t.close()
+            await asyncio.sleep(0)
+
+        loop.run_until_complete(start())
+        ref = weakref.ref(loop)
+        del start, loop  # dropped without close(), as a thread that forgot it would
+        gc.collect()
+        assert ref() is None, "the loop was not collected"
+        assert [e for e in errors if not isinstance(e.exc_value, ResourceWarning)] == [], \
+            [f"{e.exc_type.__name__}: {e.exc_value}" for e in errors]
+        src.close()
+        a.close()
+        th.join(5)
+        b.close()
+    finally:
+        sys.unraisablehook = hook
+
+
 # ---- consistent errors and stats ----------------------------------------------------------
 def test_emfile_at_handoff_is_a_sendfile_error(tmp_path):
     """No fd left for the dups the hand-off takes: SendfileError(EMFILE) with

@@ -234,6 +234,31 @@ def test_a_non_blocking_pipe_is_waited_for(tls):
     run(main())
 
 
+def test_an_object_with_fileno_and_no_seek(kind, tmp_path):
+    """Only fileno() and read(), on a regular file: every byte, and no
+    AttributeError at the end from the position set after a send."""
+    path = tmp_path / "f"
+    digest = make_file(path, 300_000)
+
+    class Source:
+        def __init__(self, f):
+            self.f = f
+
+        def fileno(self):
+            return self.f.fileno()
+
+        def read(self, n):
+            return self.f.read(n)
+
+    async def main():
+        async with Pair(kind) as p:
+            with open(path, "rb") as f:
+                reading = asyncio.ensure_future(p.read_all(300_000))
+                assert await zcsend.sendfile(p.server, Source(f)) == 300_000
+                assert await reading == (digest, 300_000)
+    run(main())
+
+
 @pytest.mark.parametrize("bad", [None, "text"], ids=["none", "str"])
 def test_a_read_that_returns_no_bytes_is_a_sendfile_error(kind, bad):
     """read() returning None (a non-blocking source) or a str after some bytes
