@@ -225,7 +225,8 @@ int zcs_transfer_init_memory(zcs_transfer_t *t, int sock_fd, const void *data, s
   t->offset = -1;
   t->remaining = (int64_t)len;
   t->backend = ZCS_BACKEND_MEMORY;
-  count_start(t);
+  if (!(flags & ZCS_F_UNCOUNTED))
+    count_start(t);
   return 0;
 }
 

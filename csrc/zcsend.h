@@ -133,6 +133,9 @@ enum zcs_backend {
                                       a tty) with -ESPIPE, before counting it: for a host whose
                                       buffered reader may hold such a stream's next bytes,
                                       which the fd alone would skip */
+#define ZCS_F_UNCOUNTED 0x80       /* zcs_transfer_init_memory: not counted as a transfer in
+                                      the stats (its bytes are), for a host that sends one
+                                      transfer as several (counted once by a chunk source) */
 
 #define ZCS_COUNT_TO_EOF (-1)
 #define ZCS_DEFAULT_BUDGET (2u << 20)     /* bytes one step may move: nginx's 2 MiB per event */

@@ -301,8 +301,23 @@ def _start_at(file, offset):
 
 async def _send_chunked(hold, file, offset, count, head):
     """Sources with no fd: read bounded chunks, each sent by the core (the head
-    with the first, or alone when there is nothing to read)."""
+    with the first, or alone when there is nothing to read). The call counts as
+    one transfer in the stats (a chunk source with no fd counts it, as on the
+    write path), not one per chunk."""
     _start_at(file, offset)
+    c = _zcsend.Chunks(-1, 0, -1 if count is None else count)
+    try:
+        rc = await _chunks_to_socket(hold, file, count, head)
+        c.end(rc)
+        return rc, hold.sent, count
+    except Exception as exc:
+        c.end(-(exc.errno or _errno.EIO) if isinstance(exc, OSError) else -_errno.EIO)
+        raise
+    finally:
+        c.close()  # never ended (cancelled): counted so
+
+
+async def _chunks_to_socket(hold, file, count, head):
     while count is None or hold.sent < count:
         want = CHUNK if count is None else min(CHUNK, count - hold.sent)
         try:
@@ -311,20 +326,20 @@ async def _send_chunked(hold, file, offset, count, head):
             else:  # may block on disk: off the loop thread
                 data = await _timed_read(hold, hold.loop.run_in_executor(None, file.read, want))
                 if data is None:
-                    return -_errno.ETIMEDOUT, hold.sent, count
+                    return -_errno.ETIMEDOUT
             data = _clamp(data, want)
         except Exception as exc:
             raise _source_error(exc, file, hold.sent) from exc
         if not data and head is None:
             break
-        transfer = _zcsend.Transfer.from_bytes(hold.sock_fd, data)
+        transfer = _zcsend.Transfer.from_bytes(hold.sock_fd, data, False)
         if head is not None:
             transfer.set_head(head)
             head = None
         rc = await _run(hold, transfer)
         if rc != 0 or not data:
-            return rc, hold.sent, count
-    return 0, hold.sent, count
+            return rc
+    return 0
 
 
 # ---- the write path: transports with no socket to send on (TLS) ----------------

@@ -193,14 +193,14 @@ static PyObject *transfer_new(PyTypeObject *type, PyObject *args, PyObject *kw) 
 }
 
 static PyObject *transfer_from_bytes(PyTypeObject *type, PyObject *args) {
-  int sock_fd;
+  int sock_fd, counted = 1;
   Py_buffer data;
-  if (!PyArg_ParseTuple(args, "iy*:from_bytes", &sock_fd, &data))
+  if (!PyArg_ParseTuple(args, "iy*|p:from_bytes", &sock_fd, &data, &counted))
     return NULL;
   TransferObject *self = (TransferObject *)transfer_alloc(type);
   if (self) {
     int rc = zcs_transfer_init_memory(zcs_job_transfer(self->job), sock_fd, data.buf,
-                                      (size_t)data.len, 0);
+                                      (size_t)data.len, counted ? 0 : ZCS_F_UNCOUNTED);
     if (rc < 0) {
       Py_CLEAR(self);
       raise_code(rc);
@@ -450,7 +450,8 @@ static PyGetSetDef transfer_getset[] = {
 
 static PyMethodDef transfer_methods[] = {
     {"from_bytes", (PyCFunction)transfer_from_bytes, METH_VARARGS | METH_CLASS,
-     "from_bytes(sock_fd, data): a transfer of a copy of data"},
+     "from_bytes(sock_fd, data, counted=True): a transfer of a copy of data (not counted as a "
+     "transfer in the stats where counted is false: one of a call's chunks)"},
     {"read", (PyCFunction)transfer_read, METH_VARARGS | METH_CLASS,
      "read(fd, offset, nbytes): a job that reads a regular file in the engine; "
      "when done, the Transfer is a buffer of the bytes read (sent of them)"},

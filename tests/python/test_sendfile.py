@@ -297,6 +297,43 @@ def test_pipe_with_count(kind):
     run(main())
 
 
+def test_a_read_only_source_counts_as_one_transfer(kind):
+    """One call, one transfer in the stats, on every transport: a BytesIO of
+    2 MiB on a socket counted 8 started and 8 completed (one per chunk), and
+    a read() that failed after some chunks counted them completed, never the
+    call failed."""
+    class Failing:
+        def __init__(self):
+            self.calls = 0
+
+        def read(self, n):
+            self.calls += 1
+            if self.calls > 3:
+                raise OSError(errno.EIO, "the disk said no")
+            return b"y" * n
+
+    async def main():
+        async with Pair(kind) as p:
+            reading = asyncio.ensure_future(p.read_all(2 << 20))
+            before = zcsend.stats()
+            assert await zcsend.sendfile(p.server, io.BytesIO(b"x" * (2 << 20))) == 2 << 20
+            after = zcsend.stats()
+            await reading
+            assert (after["started"] - before["started"], after["completed"] - before["completed"],
+                    after["failed"] - before["failed"]) == (1, 1, 0)
+            before = after
+            from zcsend._core import CHUNK
+            reading = asyncio.ensure_future(p.read_all(3 * CHUNK))
+            with pytest.raises(zcsend.SendfileError):
+                await zcsend.sendfile(p.server, Failing())
+            after = zcsend.stats()
+            assert (await reading)[1] == 3 * CHUNK
+            assert (after["started"] - before["started"], after["completed"] - before["completed"],
+                    after["failed"] - before["failed"]) == (1, 0, 1)
+            assert after["active"] == before["active"]
+    run(main())
+
+
 def test_bytesio_goes_chunked(kind):
     data = os.urandom((3 << 20) + 7)
 
