@@ -233,8 +233,15 @@ class _Dates:
         if text is None:
             if len(self.mtimes) >= 4096:
                 self.mtimes.clear()
-            text = self.mtimes[mtime] = email.utils.formatdate(mtime, usegmt=True)
+            try:
+                text = email.utils.formatdate(mtime, usegmt=True)
+            except (ValueError, OverflowError, OSError):  # past year 9999, or before 1
+                text = email.utils.formatdate(_LAST_DATE if mtime > 0 else 0, usegmt=True)
+            self.mtimes[mtime] = text
         return text
+
+
+_LAST_DATE = 253402300799  # 9999-12-31 23:59:59 UTC: the last an HTTP date can say
 
 
 def content_type(path, _cache={}):

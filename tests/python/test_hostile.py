@@ -202,6 +202,17 @@ def test_symlinked_index_inside_root_is_served(shared):
     assert get(shared.port, "/inner/")[::2] == (200, b"hello world\n")
 
 
+def test_file_dates_past_year_9999():
+    """A file whose mtime is past year 9999 (anyone who may touch files under
+    root can set it): its Last-Modified raised ValueError, and every request
+    for it was a reset connection and an error in the loop's handler."""
+    from zcsend.server import _Dates
+    d = _Dates()
+    assert d.of(10 ** 12) == "Fri, 31 Dec 9999 23:59:59 GMT"
+    assert d.of(2 ** 62) == "Fri, 31 Dec 9999 23:59:59 GMT"
+    assert d.of(0) == "Thu, 01 Jan 1970 00:00:00 GMT"
+
+
 def test_inside_a_root_of_slash():
     """`serve /` refused every file: the root's prefix was "//"."""
     from zcsend.server import inside
