@@ -325,7 +325,7 @@ async def _chunks_to_socket(hold, file, count, head):
                 data = file.read(want)
             else:  # may block on disk: off the loop thread
                 data = await _timed_read(hold, hold.loop.run_in_executor(None, file.read, want))
-                if data is None:
+                if data is _TIMED_OUT:
                     return -_errno.ETIMEDOUT
             data = _clamp(data, want)
         except Exception as exc:
@@ -417,24 +417,27 @@ async def _read_other(hold, c, file, fd, want):
                 data = file.read(want)
             else:
                 data = await _timed_read(hold, hold.loop.run_in_executor(None, file.read, want))
-                if data is not None:
+                if data is not _TIMED_OUT:
                     data = _clamp(data, want)
         else:
             data = await _OwnRead(fd).run(hold, want, c.offset)
     except Exception as exc:
         raise _source_error(exc, file, hold.sent) from exc
-    if data is None:
+    if data is _TIMED_OUT:
         return None, -_errno.ETIMEDOUT
     return data, c.take(len(data), want)
 
 
+_TIMED_OUT = object()  # (a read() may itself return None)
+
+
 async def _timed_read(hold, fut):
-    """A read's result, or None where the call's timeout= passed first (the
+    """A read's result, or _TIMED_OUT where the call's timeout= passed first (the
     hold says timed out; the read, begun in its thread, ends there unwaited)."""
     if await hold.wait(fut, lambda: hold.sent):
         return fut.result()
     fut.add_done_callback(_retrieved)
-    return None
+    return _TIMED_OUT
 
 
 def _retrieved(fut):
@@ -458,7 +461,7 @@ class _OwnRead:
         self.given_up = False
 
     async def run(self, hold, want, offset):
-        """The bytes read, or None where the call's timeout= passed first."""
+        """The bytes read, or _TIMED_OUT where the call's timeout= passed first."""
         try:
             fut = hold.loop.run_in_executor(None, self._read, want, offset)
         except BaseException:
@@ -468,7 +471,7 @@ class _OwnRead:
         try:
             # shielded: the read, once begun, ends in its own time and closes the dup
             data = await _timed_read(hold, asyncio.shield(fut))
-            if data is None:
+            if data is _TIMED_OUT:
                 self.given_up = True  # (not begun: it won't)
             return data
         except BaseException as exc:  # cancelled, closed, interrupted: given up
