@@ -306,15 +306,22 @@ async def _send_chunked(hold, file, offset, count, head):
     write path), not one per chunk."""
     _start_at(file, offset)
     c = _zcsend.Chunks(-1, 0, -1 if count is None else count)
+    return await _ended(c, _chunks_to_socket(hold, file, count, head)), hold.sent, count
+
+
+async def _ended(c, run):
+    """The result code of run (a coroutine), which also ends the chunk source c
+    (its count in the stats): with that code, with an exception's errno (EIO
+    for others), or as cancelled where it never ended (a cancel, a close)."""
     try:
-        rc = await _chunks_to_socket(hold, file, count, head)
+        rc = await run
         c.end(rc)
-        return rc, hold.sent, count
+        return rc
     except Exception as exc:
         c.end(-(exc.errno or _errno.EIO) if isinstance(exc, OSError) else -_errno.EIO)
         raise
     finally:
-        c.close()  # never ended (cancelled): counted so
+        c.close()
 
 
 async def _chunks_to_socket(hold, file, count, head):
@@ -577,15 +584,9 @@ async def _send_by_write(hold, file, fd, offset, count, head):
     reader = _ReadAhead(channel, hold.loop, fd, c) if c.sized else None
     channel.writers += 1
     try:
-        rc = await _write_chunks(hold, channel, c, reader, file, fd, head)
-        c.end(rc)
-        return rc, hold.sent, total
-    except Exception as exc:
-        c.end(-(exc.errno or _errno.EIO) if isinstance(exc, OSError) else -_errno.EIO)
-        raise
+        return await _ended(c, _write_chunks(hold, channel, c, reader, file, fd, head)), hold.sent, total
     finally:
         channel.writers -= 1
-        c.close()  # never ended (cancelled): counted so
 
 
 _MAX_COUNT = (1 << 63) - 1

@@ -166,8 +166,9 @@ def file_bytes(root, name, offset=0, count=None):
         return f.read() if count is None else f.read(count)
 
 
-def read_response(f, method="GET"):
-    """(status, headers, body) of one HTTP/1.1 response from a buffered reader."""
+def read_head(f):
+    """(status, headers) of one HTTP/1.1 response's head from a buffered reader;
+    None at EOF."""
     line = f.readline()
     if not line:
         return None
@@ -179,6 +180,15 @@ def read_response(f, method="GET"):
             break
         k, _, v = h.decode("latin-1").partition(":")
         headers[k.strip().lower()] = v.strip()
+    return status, headers
+
+
+def read_response(f, method="GET"):
+    """(status, headers, body) of one HTTP/1.1 response from a buffered reader."""
+    head = read_head(f)
+    if head is None:
+        return None
+    status, headers = head
     if method == "HEAD" or status in (204, 304):
         body = b""
     elif "content-length" in headers:
@@ -507,15 +517,8 @@ def test_file_shrinks_mid_send(server, tmp_path):
 
 def _declared_then_eof(f):
     """(Content-Length, the body bytes read until the server closed)."""
-    line = f.readline()
-    assert b" 200 " in line, line
-    headers = {}
-    while True:
-        h = f.readline()
-        if h in (b"\r\n", b""):
-            break
-        k, _, v = h.decode("latin-1").partition(":")
-        headers[k.strip().lower()] = v.strip()
+    status, headers = read_head(f)
+    assert status == 200, status
     return int(headers["content-length"]), f.read()
 
 
