@@ -464,8 +464,9 @@ class _OwnRead:
     __slots__ = ("fd", "given_up")
 
     def __init__(self, fd):
-        self.fd = os.dup(fd)
+        self.fd = -1  # (a failed dup leaves nothing for __del__ to close)
         self.given_up = False
+        self.fd = os.dup(fd)
 
     async def run(self, hold, want, offset):
         """The bytes read, or _TIMED_OUT where the call's timeout= passed first."""

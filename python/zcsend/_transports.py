@@ -446,8 +446,12 @@ class _Hold:
             return  # the transport and its selector are the parent's, or gone
         if not self.closed and t.get_protocol() is self._guard:  # (not where replaced)
             type(t).set_protocol(t, self._inner)
-            if self._reading and not t.is_closing():
-                t.resume_reading()
+        # reading as it was: also for a protocol put in the guard's place (it
+        # would hear nothing), and for asyncio's TLS transport that got the
+        # peer's FIN (it finishes its shutdown only once reading resumes: it
+        # kept the connection and its fd for good)
+        if self._reading and (not self.closed or self.replaced or self.peer_eof) and not t.is_closing():
+            t.resume_reading()
 
     def closed_error(self):
         """The error for a transfer the connection's end cut short."""

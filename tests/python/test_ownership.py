@@ -10,6 +10,7 @@ import resource
 import select
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -621,6 +622,11 @@ def test_tls_peer_half_close_is_never_success(tmp_path):
                         await asyncio.sleep(0.3)
                     assert got[0] <= exc.bytes_sent
                     reading.cancel()
+                    # and the connection goes: asyncio's TLS transport finishes its
+                    # shutdown only once reading resumes (it kept the fd for good)
+                    p.server.close()
+                    p.writer.transport.abort()
+                    await asyncio.wait_for(p.server.wait_closed(), 10)
                 else:
                     await asyncio.wait_for(reading, 10)
                     assert sent == size and got[0] == size, (sent, got[0])
@@ -641,6 +647,11 @@ def test_a_protocol_set_during_a_transfer_never_outlives_its_end(tmp_path, tls):
     make_file(path, size)
 
     class Other(asyncio.Protocol):
+        heard = b""
+
+        def data_received(self, data):
+            self.heard += data
+
         def connection_lost(self, exc):
             pass
 
@@ -669,7 +680,9 @@ def test_a_protocol_set_during_a_transfer_never_outlives_its_end(tmp_path, tls):
                 assert ei.value.errno == errno.ECANCELED
                 assert "the transport's protocol was replaced" in str(ei.value)
                 assert f.tell() == ei.value.bytes_sent < size
-                assert t.get_protocol() is other  # the swap stands
+                assert t.get_protocol() is other  # the swap stands, and hears the peer
+                p.writer.write(b"hello")
+                await until(lambda: other.heard == b"hello", what="the new protocol hearing the peer")
                 sent = ei.value.bytes_sent
             t.close()
             p.writer.transport.resume_reading()
@@ -900,6 +913,35 @@ def test_a_loop_collected_unclosed_logs_no_error():
 
 
 # ---- consistent errors and stats ----------------------------------------------------------
+def test_a_pipe_read_whose_dup_failed_leaves_nothing_to_close():
+    """No fd left for the pipe read's dup (EMFILE): its __del__ found no fd
+    attribute and printed 'Exception ignored ... AttributeError'."""
+    r = subprocess.run([sys.executable, "-c", """
+import gc, os, resource
+from zcsend._core import _OwnRead
+r, w = os.pipe()
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+top = max(int(n) for n in os.listdir("/proc/self/fd"))
+fillers = []
+try:
+    while True:
+        fd = os.dup(r)
+        fillers.append(fd)
+        if fd >= top:
+            break
+    resource.setrlimit(resource.RLIMIT_NOFILE, (top + 1, hard))
+    try:
+        _OwnRead(r)
+    except OSError as exc:
+        print("dup failed:", exc.errno)
+    gc.collect()
+finally:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+"""], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "dup failed: 24" in r.stdout and "Exception ignored" not in r.stderr, r.stderr
+
+
 def test_emfile_at_handoff_is_a_sendfile_error(tmp_path):
     """No fd left for the dups the hand-off takes: SendfileError(EMFILE) with
     bytes_sent, counted as failed (before: a raw OSError(24), counted cancelled)."""
