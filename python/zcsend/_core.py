@@ -328,12 +328,9 @@ async def _chunks_to_socket(hold, file, count, head):
     while count is None or hold.sent < count:
         want = CHUNK if count is None else min(CHUNK, count - hold.sent)
         try:
-            if isinstance(file, io.BytesIO):
-                data = file.read(want)
-            else:  # may block on disk: off the loop thread
-                data = await _timed_read(hold, hold.loop.run_in_executor(None, file.read, want))
-                if data is _TIMED_OUT:
-                    return -_errno.ETIMEDOUT
+            data = await _object_read(hold, file, want)
+            if data is _TIMED_OUT:
+                return -_errno.ETIMEDOUT
             data = _clamp(data, want)
         except Exception as exc:
             raise _source_error(exc, file, hold.sent) from exc
@@ -420,12 +417,9 @@ async def _read_other(hold, c, file, fd, want):
     verdict on it."""
     try:
         if fd is None:
-            if isinstance(file, io.BytesIO):
-                data = file.read(want)
-            else:
-                data = await _timed_read(hold, hold.loop.run_in_executor(None, file.read, want))
-                if data is not _TIMED_OUT:
-                    data = _clamp(data, want)
+            data = await _object_read(hold, file, want)
+            if data is not _TIMED_OUT:
+                data = _clamp(data, want)
         else:
             data = await _OwnRead(fd).run(hold, want, c.offset)
     except Exception as exc:
@@ -436,6 +430,20 @@ async def _read_other(hold, c, file, fd, want):
 
 
 _TIMED_OUT = object()  # (a read() may itself return None)
+
+
+async def _object_read(hold, file, want):
+    """At most want bytes of an object that only reads (or whose buffer holds
+    its stream's next bytes), off the loop thread; _TIMED_OUT where timeout=
+    passed first. A buffered reader of a pipe is read with read1() once its
+    pipe is readable: its read() waits for all it was asked (256 KiB) or the
+    pipe's end, in a thread no timeout or cancel can free, holding back bytes
+    that came. (Bytes in its buffer alone, the pipe idle, wait for the pipe.)"""
+    if isinstance(file, io.BytesIO):
+        return file.read(want)
+    if isinstance(file, io.BufferedIOBase) and not file.seekable():
+        return await _OwnRead(file.fileno(), file.read1).run(hold, want, -1)
+    return await _timed_read(hold, hold.loop.run_in_executor(None, file.read, want))
 
 
 async def _timed_read(hold, fut):
@@ -461,11 +469,14 @@ class _OwnRead:
     the executor dropped unrun closes the dup all the same: its done-callback
     where the loop still runs, else when the read is let go of (__del__)."""
 
-    __slots__ = ("fd", "given_up")
+    __slots__ = ("fd", "given_up", "reader")
 
-    def __init__(self, fd):
+    def __init__(self, fd, reader=None):
+        """reader: the source object's read1, called once the dup polls readable
+        (a buffered reader's buffer goes first), instead of a read of the dup."""
         self.fd = -1  # (a failed dup leaves nothing for __del__ to close)
         self.given_up = False
+        self.reader = reader
         self.fd = os.dup(fd)
 
     async def run(self, hold, want, offset):
@@ -493,12 +504,21 @@ class _OwnRead:
         try:
             poll = select.poll()
             poll.register(self.fd, select.POLLIN)
+            blocking = self.reader is not None and os.get_blocking(self.fd)
             while not self.given_up:
                 # readable first, looked at every 50 ms: a read its call gave up
                 # on (a timeout, a cancel) lets go of its thread then, instead of
                 # holding it until the pipe's next bytes; a non-blocking pipe is
                 # waited for so too, as the socket path's splice waits
-                if not poll.poll(50):
+                ready = poll.poll(50)
+                if not ready or self.given_up:  # (given up during the poll: nothing read)
+                    continue
+                if self.reader is not None:
+                    data = self.reader(want)
+                    # from a non-blocking pipe, b"" is EAGAIN (another reader was
+                    # first) unless the pipe's writers are gone
+                    if data or blocking or ready[0][1] & select.POLLHUP:
+                        return data
                     continue
                 try:
                     return os.pread(self.fd, want, offset) if offset >= 0 else os.read(self.fd, want)

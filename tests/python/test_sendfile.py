@@ -186,6 +186,46 @@ def test_a_buffered_readers_buffer_goes_first(kind, tmp_path, fifo):
     run(main())
 
 
+def test_a_buffered_pipe_readers_bytes_go_as_they_come(kind):
+    """A buffered reader of a live pipe: what its producer wrote goes out at
+    once. Its read(256 KiB) waited for 256 KiB or the pipe's end, holding the
+    bytes back, in a thread nothing could free."""
+    r, w = os.pipe()
+
+    async def main():
+        async with Pair(kind) as p:
+            with open(r, "rb") as src:
+                os.write(w, b"hello\n")
+                task = asyncio.ensure_future(zcsend.sendfile(p.server, src))
+                assert await asyncio.wait_for(p.reader.readexactly(6), 5) == b"hello\n"
+                os.close(w)
+                assert await asyncio.wait_for(task, 5) == 6
+    run(main())
+
+
+def test_a_timed_out_buffered_pipe_read_frees_its_thread_and_takes_nothing(kind):
+    """timeout= on a buffered reader of a silent pipe: the call ends, its
+    executor thread is free at once (read() held it until the pipe's end,
+    and enough such calls starved the default executor), and the pipe's next
+    bytes are still the caller's (the abandoned read took them)."""
+    r, w = os.pipe()
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        async with Pair(kind) as p:
+            with open(r, "rb") as src:
+                for _ in range(3):
+                    with pytest.raises(zcsend.SendfileConnectionError) as ei:
+                        await zcsend.sendfile(p.server, src, timeout=0.2)
+                    assert ei.value.errno == errno.ETIMEDOUT and ei.value.bytes_sent == 0
+                os.write(w, b"the rest of the stream")
+                os.close(w)
+                await asyncio.sleep(0.2)  # a read left running would take them now
+                assert await asyncio.wait_for(loop.run_in_executor(None, src.read), 5) == \
+                    b"the rest of the stream"
+    run(main())
+
+
 @pytest.mark.parametrize("buffered", [False, True], ids=["raw", "buffered"])
 def test_an_offset_on_a_pipe_is_espipe(kind, buffered):
     """A source that can't seek reads where it stands: an offset was ignored,
