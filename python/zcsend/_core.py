@@ -656,13 +656,21 @@ async def sendfile(transport, file, offset=0, count=None, *, fallback=True, head
     hold = hold_for(loop, transport)
     hold.timeout = timeout
     fd = _source_fd(file) if r is None else -1  # -1: fast_send's, its transfer holds a dup
-    if fd is not None and fd != -1 and isinstance(file, io.BufferedIOBase) and not file.seekable():
-        # a pipe's (a socket's) reader: its buffer may hold the stream's next
-        # bytes, which the fd would skip. Read through the object, buffer first
-        if not fallback:
-            raise asyncio.SendfileNotAvailableError(
-                "a buffered reader of a pipe may hold its next bytes: pass its .raw to send zero-copy")
-        fd = None
+    if fd is not None and fd != -1 and isinstance(file, io.BufferedIOBase):
+        if not isinstance(file, (io.BufferedReader, io.BufferedRandom)):
+            # a stream over another (gzip, bz2, lzma): its fileno() is the
+            # compressed file's, not where its read() gets its bytes
+            if not fallback:
+                raise asyncio.SendfileNotAvailableError(
+                    f"{type(file).__name__}.fileno() is not where its read() gets its bytes")
+            fd = None
+        elif not file.seekable():
+            # a pipe's (a socket's) reader: its buffer may hold the stream's next
+            # bytes, which the fd would skip. Read through the object, buffer first
+            if not fallback:
+                raise asyncio.SendfileNotAvailableError(
+                    "a buffered reader of a pipe may hold its next bytes: pass its .raw to send zero-copy")
+            fd = None
     regular = False
     if fd is not None:
         if not fallback:

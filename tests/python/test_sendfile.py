@@ -186,6 +186,26 @@ def test_a_buffered_readers_buffer_goes_first(kind, tmp_path, fifo):
     run(main())
 
 
+@pytest.mark.parametrize("opener", ["bz2", "lzma"])
+def test_a_decompressing_stream_sends_what_it_reads(kind, tmp_path, opener):
+    """bz2.BZ2File, lzma.LZMAFile: binary, seekable, and their fileno() is the
+    compressed file's. The peer got the compressed bytes (as from asyncio's own
+    loop.sendfile); it gets what read() gives."""
+    mod = __import__(opener)
+    data = os.urandom(100_000)
+    path = tmp_path / "f.z"
+    with mod.open(path, "wb") as out:
+        out.write(data)
+
+    async def main():
+        async with Pair(kind) as p:
+            with mod.open(path, "rb") as src:
+                reading = asyncio.ensure_future(p.read_all(len(data)))
+                assert await zcsend.sendfile(p.server, src) == len(data)
+                assert await reading == (hashlib.sha1(data).hexdigest(), len(data))
+    run(main())
+
+
 def test_a_buffered_pipe_readers_bytes_go_as_they_come(kind):
     """A buffered reader of a live pipe: what its producer wrote goes out at
     once. Its read(256 KiB) waited for 256 KiB or the pipe's end, holding the
