@@ -441,7 +441,7 @@ async def _object_read(hold, file, want):
     that came. (Bytes in its buffer alone, the pipe idle, wait for the pipe.)"""
     if isinstance(file, io.BytesIO):
         return file.read(want)
-    if isinstance(file, io.BufferedIOBase) and not file.seekable():
+    if isinstance(file, (io.BufferedReader, io.BufferedRandom)) and not file.seekable():
         return await _OwnRead(file.fileno(), file.read1).run(hold, want, -1)
     return await _timed_read(hold, hold.loop.run_in_executor(None, file.read, want))
 

@@ -735,7 +735,6 @@ static PyObject *step_now(PyObject *m, int sock_fd, int file_fd, long long offse
     zcs_transfer_release(&t);
     return raise_code(rc);
   }
-
   if (head_obj != Py_None) {
     Py_buffer head;
     if (PyObject_GetBuffer(head_obj, &head, PyBUF_SIMPLE) < 0) {

@@ -186,6 +186,31 @@ def test_a_buffered_readers_buffer_goes_first(kind, tmp_path, fifo):
     run(main())
 
 
+def test_a_buffered_stream_of_its_own_without_fileno(kind):
+    """An io.BufferedIOBase subclass of the user's that only reads (no fileno(),
+    no seek()): read through read(), as any object (the path for buffered pipe
+    readers must not ask it for an fd)."""
+    class Gen(io.BufferedIOBase):
+        def __init__(self):
+            self.left = 3
+
+        def readable(self):
+            return True
+
+        def read(self, n=-1):
+            if not self.left:
+                return b""
+            self.left -= 1
+            return b"z" * 1000
+
+    async def main():
+        async with Pair(kind) as p:
+            reading = asyncio.ensure_future(p.read_all(3000))
+            assert await zcsend.sendfile(p.server, Gen()) == 3000
+            assert (await reading)[1] == 3000
+    run(main())
+
+
 @pytest.mark.parametrize("opener", ["bz2", "lzma"])
 def test_a_decompressing_stream_sends_what_it_reads(kind, tmp_path, opener):
     """bz2.BZ2File, lzma.LZMAFile: binary, seekable, and their fileno() is the
