@@ -283,8 +283,8 @@ ZCS_API int zcs_transfer_cached(const zcs_transfer_t *t, size_t len);
  * zero-copy): two syscalls where the zero-copy step makes four or five
  * (cachestat, the probes, the look at SIGPIPE, sendfile; a send for a head).
  * benchmarks/core_small.c, 4 runs on loopback TCP: 0.76-0.81x the zero-copy
- * step's CPU with a head and 0.87-0.93x without, for 8 to 16 KiB; at 32 KiB
- * 0.86-0.93x, but the copies' share grows with the size (one to the buffer,
+ * step's CPU with a head and 0.87-1.01x without, for 8 to 16 KiB; at 32 KiB
+ * 0.86-0.95x, but the copies' share grows with the size (one to the buffer,
  * one to the socket; sendfile makes neither on a NIC that gathers), and the
  * buffer (the rest's size, malloc) stays with a slow reader's connection,
  * hence the limit. 1: the rest is held. Where the
