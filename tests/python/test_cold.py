@@ -46,7 +46,13 @@ def test_cached_tells_a_cold_range_from_a_warm_one(diskfile):
     evict(path)
     assert cached(path) is False
     warm(path)
-    assert cached(path) is True
+    # (once in ~100 CI runs the first look came back False: a readahead the
+    # reads started can still be in flight when they return, and a page being
+    # read in is not ready; it must be soon after)
+    deadline = time.monotonic() + 5
+    while cached(path) is not True:
+        assert time.monotonic() < deadline, "a warm file's first MiB never read as cached"
+        time.sleep(0.01)
     evict(path)
     with open(path, "rb") as f:
         f.seek(2 * MiB)
