@@ -153,12 +153,13 @@ int64_t zcs_source_count(int fd, int64_t offset, int64_t count, int *sized) {
   return fixed_count(fd, &st, offset, count, sized);
 }
 
-int zcs__source_check(int fd, int64_t offset, int64_t count, int flags, struct stat *st,
-                      int64_t *remaining, int *sized) {
+/* zcs__source_check, where have_st says st holds fd's fstat already */
+static int source_check(int fd, int64_t offset, int64_t count, int flags, struct stat *st,
+                        int have_st, int64_t *remaining, int *sized) {
   *sized = 0;
   if (offset < 0 || (count < 0 && count != ZCS_COUNT_TO_EOF))
     return -EINVAL;
-  if (fstat(fd, st) < 0)
+  if (!have_st && fstat(fd, st) < 0)
     return -errno;
   if (S_ISDIR(st->st_mode))
     return -EISDIR;
@@ -178,18 +179,20 @@ int zcs__source_check(int fd, int64_t offset, int64_t count, int flags, struct s
   return 0;
 }
 
-int zcs_transfer_init(zcs_transfer_t *t, int sock_fd, int file_fd, int64_t offset,
-                      int64_t count, int flags) {
-  int rc = init_common(t, sock_fd, flags);
-  if (rc < 0)
-    return rc;
-  struct stat st;
-  rc = zcs__source_check(file_fd, offset, count, flags, &st, &t->remaining, &t->sized);
+int zcs__source_check(int fd, int64_t offset, int64_t count, int flags, struct stat *st,
+                      int64_t *remaining, int *sized) {
+  return source_check(fd, offset, count, flags, st, 0, remaining, sized);
+}
+
+/* zcs_transfer_init's part after init_common: st holds file_fd's fstat where have_st */
+static int init_source(zcs_transfer_t *t, int file_fd, int64_t offset, int64_t count, int flags,
+                       struct stat *st, int have_st) {
+  int rc = source_check(file_fd, offset, count, flags, st, have_st, &t->remaining, &t->sized);
   if (rc < 0)
     return rc;
   t->file_fd = file_fd;
   t->start = t->offset = offset;
-  if (S_ISREG(st.st_mode)) {
+  if (S_ISREG(st->st_mode)) {
     t->backend = backend_forced_emulated ? ZCS_BACKEND_EMULATED : ZCS_BACKEND_SENDFILE;
   } else {
     if (lseek(file_fd, 0, SEEK_CUR) < 0) {
@@ -199,7 +202,7 @@ int zcs_transfer_init(zcs_transfer_t *t, int sock_fd, int file_fd, int64_t offse
         return -ESPIPE;
       t->offset = -1;
     }
-    if (S_ISFIFO(st.st_mode))
+    if (S_ISFIFO(st->st_mode))
       t->backend = backend_forced_emulated ? ZCS_BACKEND_EMULATED : ZCS_BACKEND_SPLICE;
     else if (flags & ZCS_F_NO_FALLBACK)
       return ZCS_EUNSUPPORTED;
@@ -208,6 +211,15 @@ int zcs_transfer_init(zcs_transfer_t *t, int sock_fd, int file_fd, int64_t offse
   }
   count_start(t);
   return 0;
+}
+
+int zcs_transfer_init(zcs_transfer_t *t, int sock_fd, int file_fd, int64_t offset,
+                      int64_t count, int flags) {
+  int rc = init_common(t, sock_fd, flags);
+  if (rc < 0)
+    return rc;
+  struct stat st;
+  return init_source(t, file_fd, offset, count, flags, &st, 0);
 }
 
 int zcs_transfer_init_memory(zcs_transfer_t *t, int sock_fd, const void *data, size_t len,
@@ -734,6 +746,85 @@ static int load_small(zcs_transfer_t *t) {
   (void)t;
   return 0;
 #endif
+}
+
+/* zcs_transfer_start's send went (sent bytes of the head's head_len and of
+   the file's count, read into data): t becomes the transfer a step that sent
+   them would have left, done, or holding the rest (read already: the file is
+   not read again). 0, or -ENOMEM (t then ended with it, what went counted). */
+static int small_sent(zcs_transfer_t *t, int file_fd, int64_t offset, int64_t count,
+                      const char *data, const void *head, size_t head_len, size_t sent) {
+  size_t h = sent < head_len ? sent : head_len, body = sent - h, rest = (size_t)count - body;
+  t->file_fd = file_fd;
+  t->start = offset;
+  t->offset = offset + count; /* every byte is read: the next to read is past them */
+  t->remaining = count;
+  t->sized = 1;
+  t->backend = ZCS_BACKEND_SENDFILE; /* a sendfile transfer's held bytes go as a copy */
+  count_start(t);
+  if (body) {
+    zcs__count_sent(t, body, 0);
+    t->remaining -= (int64_t)body;
+    STAT_ADD(bytes_fallback, body);
+  }
+  t->head_len = t->head_pos = h; /* a head all sent needs no copy */
+  if (!rest && h == head_len)
+    return finish(t, ZCS_DONE), 0;
+  if (h < head_len) {
+    if (!(t->head = malloc(head_len)))
+      return finish(t, -ENOMEM);
+    memcpy(t->head, head, head_len);
+    t->head_len = head_len;
+  }
+  if (!(t->buf = malloc(rest)))
+    return finish(t, -ENOMEM);
+  memcpy(t->buf, data + body, rest);
+  t->buf_cap = t->buf_len = rest;
+  t->blocked = 1;
+  return 0;
+}
+
+int zcs_transfer_start(zcs_transfer_t *t, int sock_fd, int file_fd, int64_t offset,
+                       int64_t count, const void *head, size_t head_len, int flags) {
+  int rc = init_common(t, sock_fd, flags);
+  if (rc < 0)
+    return rc;
+  struct stat st;
+  int have_st = 0;
+  int64_t n = count;
+#ifdef RWF_NOWAIT
+  /* ZCS_F_NO_FALLBACK: zero-copy only; ZCSEND_BACKEND=emulated: the backend asked for */
+  if (offset >= 0 && count >= ZCS_COUNT_TO_EOF && count <= (int64_t)ZCS_SMALL_COPY &&
+      !(flags & ZCS_F_NO_FALLBACK) && !backend_forced_emulated && (head || !head_len)) {
+    if (count == ZCS_COUNT_TO_EOF) { /* the size says: a regular file's that can be trusted */
+      have_st = fstat(file_fd, &st) == 0;
+      n = have_st && S_ISREG(st.st_mode) && offset < st.st_size &&
+                  !zcs__size_unreliable(file_fd, &st)
+              ? st.st_size - offset
+              : 0;
+    }
+    if (n > 0 && n <= (int64_t)ZCS_SMALL_COPY) {
+      /* +1: read to an odd address (load_small says why) */
+      char buf[ZCS_SMALL_COPY + 1];
+      struct iovec v[2] = {{(void *)head, head_len}, {buf + 1, (size_t)n}};
+      ssize_t got;
+      while ((got = preadv2(file_fd, &v[1], 1, (off_t)offset, RWF_NOWAIT)) < 0 && errno == EINTR) {
+      }
+      /* short or failed: not all in memory now, fewer bytes, or an fd not read
+         this way (a pipe, write-only, O_DIRECT, a directory): init meets it */
+      if (got == (ssize_t)n) {
+        struct msghdr m = {.msg_iov = head_len ? v : v + 1, .msg_iovlen = head_len ? 2 : 1};
+        while ((got = sendmsg(sock_fd, &m, MSG_NOSIGNAL | MSG_DONTWAIT)) < 0 && errno == EINTR) {
+        }
+        /* none went (the socket full, or in error): the step meets it */
+        if (got > 0)
+          return small_sent(t, file_fd, offset, n, buf + 1, head, head_len, (size_t)got);
+      }
+    }
+  }
+#endif
+  rc = init_source(t, file_fd, offset, count, flags, &st, have_st);
+  return rc == 0 && head_len ? zcs_transfer_set_head(t, head, head_len) : rc;
 }
 
 int zcs_transfer_ready(zcs_transfer_t *t, size_t len) {

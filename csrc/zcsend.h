@@ -298,6 +298,29 @@ ZCS_API int zcs_transfer_cached(const zcs_transfer_t *t, size_t len);
  * zcs_transfer_peek/advance give and take the held bytes as the file's next. */
 ZCS_API int zcs_transfer_ready(zcs_transfer_t *t, size_t len);
 
+/* zcs_transfer_init, then zcs_transfer_set_head (head_len 0: none), except
+ * that a small send goes at once: where the range is at most ZCS_SMALL_COPY
+ * bytes (ZCS_COUNT_TO_EOF: a regular file's rest, from one fstat) and all in
+ * the page cache, it is read with one preadv2(RWF_NOWAIT) into a buffer on
+ * the stack and sent after the head with one sendmsg(MSG_NOSIGNAL |
+ * MSG_DONTWAIT): with a count, no fstat; no fcntl of the file (the read
+ * proves it readable), no SIGPIPE mask, no allocation. Two syscalls where
+ * init, zcs_transfer_ready and a step make four or five. Returns what they
+ * would return (0, or init's and set_head's errors, with nothing sent). After 0:
+ *   - t->result is ZCS_DONE: every byte went (t->sent of the file's), counted
+ *     in the stats as a transfer done;
+ *   - or t->sent / zcs_transfer_head_sent() say that part went: t holds the
+ *     rest, read already (the file is not read again), to step once the
+ *     socket is writable (t->blocked); where it could not hold it, it ended
+ *     with -ENOMEM, what went counted;
+ *   - else nothing went (the range not all in memory, fewer bytes than count,
+ *     an fd preadv2 can't read, the socket full or in error, ZCS_F_NO_FALLBACK,
+ *     ZCSEND_BACKEND=emulated): t is as init left it, and the step meets each
+ *     of those as it always does.
+ * Release t in every case. The buffer (ZCS_SMALL_COPY) is on the caller's stack. */
+ZCS_API int zcs_transfer_start(zcs_transfer_t *t, int sock_fd, int file_fd, int64_t offset,
+                               int64_t count, const void *head, size_t head_len, int flags);
+
 /* For a host that can wait for a socket only by writing through its own socket
  * object (an nginx cosocket waits for writability inside its send()): copies up
  * to len of the transfer's next bytes into buf, moving nothing. Returns the

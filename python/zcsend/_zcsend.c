@@ -730,27 +730,35 @@ static PyObject *step_now(PyObject *m, int sock_fd, int file_fd, long long offse
                           int *stepped) {
   zcs_transfer_t t;
   *stepped = 0;
-  int rc = zcs_transfer_init(&t, sock_fd, file_fd, offset, count, flags);
+  Py_buffer head = {.buf = NULL, .len = 0};
+  if (head_obj != Py_None && PyObject_GetBuffer(head_obj, &head, PyBUF_SIMPLE) < 0)
+    return NULL;
+  /* most small files go in this call: one read and one send (zcs_transfer_start) */
+  int rc = budget >= (long long)ZCS_SMALL_COPY
+               ? zcs_transfer_start(&t, sock_fd, file_fd, offset, count, head.buf, (size_t)head.len,
+                                    flags)
+               : zcs_transfer_init(&t, sock_fd, file_fd, offset, count, flags);
+  if (rc == 0 && head.len && budget < (long long)ZCS_SMALL_COPY)
+    rc = zcs_transfer_set_head(&t, head.buf, (size_t)head.len);
+  if (head.buf)
+    PyBuffer_Release(&head);
   if (rc < 0) {
     zcs_transfer_release(&t);
     return raise_code(rc);
   }
-  if (head_obj != Py_None) {
-    Py_buffer head;
-    if (PyObject_GetBuffer(head_obj, &head, PyBUF_SIMPLE) < 0) {
-      zcs_transfer_release(&t);
-      return NULL;
-    }
-    rc = head.len ? zcs_transfer_set_head(&t, head.buf, (size_t)head.len) : 0;
-    PyBuffer_Release(&head);
-    if (rc < 0) {
-      zcs_transfer_release(&t);
-      return raise_code(rc);
-    }
-  }
-  int64_t total = t.remaining;
+  int64_t total = t.remaining < 0 ? t.remaining : (int64_t)t.sent + t.remaining;
   int sd = -1, fd = -1; /* our dups, once taken */
-  if (zcs_transfer_ready(&t, (size_t)budget)) {
+  if (t.result != ZCS_RUNNING || t.sent || zcs_transfer_head_sent(&t)) {
+    *stepped = 1; /* bytes went: all (done), or part, t holding the rest */
+    rc = t.result == ZCS_RUNNING ? ZCS_WANT_WRITE : t.result;
+    if (rc <= 0) {
+      uint64_t sent = t.sent;
+      int seekable = t.offset >= 0;
+      zcs_transfer_release(&t);
+      return Py_BuildValue("(iKLO)", rc, (unsigned long long)sent, (long long)total,
+                           seekable ? Py_True : Py_False);
+    }
+  } else if (zcs_transfer_ready(&t, (size_t)budget)) {
     *stepped = 1;
     t.budget = (size_t)budget;
     if (t.remaining < 0 || t.remaining > (64 << 10)) {

@@ -3196,6 +3196,192 @@ START_TEST(small_rest_of_a_shrunk_file) {
 }
 END_TEST
 
+/* ---- issue 13: a small send at once (zcs_transfer_start) ----------------------
+ * Every byte in order after the head, whether the socket takes all (done at
+ * start) or part (t holds the rest, read already, and sends it even where the
+ * file changes after); one transfer done in the stats either way. */
+static int small_parts; /* check_start_small's parts */
+static void check_start_small(int tcp, size_t len, int64_t off, int64_t count, size_t hlen) {
+  size_t flen = (size_t)off + len + (count < 0 ? 0 : 100);
+  unsigned char *data = pattern(flen, 41), *head = hlen ? pattern(hlen, 42) : NULL;
+  int fd = make_file("start-small", data, flen);
+  int sv[2];
+  make_pair(tcp, sv);
+  zcs_stats_t s0, s1;
+  zcs_stats(&s0);
+  zcs_transfer_t t;
+  ck_assert_int_eq(zcs_transfer_start(&t, sv[0], fd, off, count, head, hlen, ZCS_F_SOCK_NONBLOCKING), 0);
+  struct reader r;
+  if (t.result == ZCS_DONE) {
+    ck_assert_uint_eq(t.sent, len);
+    ck_assert_uint_eq(zcs_transfer_head_sent(&t), hlen);
+    ck_assert_int_eq(t.remaining, 0);
+    ck_assert_int_eq(zcs_transfer_step(&t), ZCS_DONE);
+    reader_start(&r, sv[1]);
+    close(sv[0]);
+    reader_join(&r);
+  } else {
+    ck_assert_int_eq(t.result, ZCS_RUNNING);
+    ck_assert_uint_gt(t.sent + zcs_transfer_head_sent(&t), 0);
+    ck_assert_uint_lt(t.sent + zcs_transfer_head_sent(&t), hlen + len);
+    ck_assert_int_eq(t.remaining, (int64_t)(len - t.sent));
+    ck_assert_int_eq(t.blocked, 1);
+    small_parts++;
+    /* held: what the file holds now is not what goes */
+    unsigned char junk[64] = {0};
+    char path[512];
+    snprintf(path, sizeof path, "%s/start-small", tmpdir);
+    int w = open(path, O_WRONLY);
+    ck_assert_int_eq(pwrite(w, junk, sizeof junk, off), (ssize_t)sizeof junk);
+    ck_assert_int_eq(ftruncate(w, off), 0);
+    close(w);
+    r = drive_to_done(&t, sv);
+    ck_assert_uint_eq(t.sent, len);
+  }
+  ck_assert_uint_eq(t.sent_zero_copy, 0);
+  zcs_transfer_release(&t);
+  ck_assert_uint_eq(r.len, hlen + len);
+  ck_assert(!hlen || memcmp(r.buf, head, hlen) == 0);
+  ck_assert(memcmp(r.buf + hlen, data + off, len) == 0);
+  zcs_stats(&s1);
+  ck_assert_uint_eq(s1.started - s0.started, 1);
+  ck_assert_uint_eq(s1.completed - s0.completed, 1);
+  ck_assert_uint_eq(s1.active, s0.active);
+  ck_assert_uint_eq(s1.bytes_fallback - s0.bytes_fallback, len);
+  ck_assert_uint_eq(s1.bytes_zero_copy, s0.bytes_zero_copy);
+  free(r.buf); free(data); free(head); close(sv[1]); close(fd);
+}
+
+START_TEST(start_small_sends_all_or_holds_the_rest) {
+  for (int tcp = 0; tcp <= 1; tcp++) {
+    check_start_small(tcp, 1, 0, 1, 0);
+    check_start_small(tcp, 100, 0, 100, 20);
+    check_start_small(tcp, 4095, 3, 4095, 0);
+    check_start_small(tcp, ZCS_SMALL_COPY, 4096, ZCS_SMALL_COPY, 0); /* part: 4 KiB buffer */
+    check_start_small(tcp, ZCS_SMALL_COPY, 1, ZCS_SMALL_COPY, 9000); /* part of the head only */
+    check_start_small(tcp, 3000, 10, ZCS_COUNT_TO_EOF, 0);             /* to EOF: its size */
+    check_start_small(tcp, ZCS_SMALL_COPY, 0, ZCS_COUNT_TO_EOF, 100);
+  }
+  /* 16 KiB through a unix socket's 4 KiB buffer (loopback TCP takes it whole) */
+  ck_assert_int_ge(small_parts, 3);
+  /* a socket with room takes all at once; the fd's position stays (pread) */
+  int sv[2];
+  ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+  set_nonblock(sv[0]);
+  unsigned char *data = pattern(5000, 43), got[6000];
+  int fd = make_file("start-small-all", data, 5000);
+  zcs_transfer_t t;
+  ck_assert_int_eq(zcs_transfer_start(&t, sv[0], fd, 0, 5000, "HEAD", 4, 0), 0);
+  ck_assert_int_eq(t.result, ZCS_DONE);
+  ck_assert_uint_eq(t.sent, 5000);
+  zcs_transfer_release(&t);
+  ck_assert_int_eq(recv(sv[1], got, sizeof got, MSG_DONTWAIT), 5004);
+  ck_assert(memcmp(got, "HEAD", 4) == 0 && memcmp(got + 4, data, 5000) == 0);
+  ck_assert_int_eq(lseek(fd, 0, SEEK_CUR), 0);
+  free(data); close(fd); close(sv[0]); close(sv[1]);
+}
+END_TEST
+
+/* nothing sent at start: t is what zcs_transfer_init (and set_head) make of
+   it, error or not, and nothing reached the peer */
+static void check_start_sends_nothing(int sock, int fd, int64_t off, int64_t count, int flags,
+                                      int peer, const char *what) {
+  zcs_transfer_t a, b;
+  int ra = zcs_transfer_start(&a, sock, fd, off, count, "H", 1, flags);
+  int rb = zcs_transfer_init(&b, sock, fd, off, count, flags);
+  if (rb == 0)
+    rb = zcs_transfer_set_head(&b, "H", 1);
+  ck_assert_msg(ra == rb, "%s: %d, init %d", what, ra, rb);
+  if (ra == 0) {
+    ck_assert_msg(a.result == ZCS_RUNNING && a.sent == 0 && zcs_transfer_head_sent(&a) == 0 &&
+                      a.remaining == b.remaining && a.backend == b.backend && a.offset == b.offset,
+                  "%s: sent, or not init's", what);
+  }
+  zcs_transfer_release(&a);
+  zcs_transfer_release(&b);
+  char c;
+  if (peer >= 0)
+    ck_assert_msg(recv(peer, &c, 1, MSG_DONTWAIT) < 0 && errno == EAGAIN, "%s: sent", what);
+}
+
+START_TEST(start_small_leaves_the_rest_to_the_transfer) {
+  int sv[2];
+  ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+  set_nonblock(sv[0]);
+  size_t big = ZCS_SMALL_COPY + 1;
+  unsigned char *data = pattern(big, 44);
+  int fd = make_file("not-small", data, big);
+  check_start_sends_nothing(sv[0], fd, 0, (int64_t)big, 0, sv[1], "count past the limit");
+  check_start_sends_nothing(sv[0], fd, 0, ZCS_COUNT_TO_EOF, 0, sv[1], "to EOF past the limit");
+  check_start_sends_nothing(sv[0], fd, -1, 10, 0, sv[1], "negative offset");
+  check_start_sends_nothing(sv[0], fd, 0, -2, 0, sv[1], "negative count");
+  check_start_sends_nothing(sv[0], fd, 10, 100, ZCS_F_NO_FALLBACK, sv[1], "zero-copy only");
+  check_start_sends_nothing(sv[0], fd, (int64_t)big - 10, 11, 0, sv[1], "fewer bytes than count");
+  check_start_sends_nothing(sv[0], fd, (int64_t)big - 10, 11, ZCS_F_EXACT_COUNT, sv[1],
+                            "fewer bytes than an exact count");
+  check_start_sends_nothing(sv[0], fd, (int64_t)big, ZCS_COUNT_TO_EOF, 0, sv[1], "at the end");
+  /* write-only: no fcntl looks, the read refuses it, init says EBADF */
+  char path[512];
+  snprintf(path, sizeof path, "%s/not-small", tmpdir);
+  int wo = open(path, O_WRONLY);
+  check_start_sends_nothing(sv[0], wo, 0, 10, 0, sv[1], "write-only");
+  close(wo);
+  int dir = open(tmpdir, O_RDONLY | O_DIRECTORY);
+  check_start_sends_nothing(sv[0], dir, 0, 10, 0, sv[1], "a directory");
+  check_start_sends_nothing(sv[0], dir, 0, ZCS_COUNT_TO_EOF, 0, sv[1], "a directory to EOF");
+  close(dir);
+  int p[2];
+  ck_assert_int_eq(pipe(p), 0);
+  ck_assert_int_eq(write(p[1], "abc", 3), 3);
+  check_start_sends_nothing(sv[0], p[0], 0, 3, 0, sv[1], "a pipe");
+  check_start_sends_nothing(sv[0], p[0], 1, 3, 0, sv[1], "a pipe with an offset");
+  check_start_sends_nothing(sv[0], p[0], 0, ZCS_COUNT_TO_EOF, 0, sv[1], "a pipe to EOF");
+  char got[4];
+  ck_assert_int_eq(read(p[0], got, 4), 3); /* its bytes untaken */
+  close(p[0]), close(p[1]);
+  check_start_sends_nothing(sv[0], -1, 0, 10, 0, sv[1], "a closed fd");
+  /* a blocking socket: init's ZCS_EBLOCKING, before a byte */
+  int bp[2];
+  ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, bp), 0);
+  check_start_sends_nothing(bp[0], fd, 0, 10, 0, bp[1], "a blocking socket");
+  close(bp[0]), close(bp[1]);
+  /* the socket full: nothing goes (the step waits for it) */
+  char fill[4096];
+  memset(fill, 0, sizeof fill);
+  while (send(sv[0], fill, sizeof fill, MSG_DONTWAIT) > 0) {
+  }
+  check_start_sends_nothing(sv[0], fd, 0, 10, 0, -1, "a full socket");
+  close(sv[1]);
+  /* the peer gone, SIGPIPE at its default: no signal, nothing done (the step
+     meets the EPIPE, and says it) */
+  struct sigaction sa;
+  sigaction(SIGPIPE, NULL, &sa);
+  ck_assert_ptr_eq(sa.sa_handler, SIG_DFL);
+  check_start_sends_nothing(sv[0], fd, 0, 10, 0, -1, "a closed peer");
+  sigset_t pending;
+  sigpending(&pending);
+  ck_assert(!sigismember(&pending, SIGPIPE));
+  close(sv[0]);
+  /* a range not in memory: never read here (the engine reads it) */
+  ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+  set_nonblock(sv[0]);
+  int cold = make_cold_file("start-small-cold", data, 8192);
+  ck_assert_int_ge(cold, 0);
+  ck_assert_int_eq(posix_fadvise(cold, 0, 0, POSIX_FADV_RANDOM), 0);
+  zcs_transfer_t t;
+  ck_assert_int_eq(zcs_transfer_start(&t, sv[0], cold, 0, 8192, NULL, 0, 0), 0);
+  ck_assert_uint_eq(t.sent, 0);
+  ck_assert_int_eq(t.result, ZCS_RUNNING);
+  zcs_transfer_release(&t);
+  char c;
+  ck_assert(recv(sv[1], &c, 1, MSG_DONTWAIT) < 0 && errno == EAGAIN);
+  close(cold);
+  cold_cleanup();
+  close(sv[0]), close(sv[1]);
+  free(data); close(fd);
+}
+END_TEST
+
 /* a pipe as the destination, its reader gone, SIGPIPE at its default: the copy
    step (which skips the look at SIGPIPE) still only fails with EPIPE */
 START_TEST(small_rest_to_a_closed_pipe_no_sigpipe) {
@@ -3389,6 +3575,8 @@ int main(void) {
   tcase_add_test(eng, small_rest_to_a_closed_pipe_no_sigpipe);
   tcase_add_test(eng, small_rest_peek_and_advance);
   tcase_add_test(eng, small_rest_never_read_with_o_direct);
+  tcase_add_test(eng, start_small_sends_all_or_holds_the_rest);
+  tcase_add_test(eng, start_small_leaves_the_rest_to_the_transfer);
   suite_add_tcase(s, eng);
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);

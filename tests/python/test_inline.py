@@ -55,6 +55,35 @@ def test_a_small_send_that_ends_inline_makes_no_transfer_object(tmp_path):
         assert (sha, n) == (hashlib.sha1(f.read() * 20).hexdigest(), 20 * (16 << 10))
 
 
+@pytest.mark.parametrize("head", [b"", b"H" * 9000], ids=["no-head", "head-past-the-buffer"])
+def test_a_small_send_the_socket_takes_part_of_goes_on_from_there(tmp_path, head):
+    """One read and one send (zcs_transfer_start), the socket taking part (a Unix
+    socket with a 4 KiB buffer): the rest, read already, goes as a transfer,
+    head once, every byte in order, the call's count and the file's position
+    asyncio's; one transfer counted."""
+    path = str(tmp_path / "small.bin")
+    make_file(path, 16 << 10, seed=8)
+
+    async def main():
+        async with Pair("unix", sndbuf=4096) as p:
+            before, s0 = _zcsend.debug_counts(), zcsend.stats()
+            reader = asyncio.get_running_loop().create_task(p.read_all())
+            with open(path, "rb") as f:
+                for _ in range(3):
+                    assert await zcsend.sendfile(p.server, f, 0, head=head or None) == 16 << 10
+                    assert f.tell() == 16 << 10
+            after, s1 = _zcsend.debug_counts(), zcsend.stats()
+            p.server.close()
+            return after["transfers"] - before["transfers"], s1, s0, await reader
+
+    made, s1, s0, got = run(main())
+    assert made == 3  # each went on as a transfer object
+    assert s1["completed"] - s0["completed"] == 3 and s1["started"] - s0["started"] == 3
+    assert s1["bytes_fallback"] - s0["bytes_fallback"] == 3 * (16 << 10)  # read once, copied
+    with open(path, "rb") as f:
+        assert got == (hashlib.sha1((head + f.read()) * 3).hexdigest(), 3 * (len(head) + (16 << 10)))
+
+
 def test_a_send_that_must_go_on_becomes_a_transfer_where_it_stood(tmp_path):
     """The socket fills mid-file: the stack transfer moves into an object and
     goes on from its byte, with the head sent once."""
@@ -84,59 +113,63 @@ UNDER_SANITIZER = any(lib in os.environ.get("LD_PRELOAD", "") for lib in ("libas
 @pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")
 @pytest.mark.skipif(UNDER_SANITIZER, reason="a sanitizer's allocator makes syscalls of its own")
 @pytest.mark.parametrize("size", [1000, 4096, 16 << 10, 64 << 10])
-def test_syscalls_of_a_small_send(tmp_path, size):
-    """Per send of a cached small file: fstat, one fcntl (the fd, not the file
-    object, says whether it is readable), and the lseek that puts the file's
-    position where asyncio's contract says. Then, for at most 16 KiB
-    (ZCS_SMALL_COPY) on the sendfile backend, the copy: one
-    preadv2(RWF_NOWAIT) of the whole range (it fails or reads short where a
-    page is not read in) and one send with MSG_NOSIGNAL, no look at SIGPIPE.
-    Past 16 KiB (and on the emulated backend), the zero-copy step's checks:
-    cachestat, preadv2(RWF_NOWAIT) probes of the first and last byte (pages
-    still being read in are not ready), one look at SIGPIPE's disposition
-    (CPython ignores it: no mask), and sendfile (emulated: pread + send). No
-    check of the socket's flags, no signal masks."""
+@pytest.mark.parametrize("counted", [False, True], ids=["to-eof", "count"])
+def test_syscalls_of_a_small_send(tmp_path, size, counted):
+    """Per send of a cached small file: for at most 16 KiB (ZCS_SMALL_COPY) on
+    the sendfile backend, zcs_transfer_start: one preadv2(RWF_NOWAIT) of the whole
+    range (it fails or reads short where a page is not read in, or where the
+    fd can't be read: no fcntl asks), one sendmsg with MSG_NOSIGNAL (no look
+    at SIGPIPE), an fstat only where no count says the size, and the lseek
+    that puts the file's position where asyncio's contract says. Past 16 KiB
+    (and on the emulated backend), a transfer: fstat, one fcntl (the fd, not
+    the file object, says whether it is readable), cachestat, preadv2
+    (RWF_NOWAIT) probes of the first and last byte (pages still being read in
+    are not ready), one look at SIGPIPE's disposition (CPython ignores it: no
+    mask), and sendfile (emulated: pread + send). No check of the socket's
+    flags, no signal masks."""
     path = str(tmp_path / "small.bin")
     make_file(path, size, seed=6)
     trace = str(tmp_path / "trace.txt")
     r = child("""
         import asyncio, os, socket, sys
         import zcsend
+        count = int(sys.argv[2]) or None
         async def main():
             a, b = socket.socketpair()
             a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
             _, w = await asyncio.open_connection(sock=a)
             with open(sys.argv[1], "rb") as f:
                 f.read()
-                await zcsend.sendfile(w, f, 0)  # first use: imports, the engine's setup
+                await zcsend.sendfile(w, f, 0, count)  # first use: imports, the engine's setup
                 os.write(2, b"MARK\\n")
                 for _ in range(5):
-                    await zcsend.sendfile(w, f, 0)
+                    await zcsend.sendfile(w, f, 0, count)
                 os.write(2, b"MARK\\n")
             w.close()
             b.close()
         asyncio.run(main())
-    """, path, strace=trace)
+    """, path, str(size if counted else 0), strace=trace)
     assert r.returncode == 0, r.stderr
     lines = open(trace).read().split("MARK")[1].strip().splitlines()[1:]
     names = [line.split("(")[0] for line in lines if "(" in line]
     counts = {n: names.count(n) for n in set(names)}
     cachestat = [n for n in counts if n in ("cachestat", "syscall_0x1c3")]
+    fstats = sum(counts.get(n, 0) for n in ("newfstatat", "fstat", "statx"))
     assert counts.get("lseek") == 5, lines
-    assert sum(counts.get(n, 0) for n in ("newfstatat", "fstat", "statx")) == 5, lines
-    assert counts.get("fcntl") == 5, lines
     copy = zcsend.backend() == "linux-sendfile" and size <= _zcsend.SMALL_COPY
     if copy:
-        moving = ["preadv2", "sendto"]
+        moving = ["preadv2", "sendmsg"]
+        assert fstats == (0 if counted else 5), lines
         reads = [line for line in lines if line.startswith("preadv2(")]
         assert len(reads) == 5 and all(f"iov_len={size}" in line and "RWF_NOWAIT" in line and
                                        line.endswith(f"= {size}") for line in reads), reads
-        sends = [line for line in lines if line.startswith("sendto(")]
+        sends = [line for line in lines if line.startswith("sendmsg(")]
         assert all("MSG_NOSIGNAL" in line and line.endswith(f"= {size}") for line in sends), sends
-        assert counts.get("sendto") == 5 and cachestat == [], lines
-        assert "rt_sigaction" not in counts and "sendfile" not in counts, lines
+        assert counts.get("sendmsg") == 5 and cachestat == [], lines
+        assert not {"rt_sigaction", "sendfile", "fcntl", "sendto"} & set(counts), lines
     else:
         moving = ["sendfile"] if zcsend.backend() == "linux-sendfile" else ["pread64", "sendto"]
+        assert fstats == 5 and counts.get("fcntl") == 5, lines
         for name in moving:
             assert counts.get(name) == 5, lines
         assert counts.get("rt_sigaction") == 5, lines
