@@ -125,7 +125,8 @@ async def on_stream(way, f, size, calls):
 
 async def one_connection(f, size, rounds, block):
     """--one-connection: every way on the same drained connection, in blocks of
-    `block` calls taken in turn, `rounds` times; each block's CPU us per call.
+    `block` calls taken in turn, `rounds` times (the order turning each round);
+    each block's CPU us per call.
     The floor's block runs with the socket made blocking (as floor() does; the
     transport holds nothing then) and the loop thread waiting in sendfile."""
     conn, proc, writer = await drained_stream()
@@ -139,8 +140,11 @@ async def one_connection(f, size, rounds, block):
     ways = {"os.sendfile": floor_, **stream_ways(writer, f, size)}
     out = {w: [] for w in WAYS}
     try:
-        for _ in range(rounds + 1):  # the first round warms up, uncounted
-            for way in WAYS:
+        for r in range(rounds + 1):  # the first round warms up, uncounted
+            # the order turns each round: the block right after the floor's pays about
+            # 1 us more per call (16 KiB; whichever way it is), so no way may always
+            # follow the same one
+            for way in WAYS[r % len(WAYS):] + WAYS[:r % len(WAYS)]:
                 one = ways[way]
                 while writer.transport.get_write_buffer_size():  # read+write's tail goes first
                     await asyncio.sleep(0.001)
@@ -175,7 +179,7 @@ def main():
     ap.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio")
     ap.add_argument("--quick", action="store_true", help="1 run, a tenth of the calls (CI smoke)")
     ap.add_argument("--one-connection", action="store_true",
-                    help="all ways on one connection, in blocks taken in turn (3x --runs blocks "
+                    help="all ways on one connection, in blocks taken in turn (4x --runs blocks "
                          "each): the connection's own state no longer differs between ways")
     opts = ap.parse_args()
     runs = 1 if opts.quick else opts.runs
@@ -192,14 +196,14 @@ def main():
             if opts.one_connection:
                 with open(path, "rb") as f:
                     block = max(10, calls // 6 // scale)
-                    for way, ts in run_loop(opts.loop, one_connection(f, size, 3 * runs, block)).items():
+                    for way, ts in run_loop(opts.loop, one_connection(f, size, 4 * runs, block)).items():
                         results[label, way] = ts
                 continue
             for _ in range(runs):  # round-robin: the machine's drift spreads over every way
                 for way in WAYS:
                     t = measure(path, size, max(10, calls // scale), way, opts.loop) * 1e6
                     results.setdefault((label, way), []).append(t)
-        how = (f"one connection, median of {3 * runs} blocks" if opts.one_connection
+        how = (f"one connection, median of {4 * runs} blocks" if opts.one_connection
                else f"median of {runs}")
         print(f"\nCPU us per call on the sending thread ({opts.loop}, backend {zcsend.backend()}, "
               f"{how} (min-max); Python {sys.version.split()[0]})\n")
