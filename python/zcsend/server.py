@@ -30,7 +30,8 @@ LINGER = 5.0             # seconds an error answer waits for the client to stop 
 FDS_PER_CONNECTION = 6   # sending: its socket and file, and their dups for the engine (measured)
 RESERVED_FDS = 32        # the listener, the loop's and the engine's own, stdio
 
-REASONS = {200: "OK", 206: "Partial Content", 304: "Not Modified", 400: "Bad Request",
+REASONS = {200: "OK", 206: "Partial Content", 301: "Moved Permanently", 304: "Not Modified",
+           400: "Bad Request",
            403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
            413: "Content Too Large", 416: "Range Not Satisfiable",
            500: "Internal Server Error", 503: "Service Unavailable"}
@@ -43,7 +44,8 @@ _SENDFILE_TIMEOUT = "timeout" in inspect.signature(sendfile).parameters
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _FIELD = re.compile(r"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*(.*?)[ \t]*")
 _LENGTH = re.compile(r"[0-9]{1,18}")  # ASCII digits only ('²'.isdigit() is True), int64-sized
-_RANGE = re.compile(r"[ \t]*([0-9]{0,18})-([0-9]{0,18})[ \t]*")
+_RANGE = re.compile(r"[ \t]*([0-9]{0,19})-([0-9]{0,19})[ \t]*")
+_OFF_MAX = (1 << 63) - 1  # a range's numbers past it are unsatisfiable, as nginx's off_t
 _NO_REPEAT = ("content-length", "host", "transfer-encoding")  # request smuggling material
 
 
@@ -146,14 +148,18 @@ def _opened_inside(root, f, path):
     return inside(root, now) and (st.st_dev, st.st_ino) == (there.st_dev, there.st_ino)
 
 
-def open_inside(root, path):
+def open_inside(root, path, slash=True):
     """(status, file, stat) for path, a realpath inside root. A directory stands
-    for its index.html, which must resolve inside root too. Anything but a regular
-    file is 404, as in nginx; a file the open found outside root (a race) 403.
-    Raises OSError (see _OPEN_STATUS)."""
+    for its index.html, which must resolve inside root too; asked for without
+    its slash (slash False), it is 301, as in nginx (its page's relative links
+    are relative to the directory). Anything but a regular file is 404, as in
+    nginx; a file the open found outside root (a race) 403. Raises OSError (see
+    _OPEN_STATUS)."""
     try:
         f = open(path, "rb", opener=_opener)
     except IsADirectoryError:  # open() refuses directories (after opening them)
+        if not slash:
+            return 301, None, None
         path = os.path.realpath(os.path.join(path, "index.html"))
         if not inside(root, path):
             return 403, None, None
@@ -172,6 +178,18 @@ def open_inside(root, path):
     return 200, f, st
 
 
+# what a Location may hold as it came: RFC 3986's pchar, "/" and "%" (escapes stay
+# as they are); anything else (a control character, a byte past ASCII) is escaped
+_PATH_SAFE = "/%!$&'()*+,;=:@-._~"
+
+
+def _location(target, query):
+    """A directory's target (as the request had it, without its query) with the
+    slash its page's relative links need, and the query."""
+    loc = urllib.parse.quote(target, safe=_PATH_SAFE, encoding="latin-1") + "/"
+    return loc + "?" + urllib.parse.quote(query, safe=_PATH_SAFE + "?", encoding="latin-1") if query else loc
+
+
 def parse_range(value, size):
     """(start, end) inclusive for one 'bytes=' range; None to ignore the header
     (send it all); 'unsatisfiable' for 416. RFC 9110 §14.1-14.2, with nginx
@@ -187,6 +205,8 @@ def parse_range(value, size):
     if m is None or m.group(0).strip() == "-":
         return "unsatisfiable"
     first, last = m.groups()
+    if any(int(n) > _OFF_MAX for n in (first, last) if n):
+        return "unsatisfiable"
     if first == "":
         n = int(last)
         if n == 0:
@@ -279,11 +299,13 @@ class FileServer:
         lines.append("Connection: keep-alive" if keep_alive else "Connection: close")
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
-    def error(self, writer, status, keep_alive, extra=None):
+    def error(self, writer, status, keep_alive, extra=None, method="GET"):
+        """An answer with a short text body; to HEAD, its head alone (a body
+        there would be read as the next response's start)."""
         body = f"{status} {REASONS[status]}\n".encode()
         headers = {"Content-Type": "text/plain; charset=utf-8", "Content-Length": len(body)}
         headers.update(extra or {})
-        writer.write(self.head(status, headers, keep_alive) + body)
+        writer.write(self.head(status, headers, keep_alive) + (body if method != "HEAD" else b""))
 
     @contextlib.contextmanager
     def deadline(self, writer, seconds):
@@ -302,8 +324,8 @@ class FileServer:
             with self.deadline(writer, self.send_timeout):
                 await writer.drain()
 
-    async def reply(self, writer, status, keep, extra=None):
-        self.error(writer, status, keep, extra)
+    async def reply(self, writer, status, keep, extra=None, method="GET"):
+        self.error(writer, status, keep, extra, method)
         await self.flush(writer)
         return keep
 
@@ -404,17 +426,22 @@ class FileServer:
             return False  # timed out or evicted meanwhile, or the peer is gone: nothing to answer
         keep = req.keep_alive
         if req.method not in ("GET", "HEAD"):
-            return await self.reply(writer, 405, keep, {"Allow": "GET, HEAD"})
+            return await self.reply(writer, 405, keep, {"Allow": "GET, HEAD"}, req.method)
+        target, _, query = req.target.partition("?")
         try:
             status, path = resolve_path(self.root, req.target)
             if status == 200:
-                status, f, st = open_inside(self.root, path)
+                status, f, st = open_inside(self.root, path, target.endswith("/"))
         except UnicodeDecodeError:
             status = 400
         except OSError as exc:
             status = _OPEN_STATUS.get(exc.errno, 500)
+        if status == 301:  # a directory without its slash: to it, with the slash
+            return await self.reply(writer, 301, keep, {"Location": _location(target, query)},
+                                    req.method)
         if status != 200:
-            return await self.reply(writer, status, keep and status != 400)  # 400: malformed, close
+            # 400: malformed, close
+            return await self.reply(writer, status, keep and status != 400, None, req.method)
         with f:
             return await self.send(writer, req, f, st, keep)
 
@@ -435,7 +462,8 @@ class FileServer:
         if rng and req.headers.get("if-range", etag) in (etag, headers["Last-Modified"]):
             r = parse_range(rng, size)
             if r == "unsatisfiable":
-                return await self.reply(writer, 416, keep, {"Content-Range": f"bytes */{size}"})
+                return await self.reply(writer, 416, keep, {"Content-Range": f"bytes */{size}"},
+                                        req.method)
             if r is not None:
                 status, start, count = 206, r[0], r[1] - r[0] + 1
                 headers["Content-Range"] = f"bytes {r[0]}-{r[1]}/{size}"

@@ -90,6 +90,44 @@ def test_headers(site):
     assert (status, body) == (200, b"index\n")
 
 
+@pytest.mark.parametrize("path,location,status", [
+    ("/sub", "/sub/", 200), ("/sub?a=1&b", "/sub/?a=1&b", 200), ("/empty", "/empty/", 404),
+    ("/s%75b", "/s%75b/", 200),  # the target as it came
+])
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+def test_a_directory_without_its_slash_is_a_redirect_to_it(site, path, location, status, method):
+    """As nginx: 301 to the directory with its slash (its index page's relative
+    links are relative to the directory), the query kept; then its index."""
+    got, h, body = headers_and_body("-X", method, site["url"] + path) if method == "GET" else \
+        headers_and_body("-I", site["url"] + path)
+    assert got == 301
+    assert h["location"] == location
+    assert body == (b"301 Moved Permanently\n" if method == "GET" else b"")
+    got, _, body = headers_and_body(site["url"] + location)
+    assert got == status
+    assert body == (b"index\n" if status == 200 else b"404 Not Found\n")
+
+
+def test_answers_to_head_never_carry_a_body(site):
+    """Pipelined HEADs that get an error, a redirect or a 416, then a GET: every
+    answer to HEAD is its head alone (RFC 9110 §9.3.2: a client reads none, so
+    a body would be taken for the next answer's start), with the
+    Content-Length a GET would have had."""
+    heads = [b"HEAD /missing.txt HTTP/1.1\r\nHost: x\r\n\r\n",
+             b"HEAD /sub HTTP/1.1\r\nHost: x\r\n\r\n",
+             b"HEAD /ten.bin HTTP/1.1\r\nHost: x\r\nRange: bytes=20-\r\n\r\n",
+             b"HEAD /../x HTTP/1.1\r\nHost: x\r\n\r\n",
+             b"HEAD /hello.txt HTTP/1.1\r\nHost: x\r\n\r\n"]
+    out = _raw(site, b"".join(heads) + b"GET /hello.txt HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    answers = out.split(b"\r\n\r\n")
+    statuses = [a.split(b"\r\n")[0] for a in answers[:6]]
+    assert statuses == [b"HTTP/1.1 404 Not Found", b"HTTP/1.1 301 Moved Permanently",
+                        b"HTTP/1.1 416 Range Not Satisfiable", b"HTTP/1.1 403 Forbidden",
+                        b"HTTP/1.1 200 OK", b"HTTP/1.1 200 OK"], out
+    assert b"Content-Length: 14\r\n" in answers[0]  # what a GET's "404 Not Found\n" has
+    assert answers[6] == b"hello world\n"
+
+
 @pytest.mark.parametrize("rng,start,end", [("0-4", 0, 4), ("6-", 6, 11), ("-6", 6, 11), ("3-100", 3, 11)])
 def test_ranges(site, rng, start, end):
     status, h, body = headers_and_body("-r", rng, site["url"] + "/hello.txt")
@@ -121,6 +159,10 @@ def test_unsatisfiable_range(site):
     ("ten.bin", "bytes=-0", 416, "bytes */10", None),
     ("ten.bin", "bytes=+1-2", 416, "bytes */10", None),
     ("ten.bin", "bytes=0-99999999999999999999999", 416, "bytes */10", None),  # as nginx: overflow
+    ("ten.bin", "bytes=0-9223372036854775807", 206, "bytes 0-9/10", b"0123456789"),  # off_t's max
+    ("ten.bin", "bytes=0-9223372036854775808", 416, "bytes */10", None),  # past it, as nginx
+    ("ten.bin", "bytes=-9223372036854775807", 206, "bytes 0-9/10", b"0123456789"),
+    ("ten.bin", "bytes=9223372036854775808-", 416, "bytes */10", None),
     ("ten.bin", "bytes=-1", 206, "bytes 9-9/10", b"9"),
     ("ten.bin", "bytes=-20", 206, "bytes 0-9/10", b"0123456789"),
     ("ten.bin", "bytes=9-9", 206, "bytes 9-9/10", b"9"),
