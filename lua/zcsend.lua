@@ -745,7 +745,10 @@ function M.sendfile(sock, file, offset, count, opts)
   if tls then -- (never flushed: no own)
     return send_tls(host, sock, fd, ffd, offset or 0, count, timeout)
   end
-  local t, err, name, sent = core.transfer(fd, own and own:fd() or ffd, offset, count) -- its own dups
+  -- its own dups; a small cached file goes at once, unless the socket's owner has
+  -- output of its own to send first (prepare: luv's write queue)
+  local t, err, name, sent = core.transfer(fd, own and own:fd() or ffd, offset, count,
+                                           not (owner and owner.prepare))
   if own then
     own:close()
   end

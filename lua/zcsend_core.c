@@ -284,8 +284,10 @@ static void transfer_release(ltransfer *x) {
 
 static int dup_fd(int fd) { return fcntl(fd, F_DUPFD_CLOEXEC, 0); }
 
-/* core.transfer(sock_fd, file_fd [, offset [, count]]) -> transfer | nil, msg, name, 0.
- * Works on dups of both fds; a blocking socket is non-blocking until the end. */
+/* core.transfer(sock_fd, file_fd [, offset [, count [, start]]]) -> transfer | nil, msg, name, 0.
+ * Works on dups of both fds; a blocking socket is non-blocking until the end.
+ * start: a small cached range goes now (zcs_transfer_start), for a caller that
+ * steps the transfer at once and has nothing of its own to send first. */
 static int l_transfer(lua_State *L) {
   int sock = check_fd(L, 1, "closed socket");
   int file = check_fd(L, 2, "closed file");
@@ -294,6 +296,7 @@ static int l_transfer(lua_State *L) {
   luaL_argcheck(L, offset >= 0, 3, "offset must be non-negative");
   luaL_argcheck(L, count > 0 || count == ZCS_COUNT_TO_EOF || lua_isnoneornil(L, 4), 4,
                 "count must be positive");
+  int start = lua_toboolean(L, 5);
   ltransfer *x = (ltransfer *)lua_newuserdatauv(L, sizeof *x, 0);
   memset(x, 0, sizeof *x);
   x->sock_dup = x->file_dup = x->efd = -1;
@@ -317,8 +320,9 @@ static int l_transfer(lua_State *L) {
   if (rc == 0) {
     x->ready = 1;
     /* a count is exact: past a file's end it is ETRUNCATED before a byte moves */
-    rc = zcs_transfer_init(&x->t, x->sock_dup, x->file_dup, offset, count,
-                           count == ZCS_COUNT_TO_EOF ? 0 : ZCS_F_EXACT_COUNT);
+    int flags = (count == ZCS_COUNT_TO_EOF ? 0 : ZCS_F_EXACT_COUNT) | ZCS_F_SOCK_NONBLOCKING;
+    rc = start ? zcs_transfer_start(&x->t, x->sock_dup, x->file_dup, offset, count, NULL, 0, flags)
+               : zcs_transfer_init(&x->t, x->sock_dup, x->file_dup, offset, count, flags);
   }
   if (rc < 0) {
     transfer_release(x);

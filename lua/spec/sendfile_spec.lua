@@ -51,6 +51,37 @@ describe("zcsend.sendfile, blocking (no coroutine host)", function()
     end)
   end
 
+  it("sends a small cached file as the transfer is made (start), and only when asked", function()
+    local core = require "zcsend.core"
+    local small = H.file("small.bin", DATA:sub(1, 5000))
+    local f = assert(io.open(small, "rb"))
+    assert(f:read("a"))
+    for _, start in ipairs({ false, true }) do
+      local s, rd, out = connect()
+      local before = zcsend.stats()
+      local t = assert(core.transfer(H.int(s:getfd()), core.fileno(f), 10, 4000, start))
+      -- start: read and sent in the call (on the emulated backend as a transfer would);
+      -- without it nothing moves before a step
+      assert.are.equal((start and not EMULATED) and 4000 or 0, t:sent())
+      assert.are.equal((start and not EMULATED) and 1 or 0, zcsend.stats().completed - before.completed)
+      assert.are.equal("done", t:step())
+      assert.are.equal(4000, t:sent())
+      t:close()
+      s:close()
+      H.reader_wait(rd)
+      assert.is_true(H.read_file(out) == DATA:sub(11, 4010))
+    end
+    -- a count past the file's end: ETRUNCATED before a byte, as without start
+    local s, rd = connect()
+    local t, msg, name, sent = core.transfer(H.int(s:getfd()), core.fileno(f), 10, 6000, true)
+    assert.is_nil(t)
+    assert.are.equal("ETRUNCATED", name)
+    assert.are.equal(0, sent)
+    s:close()
+    H.reader_wait(rd)
+    f:close()
+  end)
+
   it("takes an integer fd for the socket and for the file", function()
     local s, rd, out = connect()
     local f = assert(io.open(PATH, "rb"))
