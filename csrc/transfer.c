@@ -340,7 +340,8 @@ static int send_head(zcs_transfer_t *t) {
 }
 
 int zcs_transfer_set_head(zcs_transfer_t *t, const void *data, size_t len) {
-  if (!data || len == 0 || t->head || t->result != ZCS_RUNNING || t->sent)
+  /* head_len: a head sent whole at start (zcs_transfer_start) keeps no copy */
+  if (!data || len == 0 || t->head || t->head_len || t->result != ZCS_RUNNING || t->sent)
     return -EINVAL;
   if (t->ssl)
     return -EOPNOTSUPP;
@@ -751,8 +752,9 @@ static int load_small(zcs_transfer_t *t) {
 /* zcs_transfer_start's send went (sent bytes of the head's head_len and of
    the file's count, read into data): t becomes the transfer a step that sent
    them would have left, done, or holding the rest (read already: the file is
-   not read again). 0, or -ENOMEM (t then ended with it, what went counted). */
-static int small_sent(zcs_transfer_t *t, int file_fd, int64_t offset, int64_t count,
+   not read again), or ended with -ENOMEM where it can't hold it, what went
+   counted. t->result says which. */
+static void small_sent(zcs_transfer_t *t, int file_fd, int64_t offset, int64_t count,
                       const char *data, const void *head, size_t head_len, size_t sent) {
   size_t h = sent < head_len ? sent : head_len, body = sent - h, rest = (size_t)count - body;
   t->file_fd = file_fd;
@@ -768,20 +770,25 @@ static int small_sent(zcs_transfer_t *t, int file_fd, int64_t offset, int64_t co
     STAT_ADD(bytes_fallback, body);
   }
   t->head_len = t->head_pos = h; /* a head all sent needs no copy */
-  if (!rest && h == head_len)
-    return finish(t, ZCS_DONE), 0;
+  if (!rest && h == head_len) {
+    finish(t, ZCS_DONE);
+    return;
+  }
   if (h < head_len) {
-    if (!(t->head = malloc(head_len)))
-      return finish(t, -ENOMEM);
+    if (!(t->head = malloc(head_len))) {
+      finish(t, -ENOMEM);
+      return;
+    }
     memcpy(t->head, head, head_len);
     t->head_len = head_len;
   }
-  if (!(t->buf = malloc(rest)))
-    return finish(t, -ENOMEM);
+  if (!(t->buf = malloc(rest))) {
+    finish(t, -ENOMEM);
+    return;
+  }
   memcpy(t->buf, data + body, rest);
   t->buf_cap = t->buf_len = rest;
   t->blocked = 1;
-  return 0;
 }
 
 int zcs_transfer_start(zcs_transfer_t *t, int sock_fd, int file_fd, int64_t offset,
@@ -790,7 +797,7 @@ int zcs_transfer_start(zcs_transfer_t *t, int sock_fd, int file_fd, int64_t offs
   if (rc < 0)
     return rc;
   struct stat st;
-  int have_st = 0;
+  int have_st = 0, send_err = 0;
   int64_t n = count;
 #ifdef RWF_NOWAIT
   /* ZCS_F_NO_FALLBACK: zero-copy only; ZCSEND_BACKEND=emulated: the backend asked for */
@@ -816,15 +823,24 @@ int zcs_transfer_start(zcs_transfer_t *t, int sock_fd, int file_fd, int64_t offs
         struct msghdr m = {.msg_iov = head_len ? v : v + 1, .msg_iovlen = head_len ? 2 : 1};
         while ((got = sendmsg(sock_fd, &m, MSG_NOSIGNAL | MSG_DONTWAIT)) < 0 && errno == EINTR) {
         }
-        /* none went (the socket full, or in error): the step meets it */
-        if (got > 0)
-          return small_sent(t, file_fd, offset, n, buf + 1, head, head_len, (size_t)got);
+        if (got > 0) { /* an error here (-ENOMEM) is t's: bytes went */
+          small_sent(t, file_fd, offset, n, buf + 1, head, head_len, (size_t)got);
+          return 0;
+        }
+        /* none went: the socket full (the step waits), or in error, which the
+           send took from it (a peer's reset): kept for the transfer to end with */
+        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != ENOTSOCK)
+          send_err = -errno;
       }
     }
   }
 #endif
   rc = init_source(t, file_fd, offset, count, flags, &st, have_st);
-  return rc == 0 && head_len ? zcs_transfer_set_head(t, head, head_len) : rc;
+  if (rc == 0 && head_len)
+    rc = zcs_transfer_set_head(t, head, head_len);
+  if (rc == 0 && send_err)
+    finish(t, send_err); /* what its first step would have met, had the send not taken it */
+  return rc;
 }
 
 int zcs_transfer_ready(zcs_transfer_t *t, size_t len) {

@@ -313,11 +313,15 @@ ZCS_API int zcs_transfer_ready(zcs_transfer_t *t, size_t len);
  *     rest, read already (the file is not read again), to step once the
  *     socket is writable (t->blocked); where it could not hold it, it ended
  *     with -ENOMEM, what went counted;
+ *   - or nothing went and t ended with the error the send met (a peer's
+ *     reset: the send took it from the socket, so the step could not);
  *   - else nothing went (the range not all in memory, fewer bytes than count,
- *     an fd preadv2 can't read, the socket full or in error, ZCS_F_NO_FALLBACK,
+ *     an fd preadv2 can't read, the socket full, ZCS_F_NO_FALLBACK,
  *     ZCSEND_BACKEND=emulated): t is as init left it, and the step meets each
  *     of those as it always does.
- * Release t in every case. The buffer (ZCS_SMALL_COPY) is on the caller's stack. */
+ * Release t in every case. The buffer (ZCS_SMALL_COPY) is on the caller's stack.
+ * Not for a transfer that is to get a TLS sink (zcs_transfer_set_ssl): the
+ * bytes may go at once, in the clear. */
 ZCS_API int zcs_transfer_start(zcs_transfer_t *t, int sock_fd, int file_fd, int64_t offset,
                                int64_t count, const void *head, size_t head_len, int flags);
 

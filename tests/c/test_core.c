@@ -3200,6 +3200,20 @@ END_TEST
  * Every byte in order after the head, whether the socket takes all (done at
  * start) or part (t holds the rest, read already, and sends it even where the
  * file changes after); one transfer done in the stats either way. */
+/* malloc, as linked into this test (-Wl,--wrap=malloc, the core's calls too):
+   fail_next_malloc makes the next call fail with ENOMEM */
+void *__real_malloc(size_t n);
+void *__wrap_malloc(size_t n);
+static volatile int fail_next_malloc;
+void *__wrap_malloc(size_t n) {
+  if (fail_next_malloc) {
+    fail_next_malloc = 0;
+    errno = ENOMEM;
+    return NULL;
+  }
+  return __real_malloc(n);
+}
+
 static int small_parts; /* check_start_small's parts */
 static void check_start_small(int tcp, size_t len, int64_t off, int64_t count, size_t hlen) {
   size_t flen = (size_t)off + len + (count < 0 ? 0 : 100);
@@ -3282,10 +3296,92 @@ START_TEST(start_small_sends_all_or_holds_the_rest) {
 }
 END_TEST
 
+/* part sent at start and no memory to hold the rest (or the head's rest): t
+   ends with -ENOMEM saying what went (never returned as an error, which says
+   nothing went); counted failed; the peer has exactly those bytes */
+START_TEST(start_small_part_sent_then_no_memory) {
+  for (size_t hlen = 0; hlen <= 9000; hlen += 9000) {
+    unsigned char *data = pattern(10240, 45), *head = hlen ? pattern(hlen, 46) : NULL;
+    int fd = make_file("start-enomem", data, 10240);
+    int sv[2];
+    make_pair(0, sv); /* a unix socket, a 4 KiB buffer: part goes */
+    zcs_stats_t s0, s1;
+    zcs_stats(&s0);
+    zcs_transfer_t t;
+    fail_next_malloc = 1; /* the held rest's copy (the head's, with one) */
+    int rc = zcs_transfer_start(&t, sv[0], fd, 0, 10240, head, hlen, ZCS_F_SOCK_NONBLOCKING);
+    fail_next_malloc = 0;
+    ck_assert_int_eq(rc, 0);
+    ck_assert_int_eq(t.result, -ENOMEM);
+    size_t hs = zcs_transfer_head_sent(&t);
+    ck_assert_uint_gt(hs + t.sent, 0);
+    ck_assert(hlen ? (hs < hlen && t.sent == 0) : t.sent < 10240);
+    ck_assert_int_eq(zcs_transfer_step(&t), -ENOMEM);
+    zcs_stats(&s1);
+    ck_assert_uint_eq(s1.started - s0.started, 1);
+    ck_assert_uint_eq(s1.failed - s0.failed, 1);
+    ck_assert_uint_eq(s1.active, s0.active);
+    ck_assert_uint_eq(s1.bytes_fallback - s0.bytes_fallback, t.sent);
+    size_t body = t.sent;
+    zcs_transfer_release(&t);
+    struct reader r;
+    reader_start(&r, sv[1]);
+    close(sv[0]);
+    reader_join(&r);
+    ck_assert_uint_eq(r.len, hs + body);
+    ck_assert(!hs || memcmp(r.buf, head, hs) == 0);
+    ck_assert(memcmp(r.buf + hs, data, body) == 0);
+    free(r.buf); free(data); free(head); close(sv[1]); close(fd);
+  }
+}
+END_TEST
+
+/* a peer's reset that the start's send met (and took from the socket) is the
+   transfer's error, as its first step would have said; a head sent whole at
+   start is a head set: a second is refused */
+START_TEST(start_small_keeps_what_the_send_met) {
+  unsigned char *data = pattern(3000, 47);
+  int fd = make_file("start-reset", data, 3000);
+  int sv[2];
+  make_pair(1, sv);
+  struct linger lg = {1, 0};
+  ck_assert_int_eq(setsockopt(sv[1], SOL_SOCKET, SO_LINGER, &lg, sizeof lg), 0);
+  close(sv[1]); /* a reset */
+  usleep(50000);
+  zcs_transfer_t t;
+  ck_assert_int_eq(zcs_transfer_start(&t, sv[0], fd, 0, 3000, "H", 1, ZCS_F_SOCK_NONBLOCKING), 0);
+  ck_assert_int_eq(t.result, -ECONNRESET);
+  ck_assert_uint_eq(t.sent, 0);
+  ck_assert_int_eq(zcs_transfer_step(&t), -ECONNRESET);
+  zcs_transfer_release(&t);
+  close(sv[0]);
+  /* the whole head and no file byte: a head of what a fresh unix socket with a
+     4 KiB buffer takes in one send */
+  unsigned char *head = pattern(65536, 48);
+  make_pair(0, sv);
+  ssize_t fits = send(sv[0], head, 65536, MSG_DONTWAIT);
+  ck_assert_int_gt(fits, 0);
+  close(sv[0]), close(sv[1]);
+  make_pair(0, sv);
+  ck_assert_int_eq(zcs_transfer_start(&t, sv[0], fd, 0, 3000, head, (size_t)fits,
+                                      ZCS_F_SOCK_NONBLOCKING), 0);
+  ck_assert_int_eq(t.result, ZCS_RUNNING);
+  ck_assert_uint_eq(zcs_transfer_head_sent(&t), (size_t)fits);
+  ck_assert_uint_eq(t.sent, 0);
+  ck_assert_int_eq(zcs_transfer_set_head(&t, "X", 1), -EINVAL); /* a head set: not twice */
+  struct reader r = drive_to_done(&t, sv);
+  ck_assert_uint_eq(r.len, (size_t)fits + 3000);
+  ck_assert(memcmp(r.buf, head, (size_t)fits) == 0 && memcmp(r.buf + fits, data, 3000) == 0);
+  zcs_transfer_release(&t);
+  close(sv[1]);
+  free(r.buf); free(head); free(data); close(fd);
+}
+END_TEST
+
 /* nothing sent at start: t is what zcs_transfer_init (and set_head) make of
    it, error or not, and nothing reached the peer */
-static void check_start_sends_nothing(int sock, int fd, int64_t off, int64_t count, int flags,
-                                      int peer, const char *what) {
+static void check_start_ends(int sock, int fd, int64_t off, int64_t count, int flags, int peer,
+                             const char *what, int result) {
   zcs_transfer_t a, b;
   int ra = zcs_transfer_start(&a, sock, fd, off, count, "H", 1, flags);
   int rb = zcs_transfer_init(&b, sock, fd, off, count, flags);
@@ -3293,7 +3389,7 @@ static void check_start_sends_nothing(int sock, int fd, int64_t off, int64_t cou
     rb = zcs_transfer_set_head(&b, "H", 1);
   ck_assert_msg(ra == rb, "%s: %d, init %d", what, ra, rb);
   if (ra == 0) {
-    ck_assert_msg(a.result == ZCS_RUNNING && a.sent == 0 && zcs_transfer_head_sent(&a) == 0 &&
+    ck_assert_msg(a.result == result && a.sent == 0 && zcs_transfer_head_sent(&a) == 0 &&
                       a.remaining == b.remaining && a.backend == b.backend && a.offset == b.offset,
                   "%s: sent, or not init's", what);
   }
@@ -3303,6 +3399,8 @@ static void check_start_sends_nothing(int sock, int fd, int64_t off, int64_t cou
   if (peer >= 0)
     ck_assert_msg(recv(peer, &c, 1, MSG_DONTWAIT) < 0 && errno == EAGAIN, "%s: sent", what);
 }
+#define check_start_sends_nothing(sock, fd, off, count, flags, peer, what) \
+  check_start_ends(sock, fd, off, count, flags, peer, what, ZCS_RUNNING)
 
 START_TEST(start_small_leaves_the_rest_to_the_transfer) {
   int sv[2];
@@ -3352,12 +3450,12 @@ START_TEST(start_small_leaves_the_rest_to_the_transfer) {
   }
   check_start_sends_nothing(sv[0], fd, 0, 10, 0, -1, "a full socket");
   close(sv[1]);
-  /* the peer gone, SIGPIPE at its default: no signal, nothing done (the step
-     meets the EPIPE, and says it) */
+  /* the peer gone, SIGPIPE at its default: no signal, nothing sent, the
+     transfer ended with EPIPE */
   struct sigaction sa;
   sigaction(SIGPIPE, NULL, &sa);
   ck_assert_ptr_eq(sa.sa_handler, SIG_DFL);
-  check_start_sends_nothing(sv[0], fd, 0, 10, 0, -1, "a closed peer");
+  check_start_ends(sv[0], fd, 0, 10, 0, -1, "a closed peer", -EPIPE); /* as its step would */
   sigset_t pending;
   sigpending(&pending);
   ck_assert(!sigismember(&pending, SIGPIPE));
@@ -3577,6 +3675,8 @@ int main(void) {
   tcase_add_test(eng, small_rest_never_read_with_o_direct);
   tcase_add_test(eng, start_small_sends_all_or_holds_the_rest);
   tcase_add_test(eng, start_small_leaves_the_rest_to_the_transfer);
+  tcase_add_test(eng, start_small_part_sent_then_no_memory);
+  tcase_add_test(eng, start_small_keeps_what_the_send_met);
   suite_add_tcase(s, eng);
   SRunner *sr = srunner_create(s);
   srunner_run_all(sr, CK_NORMAL);
