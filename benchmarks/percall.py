@@ -32,6 +32,11 @@ SIZES = [(1 << 10, "1 KiB", 4000), (16 << 10, "16 KiB", 3000), (64 << 10, "64 Ki
          (1 << 20, "1 MiB", 150)]
 WAYS = ["os.sendfile", "zcsend", "read+write", "loop.sendfile"]
 
+
+def ways_for(kind):
+    """The ways a loop has: uvloop has no loop.sendfile (NotImplementedError)."""
+    return [w for w in WAYS if not (kind == "uvloop" and w == "loop.sendfile")]
+
 DRAIN = r"""
 import socket, sys
 s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
@@ -123,7 +128,7 @@ async def on_stream(way, f, size, calls):
         await close_stream(writer, proc)
 
 
-async def one_connection(f, size, rounds, block):
+async def one_connection(f, size, rounds, block, ways_run):
     """--one-connection: every way on the same drained connection, in blocks of
     `block` calls taken in turn, `rounds` times (the order turning each round);
     each block's CPU us per call.
@@ -138,13 +143,13 @@ async def one_connection(f, size, rounds, block):
             off += os.sendfile(sfd, fd, off, size - off)
 
     ways = {"os.sendfile": floor_, **stream_ways(writer, f, size)}
-    out = {w: [] for w in WAYS}
+    out = {w: [] for w in ways_run}
     try:
         for r in range(rounds + 1):  # the first round warms up, uncounted
             # the order turns each round: the block right after the floor's pays about
             # 1 us more per call (16 KiB; whichever way it is), so no way may always
             # follow the same one
-            for way in WAYS[r % len(WAYS):] + WAYS[:r % len(WAYS)]:
+            for way in ways_run[r % len(ways_run):] + ways_run[:r % len(ways_run)]:
                 one = ways[way]
                 while writer.transport.get_write_buffer_size():  # read+write's tail goes first
                     await asyncio.sleep(0.001)
@@ -185,6 +190,7 @@ def main():
     runs = 1 if opts.quick else opts.runs
     scale = 10 if opts.quick else 1
     import zcsend
+    ways = ways_for(opts.loop)
     with tempfile.TemporaryDirectory() as d:
         results = {}
         for size, label, calls in SIZES:
@@ -196,23 +202,24 @@ def main():
             if opts.one_connection:
                 with open(path, "rb") as f:
                     block = max(10, calls // 6 // scale)
-                    for way, ts in run_loop(opts.loop, one_connection(f, size, 4 * runs, block)).items():
+                    for way, ts in run_loop(opts.loop, one_connection(f, size, 4 * runs, block,
+                                                                      ways)).items():
                         results[label, way] = ts
                 continue
             for _ in range(runs):  # round-robin: the machine's drift spreads over every way
-                for way in WAYS:
+                for way in ways:
                     t = measure(path, size, max(10, calls // scale), way, opts.loop) * 1e6
                     results.setdefault((label, way), []).append(t)
         how = (f"one connection, median of {4 * runs} blocks" if opts.one_connection
                else f"median of {runs}")
         print(f"\nCPU us per call on the sending thread ({opts.loop}, backend {zcsend.backend()}, "
               f"{how} (min-max); Python {sys.version.split()[0]})\n")
-        print("| size | " + " | ".join(WAYS) + " | zcsend / read+write | zcsend - floor (us) "
+        print("| size | " + " | ".join(ways) + " | zcsend / read+write | zcsend - floor (us) "
               "| floor / read+write |")
-        print("|---" * (len(WAYS) + 4) + "|")
+        print("|---" * (len(ways) + 4) + "|")
         for _, label, _ in SIZES:
-            med = {w: statistics.median(results[label, w]) for w in WAYS}
-            cells = [f"{med[w]:.1f} ({min(results[label, w]):.1f}-{max(results[label, w]):.1f})" for w in WAYS]
+            med = {w: statistics.median(results[label, w]) for w in ways}
+            cells = [f"{med[w]:.1f} ({min(results[label, w]):.1f}-{max(results[label, w]):.1f})" for w in ways]
             print(f"| {label} | " + " | ".join(cells) +
                   f" | {med['zcsend'] / med['read+write']:.2f}x | {med['zcsend'] - med['os.sendfile']:.1f} "
                   f"| {med['os.sendfile'] / med['read+write']:.2f}x |")

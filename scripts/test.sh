@@ -123,6 +123,9 @@ cat "$OUT/percall.md"
 $PY benchmarks/percall.py --quick --one-connection >"$OUT/percall1.md" 2>"$OUT/percall1.log" || { cat "$OUT/percall1.log"; exit 1; }
 has '^| 16 KiB |' "$OUT/percall1.md"
 has 'one connection' "$OUT/percall1.md"
+$PY benchmarks/percall.py --quick --one-connection --loop uvloop >"$OUT/percall2.md" 2>"$OUT/percall2.log" || { cat "$OUT/percall2.log"; exit 1; }
+has '^| 16 KiB |' "$OUT/percall2.md"
+has '(uvloop,' "$OUT/percall2.md"
 $PY benchmarks/cold.py --quick >"$OUT/cold.md" 2>"$OUT/cold.log" || { cat "$OUT/cold.log"; exit 1; }
 has '^| zcsend |' "$OUT/cold.md"
 has '^| zcsend (hot via the engine) |' "$OUT/cold.md"
