@@ -829,7 +829,7 @@ int zcs_transfer_start(zcs_transfer_t *t, int sock_fd, int file_fd, int64_t offs
         }
         /* none went: the socket full (the step waits), or in error, which the
            send took from it (a peer's reset): kept for the transfer to end with */
-        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != ENOTSOCK)
+        if (got < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != ENOTSOCK)
           send_err = -errno;
       }
     }

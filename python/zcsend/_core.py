@@ -448,8 +448,15 @@ async def _object_read(hold, file, want):
 
 async def _timed_read(hold, fut):
     """A read's result, or _TIMED_OUT where the call's timeout= passed first (the
-    hold says timed out; the read, begun in its thread, ends there unwaited)."""
-    if await hold.wait(fut, lambda: hold.sent):
+    hold says timed out; the read, begun in its thread, ends there unwaited).
+    A cancel (or an error) while the hold polls leaves fut running too: its
+    error then is nobody's either, never "Future exception was never retrieved"."""
+    try:
+        done = await hold.wait(fut, lambda: hold.sent)
+    except BaseException:
+        fut.add_done_callback(_retrieved)
+        raise
+    if done:
         return fut.result()
     fut.add_done_callback(_retrieved)
     return _TIMED_OUT

@@ -731,7 +731,8 @@ static PyObject *step_now(PyObject *m, int sock_fd, int file_fd, long long offse
   zcs_transfer_t t;
   *stepped = 0;
   Py_buffer head = {.buf = NULL, .len = 0};
-  if (head_obj != Py_None && PyObject_GetBuffer(head_obj, &head, PyBUF_SIMPLE) < 0)
+  int has_head = head_obj != Py_None;
+  if (has_head && PyObject_GetBuffer(head_obj, &head, PyBUF_SIMPLE) < 0)
     return NULL;
   /* most small files go in this call: one read and one send (zcs_transfer_start) */
   int rc = budget >= (long long)ZCS_SMALL_COPY
@@ -740,7 +741,7 @@ static PyObject *step_now(PyObject *m, int sock_fd, int file_fd, long long offse
                : zcs_transfer_init(&t, sock_fd, file_fd, offset, count, flags);
   if (rc == 0 && head.len && budget < (long long)ZCS_SMALL_COPY)
     rc = zcs_transfer_set_head(&t, head.buf, (size_t)head.len);
-  if (head.buf)
+  if (has_head)
     PyBuffer_Release(&head);
   if (rc < 0) {
     zcs_transfer_release(&t);

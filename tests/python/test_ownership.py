@@ -1129,6 +1129,63 @@ def test_timeout_ends_a_stalled_source(kind, source):
         os.close(r)
 
 
+@pytest.mark.parametrize("source", ["pipe", "object"])
+@pytest.mark.parametrize("kind", ["tcp", "tls"])
+def test_a_read_cancelled_while_polled_leaves_no_unretrieved_error(kind, source):
+    """A call cancelled while its read runs in a thread (the hold polling it:
+    timeout=, or uvloop), the read then failing: its error is nobody's, and
+    the loop never logs "Future exception was never retrieved" (the soak saw
+    it: a read of a file a fault closed)."""
+    release, started = threading.Event(), threading.Event()
+
+    class Failing:
+        def read(self, n):
+            started.set()
+            release.wait(10)
+            raise ValueError("read of closed file")
+
+    r, w = os.pipe()
+    errors = []
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda _, ctx: errors.append(ctx.get("message")))
+        async with Pair(kind) as p:
+            if source == "pipe":
+                src = io.BufferedReader(io.FileIO(r, "rb", closefd=False))
+
+                def failing(n=-1):  # polled readable, then fails in its thread
+                    started.set()
+                    release.wait(10)
+                    raise ValueError("read of closed file")
+                src.read1 = failing
+                os.write(w, b"x")
+            else:
+                src = Failing()
+            task = asyncio.ensure_future(zcsend.sendfile(p.server, src, timeout=30))
+            for _ in range(500):
+                if started.is_set():
+                    break
+                await asyncio.sleep(0.01)
+            assert started.is_set()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            release.set()
+            await asyncio.sleep(0.2)  # the read fails now, in its thread
+            p.server.transport.abort()
+        del task
+        gc.collect()
+        await asyncio.sleep(0.05)
+    try:
+        run(main())
+    finally:
+        release.set()
+        os.close(w)
+        os.close(r)
+    assert errors == []
+
+
 @pytest.mark.parametrize("kind", ["tcp", "unix"])
 def test_timeout_in_the_drain_wait(kind, tmp_path):
     path = tmp_path / "f"
