@@ -185,9 +185,10 @@ _PATH_SAFE = "/%!$&'()*+,;=:@-._~"
 
 def _location(target, query):
     """A directory's target (as the request had it, without its query) with the
-    slash its page's relative links need, and the query."""
-    loc = urllib.parse.quote(target, safe=_PATH_SAFE, encoding="latin-1") + "/"
-    return loc + "?" + urllib.parse.quote(query, safe=_PATH_SAFE + "?", encoding="latin-1") if query else loc
+    slash its page's relative links need, and the query. A character escaped
+    here is escaped as UTF-8, which is how resolve_path reads an escape back."""
+    loc = urllib.parse.quote(target, safe=_PATH_SAFE) + "/"
+    return loc + "?" + urllib.parse.quote(query, safe=_PATH_SAFE + "?") if query else loc
 
 
 def parse_range(value, size):
@@ -427,7 +428,7 @@ class FileServer:
         keep = req.keep_alive
         if req.method not in ("GET", "HEAD"):
             return await self.reply(writer, 405, keep, {"Allow": "GET, HEAD"}, req.method)
-        target, _, query = req.target.partition("?")
+        target, _, query = req.target.split("#", 1)[0].partition("?")  # as resolve_path reads it
         try:
             status, path = resolve_path(self.root, req.target)
             if status == 200:

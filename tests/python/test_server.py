@@ -108,6 +108,20 @@ def test_a_directory_without_its_slash_is_a_redirect_to_it(site, path, location,
     assert body == (b"index\n" if status == 200 else b"404 Not Found\n")
 
 
+def test_a_redirect_keeps_no_fragment_and_escapes_what_a_header_cannot_hold(site):
+    """A fragment (no client should send one) is dropped as the path's lookup
+    drops it; a byte past ASCII in the target is escaped in the Location, as
+    the lookup reads an escape back (UTF-8): following it finds the directory."""
+    os.makedirs(site["root"] / "d\xe9", exist_ok=True)
+    out = _raw(site, b"GET /sub?q#frag HTTP/1.1\r\nHost: x\r\n\r\n"
+                     b"GET /d\xe9?\x01 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert out.count(b"HTTP/1.1 301 Moved Permanently") == 2, out
+    assert b"\r\nLocation: /sub/?q\r\n" in out
+    assert b"\r\nLocation: /d%C3%A9/?%01\r\n" in out
+    (site["root"] / "d\xe9" / "index.html").write_text("e\n")
+    assert headers_and_body(site["url"] + "/d%C3%A9/?%01")[::2] == (200, b"e\n")
+
+
 def test_answers_to_head_never_carry_a_body(site):
     """Pipelined HEADs that get an error, a redirect or a 416, then a GET: every
     answer to HEAD is its head alone (RFC 9110 §9.3.2: a client reads none, so
