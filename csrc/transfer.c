@@ -367,28 +367,41 @@ static int held_elsewhere(const zcs_transfer_t *t) {
   return t->head_pos < t->head_len || (t->buf_pos < t->buf_len && !holds_copy(t)) || t->pipe_len;
 }
 
+/* a head (may be empty) and data in one sendmsg, never blocking, never raising
+   SIGPIPE: bytes sent, or -1 with errno */
+static ssize_t send_pair(int fd, const void *a, size_t alen, const void *b, size_t blen) {
+  struct iovec v[2] = {{(void *)a, alen}, {(void *)b, blen}};
+  struct msghdr m = {.msg_iov = alen ? v : v + 1, .msg_iovlen = alen ? 2 : 1};
+  ssize_t n;
+  while ((n = sendmsg(fd, &m, MSG_NOSIGNAL | MSG_DONTWAIT)) < 0 && errno == EINTR) {
+  }
+  return n;
+}
+
+/* file bytes that went as a copy (a held buffer's, or a start's) */
+static void count_copied(zcs_transfer_t *t, size_t n) {
+  zcs__count_sent(t, n, 0);
+  t->remaining -= (int64_t)n;
+  STAT_ADD(bytes_fallback, n);
+}
+
 /* the head and the held bytes in one sendmsg: the head's rest, then as many
    of them as the socket takes */
 static int send_head_and_held(zcs_transfer_t *t) {
-  struct iovec v[2] = {{t->head + t->head_pos, t->head_len - t->head_pos},
-                       {t->buf + t->buf_pos, t->buf_len - t->buf_pos}};
-  struct msghdr m = {.msg_iov = v, .msg_iovlen = 2};
-  ssize_t n;
-  while ((n = sendmsg(t->sock_fd, &m, MSG_NOSIGNAL | MSG_DONTWAIT)) < 0 && errno == EINTR) {
-  }
+  size_t left = t->head_len - t->head_pos;
+  ssize_t n = send_pair(t->sock_fd, t->head + t->head_pos, left, t->buf + t->buf_pos,
+                        t->buf_len - t->buf_pos);
   if (n < 0) {
     if (errno == EAGAIN || errno == EWOULDBLOCK)
       return t->blocked = 1, ZCS_WANT_WRITE;
     return finish(t, -errno);
   }
-  size_t h = (size_t)n < v[0].iov_len ? (size_t)n : v[0].iov_len;
+  size_t h = (size_t)n < left ? (size_t)n : left;
   t->head_pos += h;
   size_t b = (size_t)n - h;
   if (b) {
     zcs__buf_took(t, b);
-    zcs__count_sent(t, b, 0);
-    t->remaining -= (int64_t)b;
-    STAT_ADD(bytes_fallback, b);
+    count_copied(t, b);
   }
   return t->head_pos < t->head_len ? (t->blocked = 1, ZCS_WANT_WRITE) : 0;
 }
@@ -707,6 +720,20 @@ int zcs__range_ready(int fd, int64_t off, size_t len) {
 #endif
 }
 
+#ifdef RWF_NOWAIT
+/* a read that never waits for the disk (RWF_NOWAIT): bytes read, or -1 with
+   errno (EAGAIN: a page not in memory). Callers read to an odd address: an
+   O_DIRECT fd, for which RWF_NOWAIT would still wait for the disk, refuses it
+   (EINVAL) and is left to the probes. */
+static ssize_t read_cached(int fd, char *odd, size_t len, int64_t offset) {
+  struct iovec v = {.iov_base = odd, .iov_len = len};
+  ssize_t n;
+  while ((n = preadv2(fd, &v, 1, (off_t)offset, RWF_NOWAIT)) < 0 && errno == EINTR) {
+  }
+  return n;
+}
+#endif
+
 /* 1: the whole rest read into the buffer; 0: not (left as it was) */
 static int load_small(zcs_transfer_t *t) {
 #ifdef RWF_NOWAIT
@@ -723,14 +750,8 @@ static int load_small(zcs_transfer_t *t) {
   }
   if ((uint64_t)t->remaining >= t->buf_cap)
     return 0;
-  /* read to an odd address: an O_DIRECT fd, for which RWF_NOWAIT would still
-     wait for the disk, refuses it (EINVAL) and is left to the probes */
   size_t want = (size_t)t->remaining;
-  struct iovec v = {.iov_base = t->buf + 1, .iov_len = want};
-  ssize_t n;
-  while ((n = preadv2(t->file_fd, &v, 1, (off_t)t->offset, RWF_NOWAIT)) < 0 && errno == EINTR) {
-  }
-  if (n == (ssize_t)want) {
+  if (read_cached(t->file_fd, t->buf + 1, want, t->offset) == (ssize_t)want) {
     t->buf_pos = 1;
     t->buf_len = 1 + want;
     t->offset += (int64_t)want;
@@ -764,11 +785,8 @@ static void small_sent(zcs_transfer_t *t, int file_fd, int64_t offset, int64_t c
   t->sized = 1;
   t->backend = ZCS_BACKEND_SENDFILE; /* a sendfile transfer's held bytes go as a copy */
   count_start(t);
-  if (body) {
-    zcs__count_sent(t, body, 0);
-    t->remaining -= (int64_t)body;
-    STAT_ADD(bytes_fallback, body);
-  }
+  if (body)
+    count_copied(t, body);
   t->head_len = t->head_pos = h; /* a head all sent needs no copy */
   if (!rest && h == head_len) {
     finish(t, ZCS_DONE);
@@ -811,18 +829,12 @@ int zcs_transfer_start(zcs_transfer_t *t, int sock_fd, int file_fd, int64_t offs
               : 0;
     }
     if (n > 0 && n <= (int64_t)ZCS_SMALL_COPY) {
-      /* +1: read to an odd address (load_small says why) */
-      char buf[ZCS_SMALL_COPY + 1];
-      struct iovec v[2] = {{(void *)head, head_len}, {buf + 1, (size_t)n}};
-      ssize_t got;
-      while ((got = preadv2(file_fd, &v[1], 1, (off_t)offset, RWF_NOWAIT)) < 0 && errno == EINTR) {
-      }
+      char buf[ZCS_SMALL_COPY + 1]; /* +1: read to an odd address (read_cached) */
+      ssize_t got = read_cached(file_fd, buf + 1, (size_t)n, offset);
       /* short or failed: not all in memory now, fewer bytes, or an fd not read
          this way (a pipe, write-only, O_DIRECT, a directory): init meets it */
       if (got == (ssize_t)n) {
-        struct msghdr m = {.msg_iov = head_len ? v : v + 1, .msg_iovlen = head_len ? 2 : 1};
-        while ((got = sendmsg(sock_fd, &m, MSG_NOSIGNAL | MSG_DONTWAIT)) < 0 && errno == EINTR) {
-        }
+        got = send_pair(sock_fd, head, head_len, buf + 1, (size_t)n);
         if (got > 0) { /* an error here (-ENOMEM) is t's: bytes went */
           small_sent(t, file_fd, offset, n, buf + 1, head, head_len, (size_t)got);
           return 0;

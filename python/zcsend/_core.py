@@ -432,6 +432,13 @@ async def _read_other(hold, c, file, fd, want):
 _TIMED_OUT = object()  # (a read() may itself return None)
 
 
+def _buffered_pipe_reader(file):
+    """Whether file is a buffered reader of a pipe (a socket, a FIFO): its
+    buffer may hold its stream's next bytes, and its read() waits for all it
+    was asked."""
+    return isinstance(file, (io.BufferedReader, io.BufferedRandom)) and not file.seekable()
+
+
 async def _object_read(hold, file, want):
     """At most want bytes of an object that only reads (or whose buffer holds
     its stream's next bytes), off the loop thread; _TIMED_OUT where timeout=
@@ -441,7 +448,7 @@ async def _object_read(hold, file, want):
     that came. (Bytes in its buffer alone, the pipe idle, wait for the pipe.)"""
     if isinstance(file, io.BytesIO):
         return file.read(want)
-    if isinstance(file, (io.BufferedReader, io.BufferedRandom)) and not file.seekable():
+    if _buffered_pipe_reader(file):
         return await _OwnRead(file.fileno(), file.read1).run(hold, want, -1)
     return await _timed_read(hold, hold.loop.run_in_executor(None, file.read, want))
 
@@ -664,19 +671,19 @@ async def sendfile(transport, file, offset=0, count=None, *, fallback=True, head
     hold.timeout = timeout
     fd = _source_fd(file) if r is None else -1  # -1: fast_send's, its transfer holds a dup
     if fd is not None and fd != -1 and isinstance(file, io.BufferedIOBase):
-        if not isinstance(file, (io.BufferedReader, io.BufferedRandom)):
+        if _buffered_pipe_reader(file):
+            # its buffer may hold the stream's next bytes, which the fd would
+            # skip. Read through the object, buffer first
+            if not fallback:
+                raise asyncio.SendfileNotAvailableError(
+                    "a buffered reader of a pipe may hold its next bytes: pass its .raw to send zero-copy")
+            fd = None
+        elif not isinstance(file, (io.BufferedReader, io.BufferedRandom)):
             # a stream over another (gzip, bz2, lzma): its fileno() is the
             # compressed file's, not where its read() gets its bytes
             if not fallback:
                 raise asyncio.SendfileNotAvailableError(
                     f"{type(file).__name__}.fileno() is not where its read() gets its bytes")
-            fd = None
-        elif not file.seekable():
-            # a pipe's (a socket's) reader: its buffer may hold the stream's next
-            # bytes, which the fd would skip. Read through the object, buffer first
-            if not fallback:
-                raise asyncio.SendfileNotAvailableError(
-                    "a buffered reader of a pipe may hold its next bytes: pass its .raw to send zero-copy")
             fd = None
     regular = False
     if fd is not None:

@@ -702,9 +702,11 @@ static PyObject *mod_errname(PyObject *m, PyObject *arg) {
  * between). The transfer lives on the C stack: no job, no lock, no object. sock
  * is an asyncio transport's socket (known non-blocking); readable: the caller
  * vouches for file's access mode (the Python layer passes False: a file object
- * can't, see _core.py). Syscalls for a small cached file: fstat, fcntl (unless
- * readable), cachestat and the RWF_NOWAIT probes, sigaction (SIGPIPE is ignored
- * in CPython: no mask then), sendfile.
+ * can't, see _core.py). Syscalls for a cached range of 16 KiB or less: one
+ * preadv2(RWF_NOWAIT) and one sendmsg (zcs_transfer_start; an fstat too where
+ * it goes to EOF). For a larger one: fstat, fcntl (unless readable), cachestat
+ * and the RWF_NOWAIT probes, sigaction (SIGPIPE is ignored in CPython: no mask
+ * then), sendfile.
  * Returns (result, sent, total, seekable) when the transfer ended (total: -1 when
  * unknown); else (a range not in the page cache, which the loop thread must not
  * read; the socket full; the budget spent) a Transfer that goes on from where it
@@ -716,6 +718,16 @@ static int long_arg(PyObject *o, long long *v) {
 }
 
 static int dup_cloexec(int fd) { return fcntl(fd, F_DUPFD_CLOEXEC, 0); }
+
+/* step_now's answer for a transfer that ended in it (rc <= 0), released:
+   (rc, bytes sent, total or -1, seekable) */
+static PyObject *step_ended(zcs_transfer_t *t, int rc, int64_t total) {
+  uint64_t sent = t->sent;
+  int seekable = t->offset >= 0;
+  zcs_transfer_release(t);
+  return Py_BuildValue("(iKLO)", rc, (unsigned long long)sent, (long long)total,
+                       seekable ? Py_True : Py_False);
+}
 
 /* the inline step of (sock_fd, file_fd): a tuple or a Transfer as send_now says;
    head: None or a bytes-like object. *stepped: a step was taken, so a NULL may
@@ -734,12 +746,13 @@ static PyObject *step_now(PyObject *m, int sock_fd, int file_fd, long long offse
   int has_head = head_obj != Py_None;
   if (has_head && PyObject_GetBuffer(head_obj, &head, PyBUF_SIMPLE) < 0)
     return NULL;
-  /* most small files go in this call: one read and one send (zcs_transfer_start) */
-  int rc = budget >= (long long)ZCS_SMALL_COPY
-               ? zcs_transfer_start(&t, sock_fd, file_fd, offset, count, head.buf, (size_t)head.len,
-                                    flags)
-               : zcs_transfer_init(&t, sock_fd, file_fd, offset, count, flags);
-  if (rc == 0 && head.len && budget < (long long)ZCS_SMALL_COPY)
+  /* most small files go in this call: one read and one send (zcs_transfer_start),
+     where the budget lets a step send that much */
+  int start = budget >= (long long)ZCS_SMALL_COPY;
+  int rc = start ? zcs_transfer_start(&t, sock_fd, file_fd, offset, count, head.buf,
+                                      (size_t)head.len, flags)
+                 : zcs_transfer_init(&t, sock_fd, file_fd, offset, count, flags);
+  if (rc == 0 && head.len && !start)
     rc = zcs_transfer_set_head(&t, head.buf, (size_t)head.len);
   if (has_head)
     PyBuffer_Release(&head);
@@ -752,13 +765,8 @@ static PyObject *step_now(PyObject *m, int sock_fd, int file_fd, long long offse
   if (t.result != ZCS_RUNNING || t.sent || zcs_transfer_head_sent(&t)) {
     *stepped = 1; /* bytes went: all (done), or part, t holding the rest */
     rc = t.result == ZCS_RUNNING ? ZCS_WANT_WRITE : t.result;
-    if (rc <= 0) {
-      uint64_t sent = t.sent;
-      int seekable = t.offset >= 0;
-      zcs_transfer_release(&t);
-      return Py_BuildValue("(iKLO)", rc, (unsigned long long)sent, (long long)total,
-                           seekable ? Py_True : Py_False);
-    }
+    if (rc <= 0)
+      return step_ended(&t, rc, total);
   } else if (zcs_transfer_ready(&t, (size_t)budget)) {
     *stepped = 1;
     t.budget = (size_t)budget;
@@ -780,11 +788,7 @@ static PyObject *step_now(PyObject *m, int sock_fd, int file_fd, long long offse
     if (rc <= 0) {
       if (fd >= 0)
         close(sd), close(fd);
-      int seekable = t.offset >= 0;
-      uint64_t sent = t.sent;
-      zcs_transfer_release(&t);
-      return Py_BuildValue("(iKLO)", rc, (unsigned long long)sent, (long long)total,
-                           seekable ? Py_True : Py_False);
+      return step_ended(&t, rc, total);
     }
   }
   if (fd < 0) { /* it goes on: over dups of its own */
@@ -798,11 +802,7 @@ static PyObject *step_now(PyObject *m, int sock_fd, int file_fd, long long offse
         close(sd);
       zcs_transfer_abort(&t, err);
       rc = zcs_transfer_step(&t); /* a cancelled step ends it and touches no fd */
-      int seekable = t.offset >= 0;
-      uint64_t sent = t.sent;
-      zcs_transfer_release(&t);
-      return Py_BuildValue("(iKLO)", rc, (unsigned long long)sent, (long long)total,
-                           seekable ? Py_True : Py_False);
+      return step_ended(&t, rc, total);
     }
   }
   module_state *st = PyModule_GetState(m);

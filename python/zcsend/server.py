@@ -95,10 +95,17 @@ def inside(root, path):
     return path == root or path.startswith(root if root.endswith(os.sep) else root + os.sep)
 
 
+def split_target(target):
+    """(path, query) of a request target, a fragment dropped (a client sends
+    none; one that does meant none of it for the server)."""
+    path, _, query = target.split("#", 1)[0].partition("?")
+    return path, query
+
+
 def resolve_path(root, target):
     """(status, path): 400 for a malformed target, 403 for anything that leaves
     root (.., encoded or not; symlinks pointing out), else 200 and the real path."""
-    path = target.split("?", 1)[0].split("#", 1)[0]
+    path = split_target(target)[0]
     if not path.startswith("/"):
         return 400, None
     path = urllib.parse.unquote(path, errors="strict") if "%" in path else path
@@ -428,7 +435,7 @@ class FileServer:
         keep = req.keep_alive
         if req.method not in ("GET", "HEAD"):
             return await self.reply(writer, 405, keep, {"Allow": "GET, HEAD"}, req.method)
-        target, _, query = req.target.split("#", 1)[0].partition("?")  # as resolve_path reads it
+        target, query = split_target(req.target)
         try:
             status, path = resolve_path(self.root, req.target)
             if status == 200:
