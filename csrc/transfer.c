@@ -770,11 +770,11 @@ static int load_small(zcs_transfer_t *t) {
 #endif
 }
 
-/* zcs_transfer_start's send went (sent bytes of the head's head_len and of
-   the file's count, read into data): t becomes the transfer a step that sent
-   them would have left, done, or holding the rest (read already: the file is
-   not read again), or ended with -ENOMEM where it can't hold it, what went
-   counted. t->result says which. */
+/* zcs_transfer_start's send took sent bytes (0: the socket was full) of the
+   head's head_len and of the file's count, read into data: t becomes the
+   transfer a step that sent them would have left, done, or holding the rest
+   (read already: the file is not read again) and blocked, or ended with
+   -ENOMEM where it can't hold it, what went counted. t->result says which. */
 static void small_sent(zcs_transfer_t *t, int file_fd, int64_t offset, int64_t count,
                       const char *data, const void *head, size_t head_len, size_t sent) {
   size_t h = sent < head_len ? sent : head_len, body = sent - h, rest = (size_t)count - body;
@@ -835,13 +835,17 @@ int zcs_transfer_start(zcs_transfer_t *t, int sock_fd, int file_fd, int64_t offs
          this way (a pipe, write-only, O_DIRECT, a directory): init meets it */
       if (got == (ssize_t)n) {
         got = send_pair(sock_fd, head, head_len, buf + 1, (size_t)n);
-        if (got > 0) { /* an error here (-ENOMEM) is t's: bytes went */
-          small_sent(t, file_fd, offset, n, buf + 1, head, head_len, (size_t)got);
+        int full = got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
+        if (got > 0 || full) {
+          /* part or all went, or none (the socket full): t holds the rest,
+             read already, for the step the socket's writability brings.
+             An error here (-ENOMEM) is t's: where bytes went, they count */
+          small_sent(t, file_fd, offset, n, buf + 1, head, head_len, full ? 0 : (size_t)got);
           return 0;
         }
-        /* none went: the socket full (the step waits), or in error, which the
-           send took from it (a peer's reset): kept for the transfer to end with */
-        if (got < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != ENOTSOCK)
+        /* none went, the socket in error, which the send took from it (a
+           peer's reset): kept for the transfer to end with */
+        if (got < 0 && errno != ENOTSOCK)
           send_err = -errno;
       }
     }

@@ -309,16 +309,16 @@ ZCS_API int zcs_transfer_ready(zcs_transfer_t *t, size_t len);
  * would return (0, or init's and set_head's errors, with nothing sent). After 0:
  *   - t->result is ZCS_DONE: every byte went (t->sent of the file's), counted
  *     in the stats as a transfer done;
- *   - or t->sent / zcs_transfer_head_sent() say that part went: t holds the
- *     rest, read already (the file is not read again), to step once the
- *     socket is writable (t->blocked); where it could not hold it, it ended
- *     with -ENOMEM, what went counted;
+ *   - or t->sent / zcs_transfer_head_sent() say that part went, or none did
+ *     as the socket was full (t->blocked): t holds the rest, read already
+ *     (the file is not read again), to step once the socket is writable;
+ *     where it could not hold it, it ended with -ENOMEM, what went counted;
  *   - or nothing went and t ended with the error the send met (a peer's
  *     reset: the send took it from the socket, so the step could not);
  *   - else nothing went (the range not all in memory, fewer bytes than count,
- *     an fd preadv2 can't read, the socket full, ZCS_F_NO_FALLBACK,
- *     ZCSEND_BACKEND=emulated): t is as init left it, and the step meets each
- *     of those as it always does.
+ *     an fd preadv2 can't read, ZCS_F_NO_FALLBACK, ZCSEND_BACKEND=emulated):
+ *     t is as init left it, and the step meets each of those as it always
+ *     does.
  * Release t in every case. The buffer (ZCS_SMALL_COPY) is on the caller's stack.
  * Not for a transfer that is to get a TLS sink (zcs_transfer_set_ssl): the
  * bytes may go at once, in the clear. */

@@ -762,8 +762,10 @@ static PyObject *step_now(PyObject *m, int sock_fd, int file_fd, long long offse
   }
   int64_t total = t.remaining < 0 ? t.remaining : (int64_t)t.sent + t.remaining;
   int sd = -1, fd = -1; /* our dups, once taken */
-  if (t.result != ZCS_RUNNING || t.sent || zcs_transfer_head_sent(&t)) {
-    *stepped = 1; /* bytes went: all (done), or part, t holding the rest */
+  if (t.result != ZCS_RUNNING || t.sent || zcs_transfer_head_sent(&t) || t.blocked) {
+    /* bytes went: all (done), or part, t holding the rest; or the socket was
+       full, t holding all (read already): it waits for writability */
+    *stepped = 1;
     rc = t.result == ZCS_RUNNING ? ZCS_WANT_WRITE : t.result;
     if (rc <= 0)
       return step_ended(&t, rc, total);

@@ -22,13 +22,14 @@ from conftest import Pair, make_file, run
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def child(code, *args, strace=None, timeout=60):
-    """Runs code in a fresh Python (zcsend importable as here); its result."""
+def child(code, *args, strace=None, timeout=60, threads=False):
+    """Runs code in a fresh Python (zcsend importable as here); its result.
+    strace: a file for the main thread's syscalls (every thread's: threads)."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [os.path.dirname(os.path.dirname(zcsend.__file__)), HERE]))
     argv = [sys.executable, "-c", textwrap.dedent(code), *map(str, args)]
     if strace:
-        argv = ["strace", "-o", strace, *argv]
+        argv = ["strace", *(["-f"] if threads else []), "-o", strace, *argv]
     return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -108,6 +109,53 @@ def test_a_send_that_must_go_on_becomes_a_transfer_where_it_stood(tmp_path):
 
 
 UNDER_SANITIZER = any(lib in os.environ.get("LD_PRELOAD", "") for lib in ("libasan", "libtsan"))
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")
+@pytest.mark.skipif(zcsend.backend() != "linux-sendfile", reason="the copy is the sendfile backend's")
+def test_a_small_send_to_a_full_socket_reads_the_file_once(tmp_path):
+    """The socket full when a cached 16 KiB send starts: the start's read is
+    held and sent once the peer reads, never read again (it was: the start
+    gave up, then the readiness check read the range, and a step sent it
+    to the full socket, again in vain), in any thread."""
+    path = str(tmp_path / "small.bin")
+    make_file(path, 16 << 10, seed=7)
+    trace = str(tmp_path / "trace.txt")
+    r = child("""
+        import asyncio, os, socket, sys
+        import zcsend
+        async def main():
+            loop = asyncio.get_running_loop()
+            a, b = socket.socketpair()
+            _, w = await asyncio.open_connection(sock=a)
+            with open(sys.argv[1], "rb") as f:
+                want = f.read()
+                assert await zcsend.sendfile(w, f, 0, 100) == 100  # imports, the engine
+                filled = 0
+                while True:  # the transport's socket full (its own buffer is empty)
+                    try:
+                        filled += a.send(bytes(65536))
+                    except BlockingIOError:
+                        break
+                os.write(2, b"MARK\\n")
+                task = asyncio.ensure_future(zcsend.sendfile(w, f, 0, len(want)))
+                await asyncio.sleep(0.1)
+                assert not task.done()
+                b.setblocking(False)
+                got = bytearray()
+                while len(got) < 100 + filled + len(want):
+                    got += await loop.sock_recv(b, 1 << 20)
+                assert await task == len(want)
+                os.write(2, b"MARK\\n")
+                assert got[100 + filled:] == want
+            w.close()
+            b.close()
+        asyncio.run(main())
+    """, path, strace=trace, threads=True)
+    assert r.returncode == 0, r.stderr
+    lines = open(trace).read().split("MARK")[1].strip().splitlines()
+    reads = [line for line in lines if "preadv2(" in line and "RWF_NOWAIT" in line]
+    assert len(reads) == 1 and f"iov_len={16 << 10}" in reads[0], lines
 
 
 @pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")
