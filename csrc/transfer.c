@@ -774,10 +774,20 @@ static int load_small(zcs_transfer_t *t) {
    head's head_len and of the file's count, read into data: t becomes the
    transfer a step that sent them would have left, done, or holding the rest
    (read already: the file is not read again) and blocked, or ended with
-   -ENOMEM where it can't hold it, what went counted. t->result says which. */
-static void small_sent(zcs_transfer_t *t, int file_fd, int64_t offset, int64_t count,
+   -ENOMEM where it can't hold it, what went counted. t->result says which.
+   Returns 0; or -ENOMEM, t untouched, where none went and the copies can't be
+   made: the caller makes init's transfer instead, as if it had not sent. */
+static int small_sent(zcs_transfer_t *t, int file_fd, int64_t offset, int64_t count,
                       const char *data, const void *head, size_t head_len, size_t sent) {
   size_t h = sent < head_len ? sent : head_len, body = sent - h, rest = (size_t)count - body;
+  int done = !rest && h == head_len; /* else rest > 0: the head goes first */
+  char *head_copy = NULL, *rest_copy = NULL;
+  if (!done && ((h < head_len && !(head_copy = malloc(head_len))) || !(rest_copy = malloc(rest)))) {
+    free(head_copy);
+    head_copy = NULL;
+    if (!sent)
+      return -ENOMEM;
+  }
   t->file_fd = file_fd;
   t->start = offset;
   t->offset = offset + count; /* every byte is read: the next to read is past them */
@@ -788,25 +798,24 @@ static void small_sent(zcs_transfer_t *t, int file_fd, int64_t offset, int64_t c
   if (body)
     count_copied(t, body);
   t->head_len = t->head_pos = h; /* a head all sent needs no copy */
-  if (!rest && h == head_len) {
+  if (done) {
     finish(t, ZCS_DONE);
-    return;
+    return 0;
   }
-  if (h < head_len) {
-    if (!(t->head = malloc(head_len))) {
-      finish(t, -ENOMEM);
-      return;
-    }
-    memcpy(t->head, head, head_len);
+  if (!rest_copy) {
+    finish(t, -ENOMEM);
+    return 0;
+  }
+  if (head_copy) {
+    memcpy(head_copy, head, head_len);
+    t->head = head_copy;
     t->head_len = head_len;
   }
-  if (!(t->buf = malloc(rest))) {
-    finish(t, -ENOMEM);
-    return;
-  }
-  memcpy(t->buf, data + body, rest);
+  memcpy(rest_copy, data + body, rest);
+  t->buf = rest_copy;
   t->buf_cap = t->buf_len = rest;
   t->blocked = 1;
+  return 0;
 }
 
 int zcs_transfer_start(zcs_transfer_t *t, int sock_fd, int file_fd, int64_t offset,
@@ -836,16 +845,16 @@ int zcs_transfer_start(zcs_transfer_t *t, int sock_fd, int file_fd, int64_t offs
       if (got == (ssize_t)n) {
         got = send_pair(sock_fd, head, head_len, buf + 1, (size_t)n);
         int full = got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
-        if (got > 0 || full) {
-          /* part or all went, or none (the socket full): t holds the rest,
-             read already, for the step the socket's writability brings.
-             An error here (-ENOMEM) is t's: where bytes went, they count */
-          small_sent(t, file_fd, offset, n, buf + 1, head, head_len, full ? 0 : (size_t)got);
+        /* part or all went, or none (the socket full): t holds the rest,
+           read already, for the step the socket's writability brings. An
+           error here (-ENOMEM) is t's where bytes went; where none did, init's
+           transfer is made instead (its step reads the range again) */
+        if ((got > 0 || full) &&
+            small_sent(t, file_fd, offset, n, buf + 1, head, head_len, full ? 0 : (size_t)got) == 0)
           return 0;
-        }
         /* none went, the socket in error, which the send took from it (a
            peer's reset): kept for the transfer to end with */
-        if (got < 0 && errno != ENOTSOCK)
+        if (got < 0 && !full && errno != ENOTSOCK)
           send_err = -errno;
       }
     }

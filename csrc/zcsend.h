@@ -167,7 +167,8 @@ typedef struct zcs_transfer {
   uint64_t sent_zero_copy; /* ro: the part of sent that never entered user space */
   int backend;          /* ro: enum zcs_backend now in use */
   int result;           /* ro: ZCS_RUNNING, then ZCS_DONE or a negative error */
-  int blocked;          /* ro: the last step stopped because the socket would block (not the budget) */
+  int blocked;          /* ro: the last step stopped because the socket would block (not the
+                           budget), or zcs_transfer_start found it full */
   union {
     struct { /* private */
       volatile int cancelled; /* the error zcs_transfer_abort() ends it with, or 0 */
@@ -304,7 +305,8 @@ ZCS_API int zcs_transfer_ready(zcs_transfer_t *t, size_t len);
  * the page cache, it is read with one preadv2(RWF_NOWAIT) into a buffer on
  * the stack and sent after the head with one sendmsg(MSG_NOSIGNAL |
  * MSG_DONTWAIT): with a count, no fstat; no fcntl of the file (the read
- * proves it readable), no SIGPIPE mask, no allocation. Two syscalls where
+ * proves it readable), no SIGPIPE mask, and no allocation unless it must
+ * hold bytes for later (a copy of the rest, and of the head's). Two syscalls where
  * init, zcs_transfer_ready and a step make four or five. Returns what they
  * would return (0, or init's and set_head's errors, with nothing sent). After 0:
  *   - t->result is ZCS_DONE: every byte went (t->sent of the file's), counted

@@ -448,8 +448,9 @@ static int t_backend(lua_State *L) {
 }
 
 /* t:blocked() -> true when the last step stopped because the socket would
-   block; false when it only spent its budget (the socket may be writable
-   still: a host that can't poll should yield to its others, then step) */
+   block (or, before the first, when the start found it full); false when it
+   only spent its budget (the socket may be writable still: a host that can't
+   poll should yield to its others, then step) */
 static int t_blocked(lua_State *L) {
   ltransfer *x = check_transfer(L, 1);
   lua_pushboolean(L, x->ready && !x->ended && x->t.blocked);

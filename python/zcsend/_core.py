@@ -613,7 +613,7 @@ async def _send_by_write(hold, file, fd, offset, count, head):
     try:
         c = _zcsend.Chunks(-1 if fd is None else fd, offset, -1 if count is None else count)
     except OSError as exc:
-        raise _source_error(exc, file, 0) from None
+        _raise_core(exc, 0, count)  # refused before a byte: what a socket's Transfer() raises
     total = None if c.remaining < 0 else c.remaining
     channel = _channel(hold.loop)
     reader = _ReadAhead(channel, hold.loop, fd, c) if c.sized else None

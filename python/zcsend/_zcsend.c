@@ -730,8 +730,9 @@ static PyObject *step_ended(zcs_transfer_t *t, int rc, int64_t total) {
 }
 
 /* the inline step of (sock_fd, file_fd): a tuple or a Transfer as send_now says;
-   head: None or a bytes-like object. *stepped: a step was taken, so a NULL may
-   follow bytes sent (an allocation failed after it): never "nothing done".
+   head: None or a bytes-like object. *stepped: a step was taken, or the start
+   found the socket full and holds the range, so a NULL may follow bytes sent
+   (an allocation failed after it): never "nothing done".
    The GIL is held from the caller's look at the fds to the end, except in a
    step of more than 64 KiB, which works on dups taken first: another thread may
    close either number and reuse it meanwhile. A transfer that goes on gets dups

@@ -275,7 +275,8 @@ def test_a_timed_out_buffered_pipe_read_frees_its_thread_and_takes_nothing(kind)
 def test_an_offset_on_a_pipe_is_espipe(kind, buffered):
     """A source that can't seek reads where it stands: an offset was ignored,
     and the stream's first bytes went as the ones asked for. Now OSError
-    (ESPIPE) before a byte, on every path; the pipe is left unread."""
+    (ESPIPE) before a byte, on every path, the same exception (over TLS it
+    was a SendfileError); the pipe is left unread."""
     r, w = os.pipe()
     os.write(w, b"0123456789")
 
@@ -285,7 +286,7 @@ def test_an_offset_on_a_pipe_is_espipe(kind, buffered):
                 with pytest.raises(OSError) as ei:
                     await zcsend.sendfile(p.server, src, 5, 3, head=b"HEAD")
                 assert ei.value.errno == errno.ESPIPE
-                assert getattr(ei.value, "bytes_sent", 0) == 0
+                assert type(ei.value) is OSError, repr(ei.value)
                 os.close(w)
                 assert src.read() == b"0123456789"
             p.server.close()
