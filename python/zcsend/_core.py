@@ -458,15 +458,13 @@ async def _timed_read(hold, fut):
     hold says timed out; the read, begun in its thread, ends there unwaited).
     A cancel (or an error) while the hold polls leaves fut running too: its
     error then is nobody's either, never "Future exception was never retrieved"."""
+    done = False
     try:
         done = await hold.wait(fut, lambda: hold.sent)
-    except BaseException:
-        fut.add_done_callback(_retrieved)
-        raise
-    if done:
-        return fut.result()
-    fut.add_done_callback(_retrieved)
-    return _TIMED_OUT
+    finally:
+        if not done:  # timed out, cancelled or failed: the read ends unwaited
+            fut.add_done_callback(_retrieved)
+    return fut.result() if done else _TIMED_OUT
 
 
 def _retrieved(fut):

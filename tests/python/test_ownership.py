@@ -1138,11 +1138,13 @@ def test_a_read_cancelled_while_polled_leaves_no_unretrieved_error(kind, source)
     it: a read of a file a fault closed)."""
     release, started = threading.Event(), threading.Event()
 
+    def failing(n=-1):  # the read (an object's read, a pipe reader's read1): begun, then failing
+        started.set()
+        release.wait(10)
+        raise ValueError("read of closed file")
+
     class Failing:
-        def read(self, n):
-            started.set()
-            release.wait(10)
-            raise ValueError("read of closed file")
+        read = staticmethod(failing)
 
     r, w = os.pipe()
     errors = []
@@ -1153,12 +1155,7 @@ def test_a_read_cancelled_while_polled_leaves_no_unretrieved_error(kind, source)
         async with Pair(kind) as p:
             if source == "pipe":
                 src = io.BufferedReader(io.FileIO(r, "rb", closefd=False))
-
-                def failing(n=-1):  # polled readable, then fails in its thread
-                    started.set()
-                    release.wait(10)
-                    raise ValueError("read of closed file")
-                src.read1 = failing
+                src.read1 = failing  # polled readable, then fails in its thread
                 os.write(w, b"x")
             else:
                 src = Failing()
